@@ -1,0 +1,17 @@
+"""hfgen: every major family of generative models, packaged the Hugging Face way.
+
+Each family is a diffusers-style model (`hfgen.models.modeling_<family>`), a pipeline
+(`hfgen.pipelines.pipeline_<family>`), and a trainer (`hfgen.training.trainer_<family>`) run by one shared
+Accelerate loop.
+"""
+
+__version__ = "0.1.0"
+
+from hfgen.models.modeling_vae import VAEModel
+from hfgen.pipelines.pipeline_utils import HFGenPipeline, LikelihoodOutput
+from hfgen.pipelines.pipeline_vae import VAEPipeline
+
+# Opens any saved hfgen pipeline: reads model_index.json and returns the right family's pipeline class.
+load_pipeline = HFGenPipeline.from_pretrained
+
+__all__ = ["HFGenPipeline", "LikelihoodOutput", "VAEModel", "VAEPipeline", "load_pipeline"]

@@ -1,0 +1,226 @@
+"""Model cards and Hub uploads shared by every hfgen family.
+
+Everything here except [`push_to_hub`] is local: cards are rendered from a template string held in this module, so
+writing a card never touches the network (no template download, no card validation call).
+"""
+
+import os
+import re
+import shlex
+from typing import Any
+
+from huggingface_hub import ModelCard, ModelCardData, create_branch, create_repo, upload_folder
+from huggingface_hub.utils import HfHubHTTPError, HFValidationError, validate_repo_id
+
+# Files a training run leaves in its output dir that do not belong in a published model repo.
+PUSH_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "*.tmp*", "logs/**"]
+
+MODEL_CARD_TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ title }}
+
+This is a **{{ family }}** model trained with `hfgen`, packaged as a
+`hfgen.{{ pipeline_class }}` pipeline for {{ task }}{% if dataset %} on `{{ dataset }}`{% endif %}.
+{% if base_text %}
+{{ base_text }}
+{% endif %}
+## How to use
+
+```python
+import hfgen, torch
+
+pipe = hfgen.{{ pipeline_class }}.from_pretrained("{{ model_id }}")
+image = {{ call }}.images[0]
+
+# or, without knowing the pipeline class:
+pipe = hfgen.load_pipeline("{{ model_id }}")
+```
+{% if sample_grid %}
+## Samples
+
+![samples]({{ sample_grid }})
+{% endif %}
+{% if settings_rows %}
+## Training settings
+
+| key | value |
+|-----|-------|
+{% for key, value in settings_rows %}| {{ key }} | {{ value }} |
+{% endfor %}
+{% endif %}
+{% if metrics_rows %}
+## Results
+
+| key | value |
+|-----|-------|
+{% for key, value in metrics_rows %}| {{ key }} | {{ value }} |
+{% endfor %}
+{% endif %}
+{% if command %}
+## Training command
+
+```bash
+{{ command }}
+```
+{% endif %}
+"""
+
+
+def _cell(value: Any) -> str:
+    """Formats a value for a markdown table cell: floats to 4 significant digits, no pipes or newlines."""
+    text = f"{value:.4g}" if isinstance(value, float) else str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _is_hub_dataset(dataset: str | None) -> bool:
+    """Whether `dataset` names a Hub dataset (or a bare embedded name) rather than a local folder or file.
+
+    Only such names go into the card metadata: the Hub rejects/links `datasets:` entries as dataset ids.
+    """
+    if not dataset or os.path.exists(dataset):
+        return False
+    try:
+        validate_repo_id(dataset)
+    except HFValidationError:
+        return False
+    return True
+
+
+def write_model_card(
+    output_dir: str,
+    *,
+    family: str,
+    pipeline_class: str,
+    pipeline_tag: str,
+    dataset: str | None,
+    settings: dict,
+    metrics: dict | None = None,
+    sample_grid: str | None = None,
+    repo_id: str | None = None,
+    tags: list[str] | None = None,
+    base_text: str | None = None,
+) -> ModelCard:
+    """Renders a model card for a trained pipeline and saves it to `output_dir/README.md`.
+
+    Args:
+        output_dir (`str`): Folder holding the saved pipeline; the card is written there as `README.md`.
+        family (`str`): Model family (e.g. `"ddpm"`, `"vae"`), used in the description and tags.
+        pipeline_class (`str`): Name of the `hfgen` pipeline class, used in the usage snippet.
+        pipeline_tag (`str`): `"unconditional-image-generation"` or `"text-to-image"`.
+        dataset (`str`, *optional*): Training dataset. Listed in the metadata only when it looks like a Hub id.
+        settings (`dict`): Training settings, rendered as a sorted table. A `"command"` entry (string or list of
+            arguments) is also shown as the training command.
+        metrics (`dict`, *optional*): Final metrics, rendered as a "Results" table.
+        sample_grid (`str`, *optional*): Path of a sample grid image relative to `output_dir`.
+        repo_id (`str`, *optional*): Hub repo id used in the snippet; defaults to `output_dir`.
+        tags (`list[str]`, *optional*): Extra tags appended to `["hfgen", family, pipeline_tag]`.
+        base_text (`str`, *optional*): Extra paragraph (family-specific notes) placed after the description.
+
+    Returns:
+        [`huggingface_hub.ModelCard`]: The rendered card.
+    """
+    card_data = ModelCardData(
+        license="apache-2.0",
+        library_name="hfgen",
+        pipeline_tag=pipeline_tag,
+        datasets=[dataset] if _is_hub_dataset(dataset) else None,
+        # dict.fromkeys drops duplicates (e.g. a family tag passed again) while keeping order.
+        tags=list(dict.fromkeys(["hfgen", family, pipeline_tag, *(tags or [])])),
+    )
+
+    command = settings.get("command")
+    if isinstance(command, (list, tuple)):
+        command = shlex.join(str(arg) for arg in command)
+    # Text-to-image pipelines need a prompt; unconditional ones only a batch size.
+    if pipeline_tag == "text-to-image":
+        call = 'pipe(prompt="a photo of a cat", generator=torch.manual_seed(0))'
+    else:
+        call = "pipe(batch_size=16, generator=torch.manual_seed(0))"
+
+    card = ModelCard.from_template(
+        card_data,
+        template_str=MODEL_CARD_TEMPLATE,
+        title=repo_id or os.path.basename(os.path.normpath(output_dir)),
+        family=family,
+        pipeline_class=pipeline_class,
+        task=pipeline_tag.replace("-", " "),
+        dataset=dataset,
+        base_text=base_text,
+        model_id=repo_id or output_dir,
+        call=call,
+        sample_grid=sample_grid,
+        settings_rows=[(_cell(k), _cell(v)) for k, v in sorted(settings.items()) if k != "command"],
+        metrics_rows=[(_cell(k), _cell(v)) for k, v in sorted((metrics or {}).items())],
+        command=command,
+    )
+    # Optional sections leave runs of blank lines behind; collapse them so the markdown stays tidy.
+    card = ModelCard(re.sub(r"\n{3,}", "\n\n", card.content))
+    card.save(os.path.join(output_dir, "README.md"))
+    return card
+
+
+def repo_id_for(output_dir: str, hub_model_id: str | None) -> str:
+    """Returns `hub_model_id` if given, else the basename of `output_dir` (as diffusers' training examples do)."""
+    return hub_model_id or os.path.basename(os.path.normpath(output_dir))
+
+
+def push_to_hub(
+    folder: str,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool = False,
+    commit_message: str = "Upload with hfgen",
+    revision: str | None = None,
+) -> str:
+    """Uploads a saved pipeline folder to a Hub model repo, creating the repo (and branch) if needed.
+
+    Intermediate checkpoints, temporary files and logs are left out (see `PUSH_IGNORE_PATTERNS`).
+
+    Args:
+        folder (`str`): Local folder to upload (usually a training `output_dir`).
+        repo_id (`str`): Target repo, `"name"` or `"namespace/name"`.
+        token (`str`, *optional*): Hub token; defaults to `HF_TOKEN` / the token saved by `hf auth login`.
+        private (`bool`, defaults to `False`): Whether to create the repo as private (ignored if it exists).
+        commit_message (`str`): Commit message of the upload.
+        revision (`str`, *optional*): Branch to push to; created from `main` if missing. Defaults to `main`.
+
+    Returns:
+        `str`: The URL of the created commit (`CommitInfo.commit_url`).
+
+    Raises:
+        `ValueError`: If `repo_id` is not a valid repo id; raised before any network call.
+        `RuntimeError`: If the Hub refuses the push (HTTP 401/403), chained to the original error.
+    """
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise ValueError(
+            f"Invalid Hub repo id {repo_id!r}: expected the form 'namespace/name' (or just 'name'), using only "
+            f"letters, digits, '-', '_' and '.'. ({e})"
+        ) from e
+
+    try:
+        create_repo(repo_id, token=token, private=private, exist_ok=True)
+        if revision not in (None, "main"):
+            # upload_folder fails on a branch that does not exist yet.
+            create_branch(repo_id, branch=revision, token=token, exist_ok=True)
+        commit_info = upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            commit_message=commit_message,
+            token=token,
+            revision=revision,
+            ignore_patterns=PUSH_IGNORE_PATTERNS,
+        )
+    except HfHubHTTPError as e:
+        status = getattr(e.response, "status_code", None)
+        if status in (401, 403):
+            raise RuntimeError(
+                f"push to {repo_id} was refused ({status}): check HF_TOKEN / `hf auth login` and that you can "
+                "write to that namespace"
+            ) from e
+        raise
+    return commit_info.commit_url

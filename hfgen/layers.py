@@ -1,0 +1,118 @@
+"""The few building blocks that several hfgen models share.
+
+Model files import only torch, diffusers, transformers and this module, so that they can later be shipped inside Hub
+repos as remote code. Keep this file small: a block belongs here only once a second family needs it.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.downsampling import Downsample2D
+from diffusers.models.resnet import ResnetBlock2D
+from diffusers.models.upsampling import Upsample2D
+from torch import nn
+
+
+class ConvEncoder(nn.Module):
+    r"""Image -> feature map, halving the resolution once per entry of `block_out_channels`.
+
+    (b, c, s, s) -> (b, block_out_channels[-1], s / 2**n, s / 2**n), built from diffusers' ResNet blocks.
+    """
+
+    def __init__(self, in_channels: int, block_out_channels: tuple[int, ...], layers_per_block: int, norm_groups: int):
+        super().__init__()
+        self.conv_in = nn.Conv2d(in_channels, block_out_channels[0], kernel_size=3, padding=1)
+        blocks = []
+        channels = block_out_channels[0]
+        for out_channels in block_out_channels:
+            for _ in range(layers_per_block):
+                blocks.append(
+                    ResnetBlock2D(
+                        in_channels=channels, out_channels=out_channels, temb_channels=None, groups=norm_groups
+                    )
+                )
+                channels = out_channels
+            # name="op": the default "conv" also registers a legacy alias of the same weights (refused by safetensors).
+            blocks.append(Downsample2D(channels, use_conv=True, padding=1, name="op"))
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)
+        for block in self.blocks:
+            h = block(h, None) if isinstance(block, ResnetBlock2D) else block(h)
+        return h
+
+
+class ConvDecoder(nn.Module):
+    r"""Feature map -> image parameters, doubling the resolution once per entry of `block_out_channels` (the mirror
+    of [`ConvEncoder`]). (b, block_out_channels[-1], r, r) -> (b, out_channels, r * 2**n, r * 2**n)."""
+
+    def __init__(
+        self, out_channels: int, block_out_channels: tuple[int, ...], layers_per_block: int, norm_groups: int
+    ):
+        super().__init__()
+        blocks = []
+        channels = block_out_channels[-1]
+        for block_channels in reversed(block_out_channels):
+            blocks.append(Upsample2D(channels, use_conv=True))
+            for _ in range(layers_per_block):
+                blocks.append(
+                    ResnetBlock2D(
+                        in_channels=channels, out_channels=block_channels, temb_channels=None, groups=norm_groups
+                    )
+                )
+                channels = block_channels
+        self.blocks = nn.ModuleList(blocks)
+        self.norm_out = nn.GroupNorm(norm_groups, channels)
+        self.conv_out = nn.Conv2d(channels, out_channels, kernel_size=3, padding=1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            h = block(h, None) if isinstance(block, ResnetBlock2D) else block(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+def quantize(x: torch.Tensor, num_bins: int) -> torch.Tensor:
+    """Snaps `x` in [-1, 1] to the nearest of `num_bins` evenly spaced levels (data stored as uint8 may carry rounding
+    from another grid, e.g. digits' 17 grey levels scaled to 0..255)."""
+    levels = torch.round((x.clamp(-1, 1) + 1) / 2 * (num_bins - 1))
+    return levels / (num_bins - 1) * 2 - 1
+
+
+def discretized_logistic_log_prob(
+    x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor, num_bins: int
+) -> torch.Tensor:
+    r"""Per-dimension log-probability of `num_bins`-level data in [-1, 1] under a logistic discretized to those bins.
+
+    The edge bins take the remaining tail mass, so the probabilities of all `num_bins` values sum to one exactly
+    (Salimans et al. 2017, PixelCNN++, https://arxiv.org/abs/1701.05517, eq. 2).
+    """
+    x = quantize(x, num_bins)
+    half_bin = 1.0 / (num_bins - 1)
+    inv_scale = torch.exp(-log_scale)
+    cdf_plus = torch.sigmoid(inv_scale * (x - mean + half_bin))
+    cdf_minus = torch.sigmoid(inv_scale * (x - mean - half_bin))
+    log_cdf_plus = F.logsigmoid(inv_scale * (x - mean + half_bin))  # log P(value <= top of the lowest bin)
+    log_one_minus_cdf_minus = -F.softplus(inv_scale * (x - mean - half_bin))  # log P(value >= bottom of the top bin)
+    # For a very peaked logistic the bin mass underflows: use the density at the bin centre times the bin width.
+    mid = inv_scale * (x - mean)
+    log_pdf_mid = mid - log_scale - 2.0 * F.softplus(mid)
+    log_bin_mass = torch.where(
+        cdf_plus - cdf_minus > 1e-5,
+        torch.log((cdf_plus - cdf_minus).clamp(min=1e-12)),
+        log_pdf_mid + math.log(2 * half_bin),
+    )
+    return torch.where(
+        x < -1 + half_bin, log_cdf_plus, torch.where(x > 1 - half_bin, log_one_minus_cdf_minus, log_bin_mass)
+    )
+
+
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """Per-dimension log-density of a diagonal Gaussian."""
+    return -0.5 * math.log(2 * math.pi) - log_scale - 0.5 * ((x - mean) * torch.exp(-log_scale)) ** 2
+
+
+def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
+    """log N(z; 0, I), summed over all but the batch dimension."""
+    return (-0.5 * math.log(2 * math.pi) - 0.5 * z**2).flatten(1).sum(1)

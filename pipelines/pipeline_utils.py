@@ -1,0 +1,165 @@
+"""The one pipeline base every hfgen family shares: input checks, prompt encoding, conditioning, image conversion,
+the likelihood output, and a loader that opens any saved hfgen pipeline.
+
+A family's pipeline subclasses [`HFGenPipeline`] and adds only its own `__call__` and extras.
+"""
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils import BaseOutput
+
+from hfgen.text import encode_prompts
+
+PIPELINE_CLASSES: dict[str, type["HFGenPipeline"]] = {}
+
+
+@dataclass
+class LikelihoodOutput(BaseOutput):
+    """log p(x) per image, as the family can give it.
+
+    Args:
+        log_likelihood (`torch.Tensor`): (b,) nats per image.
+        bits_per_dim (`torch.Tensor`): (b,) -log2 p(x) / number of dimensions, on the discrete data scale.
+        kind (`str`): "exact", "lower bound (...)" or "estimate (...)".
+        dequantization (`str`): how continuous densities were turned into probabilities of discrete pixels.
+    """
+
+    log_likelihood: torch.Tensor
+    bits_per_dim: torch.Tensor
+    kind: str
+    dequantization: str
+
+
+class HFGenPipeline(DiffusionPipeline):
+    r"""Base of every hfgen pipeline. Calling `HFGenPipeline.from_pretrained(path)` (alias `hfgen.load_pipeline`)
+    reads `model_index.json` and returns the right family's pipeline: diffusers' own `DiffusionPipeline` only knows
+    diffusers classes."""
+
+    _optional_components = ["tokenizer", "text_encoder"]
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        PIPELINE_CLASSES[cls.__name__] = cls
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        if cls is HFGenPipeline:
+            config = cls.load_config(
+                pretrained_model_name_or_path,
+                **{k: kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs},
+            )
+            name = config.get("_class_name")
+            if name not in PIPELINE_CLASSES:
+                raise ValueError(
+                    f"{pretrained_model_name_or_path}/model_index.json names the pipeline class {name!r}, which hfgen "
+                    f"does not know. Known classes: {sorted(PIPELINE_CLASSES)}. Upgrade hfgen, or load it with the "
+                    "library that saved it."
+                )
+            return PIPELINE_CLASSES[name].from_pretrained(pretrained_model_name_or_path, **kwargs)
+        # Loading never unpickles: weights come from safetensors files only.
+        kwargs.setdefault("use_safetensors", True)
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except (OSError, json.JSONDecodeError) as error:
+            raise OSError(
+                f"Could not load {cls.__name__} from {pretrained_model_name_or_path}: a weights or config file is "
+                f"missing or corrupt ({error}). Re-save it with `save_pretrained`, or re-download it with "
+                "`force_download=True`."
+            ) from error
+        except Exception as error:
+            if type(error).__name__ != "SafetensorError":
+                raise
+            raise OSError(
+                f"Could not load {cls.__name__} from {pretrained_model_name_or_path}: a safetensors weights file is "
+                f"corrupt ({error}). Re-save it with `save_pretrained`, or re-download it with `force_download=True`."
+            ) from error
+
+    # ----- inputs ---------------------------------------------------------------------------------------------------
+    @staticmethod
+    def check_inputs(prompt, batch_size: int, num_images_per_prompt: int) -> tuple[list[str] | None, int]:
+        """Returns (one prompt per image or None, number of images)."""
+        if num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be at least 1, got {num_images_per_prompt}.")
+        if prompt is None:
+            if batch_size < 1:
+                raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+            return None, batch_size * num_images_per_prompt
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise ValueError("prompt is an empty list: give at least one prompt, or None for unconditional samples.")
+        if not all(isinstance(p, str) for p in prompts):
+            raise ValueError("prompt must be a string or a list of strings.")
+        prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
+        return prompts, len(prompts)
+
+    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
+        """Prompts -> pooled text embeddings (b, d) from the pipeline's `tokenizer` and `text_encoder`."""
+        if self.text_encoder is None or self.tokenizer is None:
+            raise ValueError(
+                f"This {type(self).__name__} was trained without text, so it has no text encoder: call it without "
+                "`prompt` for unconditional samples."
+            )
+        return encode_prompts(self.tokenizer, self.text_encoder, prompts, device=self.device)
+
+    def prepare_condition(self, model, prompts: list[str] | None, num_images: int, class_labels=None):
+        """What the model is conditioned on: text embeddings (an empty prompt stands for "no text", as in caption
+        dropout during training), class labels (-1 for "no class"), or None for an unconditional model."""
+        condition_type = getattr(model.config, "condition_type", None)
+        if condition_type == "class":
+            if prompts is not None:
+                raise ValueError("This model is conditioned on class labels, not text: pass `class_labels`.")
+            if class_labels is None:
+                return None
+            labels = torch.as_tensor(class_labels, dtype=torch.long, device=self.device).flatten()
+            if labels.numel() == 1:
+                labels = labels.expand(num_images)
+            if labels.numel() != num_images:
+                raise ValueError(f"Got {labels.numel()} class labels for {num_images} images.")
+            return labels
+        if class_labels is not None:
+            raise ValueError("This model is not class-conditioned: do not pass `class_labels`.")
+        if condition_type == "text":
+            return self.encode_prompt(prompts if prompts is not None else [""] * num_images)
+        if prompts is not None:
+            self.encode_prompt(prompts)  # raises the "trained without text" error when there is no text encoder
+            raise ValueError(f"This {type(self).__name__}'s model is not conditioned: call it without `prompt`.")
+        return None
+
+    def preprocess(self, images, sample_size: int, channels: int) -> torch.Tensor:
+        """PIL image(s), a uint8/float numpy array (b, h, w, c) in [0, 1], or a tensor (b, c, h, w) in [-1, 1] ->
+        a tensor (b, c, h, w) in [-1, 1] on the pipeline's device, with a clear error for the wrong size."""
+        if isinstance(images, (PIL.Image.Image, np.ndarray)) or (
+            isinstance(images, list) and images and isinstance(images[0], PIL.Image.Image)
+        ):
+            images = images if isinstance(images, list) else [images]
+            if isinstance(images[0], PIL.Image.Image):
+                mode = {1: "L", 3: "RGB", 4: "RGBA"}[channels]
+                images = np.stack([np.asarray(image.convert(mode), dtype=np.float32) / 255.0 for image in images])
+            else:
+                images = np.concatenate(images) if images[0].ndim == 4 else np.stack(images)
+                images = images.astype(np.float32) / (255.0 if images.dtype == np.uint8 else 1.0)
+            if images.ndim == 3:
+                images = images[..., None]
+            images = torch.from_numpy(images).permute(0, 3, 1, 2) * 2 - 1
+        images = torch.as_tensor(images)
+        if images.ndim == 3:
+            images = images.unsqueeze(0)
+        if images.shape[1:] != (channels, sample_size, sample_size):
+            raise ValueError(
+                f"This model takes {sample_size}x{sample_size} images with {channels} channel(s); got shape "
+                f"{tuple(images.shape)} (batch, channels, height, width). Resize the images first."
+            )
+        return images.to(device=self.device, dtype=self.dtype)
+
+    @staticmethod
+    def postprocess(images: torch.Tensor, output_type: str = "pil"):
+        """(b, c, h, w) in [-1, 1] -> PIL images, a numpy array (b, h, w, c) in [0, 1], or a tensor in [0, 1]."""
+        if output_type not in ("pil", "np", "pt"):
+            raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}.")
+        return VaeImageProcessor(do_normalize=True).postprocess(images.float().cpu(), output_type=output_type)

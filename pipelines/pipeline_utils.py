@@ -5,6 +5,7 @@ A family's pipeline subclasses [`HFGenPipeline`] and adds only its own `__call__
 """
 
 import json
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,11 +13,21 @@ import PIL.Image
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.image_processor import VaeImageProcessor
-from diffusers.utils import BaseOutput
+from diffusers.utils import BaseOutput, make_image_grid
 
 from hfgen.text import encode_prompts
 
 PIPELINE_CLASSES: dict[str, type["HFGenPipeline"]] = {}
+
+
+def image_grid(images: list[PIL.Image.Image], cols: int | None = None, min_side: int = 64) -> PIL.Image.Image:
+    """One grid image; small images (8x8 digits) are upscaled with nearest-neighbour to be seen."""
+    cols = cols or math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    images = images + [PIL.Image.new(images[0].mode, images[0].size)] * (rows * cols - len(images))
+    scale = max(1, math.ceil(min_side / images[0].width))
+    images = [image.resize((image.width * scale, image.height * scale), PIL.Image.NEAREST) for image in images]
+    return make_image_grid(images, rows=rows, cols=cols)
 
 
 @dataclass

@@ -23,11 +23,11 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
-from diffusers.utils import make_image_grid
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from hfgen import hub
+from hfgen.pipelines.pipeline_utils import image_grid
 from hfgen.data import EMBEDDED_DATASETS, collate_fn, load_image_dataset
 from hfgen.text import build_clip_text_encoder, build_word_tokenizer, encode_prompts, load_pretrained_text_encoder
 
@@ -439,20 +439,13 @@ class Trainer:
     def sample_grid(self, pipeline, path: str):
         """Writes a grid of validation samples (fixed seed, so grids are comparable across steps) and returns it."""
         prompts, n = self.validation_prompts(), self.config.num_validation_images
-        if prompts:
+        generator = torch.Generator().manual_seed(self.config.seed)  # never reseed the global RNG mid-run
+        if prompts:  # one row per prompt
             per_prompt = max(1, n // len(prompts))
-            images = pipeline(
-                prompt=prompts, num_images_per_prompt=per_prompt, generator=torch.manual_seed(self.config.seed)
-            ).images
-            rows, cols = len(prompts), per_prompt
+            images = pipeline(prompt=prompts, num_images_per_prompt=per_prompt, generator=generator).images
+            grid = image_grid(images, cols=per_prompt)
         else:
-            images = pipeline(batch_size=n, generator=torch.manual_seed(self.config.seed)).images
-            rows = int(math.sqrt(n))
-            cols = math.ceil(n / rows)
-            images += [images[0].copy().point(lambda _: 0)] * (rows * cols - n)
-        scale = max(1, 64 // images[0].width)  # small images (8x8 digits) are upscaled to be seen
-        images = [image.resize((image.width * scale, image.height * scale), resample=0) for image in images]
-        grid = make_image_grid(images, rows=rows, cols=cols)
+            grid = image_grid(pipeline(batch_size=n, generator=generator).images)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         grid.save(path)
         return grid

@@ -88,6 +88,6 @@ class VAETrainer(Trainer):
             images,
             num_samples=self.config.eval_num_samples,
             prompt=prompt,
-            generator=torch.manual_seed(self.config.seed),
+            generator=torch.Generator().manual_seed(self.config.seed),
         )
         return {f"test_iwae{self.config.eval_num_samples}_bits_per_dim": likelihood.bits_per_dim.mean().item()}

@@ -23,11 +23,11 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
+from hfgen.pipelines.pipeline_utils import image_grid
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from hfgen import hub
-from hfgen.pipelines.pipeline_utils import image_grid
 from hfgen.data import EMBEDDED_DATASETS, collate_fn, load_image_dataset
 from hfgen.text import build_clip_text_encoder, build_word_tokenizer, encode_prompts, load_pretrained_text_encoder
 

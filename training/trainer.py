@@ -325,7 +325,7 @@ class Trainer:
             desc=f"{self.family} steps",
             disable=not accelerator.is_local_main_process,
         )
-        running, logged = {}, {}
+        running, running_batches, logged = {}, 0, {}
         epoch = global_step // steps_per_epoch if steps_per_epoch else 0
         self.model.train()
         while global_step < self.max_train_steps:
@@ -340,6 +340,7 @@ class Trainer:
                     losses = self.training_step(batch, global_step + 1)
                 for name, value in losses.items():
                     running[name] = running.get(name, 0.0) + value.detach().float()
+                running_batches += 1
                 if not accelerator.sync_gradients:
                     continue
                 global_step += 1
@@ -347,12 +348,11 @@ class Trainer:
                 if self.ema is not None:
                     self.ema.step(accelerator.unwrap_model(self.model).parameters())
                 if global_step % config.logging_steps == 0 or global_step == self.max_train_steps:
-                    count = config.logging_steps * config.gradient_accumulation_steps
-                    logged = {k: accelerator.reduce(v / count, "mean").item() for k, v in running.items()}
+                    logged = {k: accelerator.reduce(v / running_batches, "mean").item() for k, v in running.items()}
                     logged["lr"] = self.lr_scheduler.get_last_lr()[0]
                     accelerator.log(logged, step=global_step)
                     progress.set_postfix(loss=f"{logged['loss']:.4g}")
-                    running = {}
+                    running, running_batches = {}, 0
                 if global_step % config.checkpointing_steps == 0:
                     self.save_checkpoint(global_step)
                 if config.validation_steps and global_step % config.validation_steps == 0:

@@ -14,6 +14,7 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput, make_image_grid
+from huggingface_hub import snapshot_download
 
 from hfgen.text import encode_prompts
 
@@ -90,6 +91,21 @@ class HFGenPipeline(DiffusionPipeline):
                 f"Could not load {cls.__name__} from {pretrained_model_name_or_path}: a safetensors weights file is "
                 f"corrupt ({error}). Re-save it with `save_pretrained`, or re-download it with `force_download=True`."
             ) from error
+
+    @classmethod
+    def download(cls, pretrained_model_name, **kwargs) -> str:
+        """Fetches a Hub repo. diffusers' own `download` rejects components from libraries it does not know (it reads
+        `["hfgen.models.modeling_vae", "VAEModel"]` as remote code), so hfgen snapshots the repo itself; weights
+        are then loaded from the folder, safetensors only."""
+        return snapshot_download(
+            pretrained_model_name,
+            revision=kwargs.get("revision"),
+            cache_dir=kwargs.get("cache_dir"),
+            token=kwargs.get("token"),
+            local_files_only=bool(kwargs.get("local_files_only")),
+            force_download=bool(kwargs.get("force_download")),
+            ignore_patterns=["*.bin", "*.ckpt", "*.pt", "*.pth", "*.msgpack", "*.h5", "*.onnx"],
+        )
 
     # ----- inputs ---------------------------------------------------------------------------------------------------
     @staticmethod

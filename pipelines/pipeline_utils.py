@@ -144,8 +144,8 @@ class HFGenPipeline(DiffusionPipeline):
             if class_labels is None:
                 return None
             labels = torch.as_tensor(class_labels, dtype=torch.long, device=self.device).flatten()
-            if labels.numel() == 1:
-                labels = labels.expand(num_images)
+            if num_images % labels.numel() == 0:  # one label for all images, or each label repeated per image
+                labels = labels.repeat_interleave(num_images // labels.numel())
             if labels.numel() != num_images:
                 raise ValueError(f"Got {labels.numel()} class labels for {num_images} images.")
             return labels

@@ -65,7 +65,9 @@ class VAEPipeline(HFGenPipeline):
 
         Examples:
         """
-        # 1. How many images, and what they are conditioned on
+        # 1. How many images, and what they are conditioned on (class labels, like prompts, give one image each)
+        if class_labels is not None and prompt is None:
+            batch_size = torch.as_tensor(class_labels).numel()
         prompts, num_images = self.check_inputs(prompt, batch_size, num_images_per_prompt)
         condition = self.prepare_condition(self.vae, prompts, num_images, class_labels)
 

@@ -40,7 +40,7 @@ class VAEEncoderOutput(BaseOutput):
     """q(z | x): `latent_mean` and `latent_logvar`, each (batch, latent_dim)."""
 
     latent_mean: torch.Tensor
-    latent_logvar: torch.Tensor
+    latent_logvar: torch.Tensor = None
 
 
 @dataclass
@@ -48,17 +48,18 @@ class VAEDecoderOutput(BaseOutput):
     """p(x | z): `sample` is the decoder's mean image in [-1, 1]; `params` the raw distribution parameters."""
 
     sample: torch.Tensor
-    params: torch.Tensor
+    params: torch.Tensor = None
 
 
 @dataclass
 class VAEOutput(BaseOutput):
-    """One training forward pass. Losses are in nats per image, averaged over the batch."""
+    """One training forward pass. Losses are in nats per image, averaged over the batch. (Fields after the first
+    have defaults, as in diffusers: Accelerate rebuilds outputs from a dict when it casts mixed-precision results.)"""
 
     loss: torch.Tensor
-    reconstruction_loss: torch.Tensor
-    kl: torch.Tensor
-    sample: torch.Tensor
+    reconstruction_loss: torch.Tensor = None
+    kl: torch.Tensor = None
+    sample: torch.Tensor = None
 
 
 class VAEModel(ModelMixin, ConfigMixin):

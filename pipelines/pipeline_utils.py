@@ -161,6 +161,8 @@ class HFGenPipeline(DiffusionPipeline):
     def preprocess(self, images, sample_size: int, channels: int) -> torch.Tensor:
         """PIL image(s), a uint8/float numpy array (b, h, w, c) in [0, 1], or a tensor (b, c, h, w) in [-1, 1] ->
         a tensor (b, c, h, w) in [-1, 1] on the pipeline's device, with a clear error for the wrong size."""
+        if not isinstance(images, (torch.Tensor, np.ndarray, PIL.Image.Image)):
+            images = list(images)  # a tuple, or a `datasets` column of images
         if isinstance(images, (PIL.Image.Image, np.ndarray)) or (
             isinstance(images, list) and images and isinstance(images[0], PIL.Image.Image)
         ):

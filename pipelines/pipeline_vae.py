@@ -67,6 +67,8 @@ class VAEPipeline(HFGenPipeline):
         """
         # 1. How many images, and what they are conditioned on (class labels, like prompts, give one image each)
         if class_labels is not None and prompt is None:
+            if batch_size != 1:
+                raise ValueError("Pass either class_labels (one image per label) or batch_size, not both.")
             batch_size = torch.as_tensor(class_labels).numel()
         prompts, num_images = self.check_inputs(prompt, batch_size, num_images_per_prompt)
         condition = self.prepare_condition(self.vae, prompts, num_images, class_labels)
@@ -96,6 +98,8 @@ class VAEPipeline(HFGenPipeline):
         prompts, _ = self.check_inputs(prompt, 1, 1) if prompt is not None else (None, num_images)
         if prompts is not None and len(prompts) == 1:
             prompts = prompts * num_images
+        if prompts is not None and len(prompts) != num_images:
+            raise ValueError(f"Got {len(prompts)} prompts for {num_images} images: give one prompt, or one per image.")
         return self.prepare_condition(self.vae, prompts, num_images, class_labels)
 
     @torch.no_grad()
@@ -125,7 +129,8 @@ class VAEPipeline(HFGenPipeline):
             raise ValueError(f"num_steps must be at least 2, got {num_steps}.")
         ends = []
         for point in (start, end):
-            if isinstance(point, torch.Tensor) and point.numel() == self.vae.config.latent_dim:
+            latent_dim = self.vae.config.latent_dim
+            if isinstance(point, torch.Tensor) and point.ndim <= 2 and point.numel() == point.shape[-1] == latent_dim:
                 ends.append(point.reshape(1, -1).to(self.device, self.vae.dtype))
             else:
                 ends.append(self.encode(point, prompt, class_labels)[:1])

@@ -1,0 +1,138 @@
+"""Shared set-up for every hfgen test: an offline, telemetry-free environment and a guard against network access.
+
+The environment is set at import time, before any test module imports huggingface_hub, gradio or transformers.
+The network guard patches `socket` in this process only: subprocesses (the CLI and `accelerate launch` tests) are
+not covered by it, only by the environment variables they inherit.
+"""
+
+import atexit
+import ipaddress
+import os
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+
+_HF_HOME = tempfile.mkdtemp(prefix="hfgen-tests-hf-home-")
+atexit.register(shutil.rmtree, _HF_HOME, ignore_errors=True)
+os.environ.update(
+    {
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_UPDATE_DOWNLOAD_COUNTS": "0",  # else `datasets.load_dataset("imagefolder")` pings s3.amazonaws.com
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HOME": _HF_HOME,
+        "TOKENIZERS_PARALLELISM": "false",
+        "DO_NOT_TRACK": "1",
+    }
+)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# The models under test are tiny: extra threads only add overhead, and on a busy machine OpenMP's spinning threads
+# make a 0.5 s test take 20 s.
+torch.set_num_threads(1)
+
+
+# ----- network guard ------------------------------------------------------------------------------------------------
+class NetworkAccessError(RuntimeError):
+    """A test tried to reach a non-loopback address."""
+
+
+_attempts: list[str] = []  # every refused host since the current test started
+
+
+def _is_loopback(host) -> bool:
+    if host is None:  # getaddrinfo(None, ...) resolves to the local machine
+        return True
+    if isinstance(host, bytes):
+        host = host.decode(errors="replace")
+    host = str(host).strip("[]")
+    if host.lower() in ("localhost", "localhost.localdomain", "ip6-localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # any other host name
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
+def _refuse(host) -> None:
+    _attempts.append(str(host))
+    raise NetworkAccessError(f"Tests must not use the network: attempted to reach {host!r}.")
+
+
+def _check_address(sock: socket.socket, address) -> None:
+    family = sock.family
+    if hasattr(socket, "AF_UNIX") and family == socket.AF_UNIX:
+        return
+    if family in (socket.AF_INET, socket.AF_INET6):
+        host = address[0] if isinstance(address, tuple) else address
+        if not _is_loopback(host):
+            _refuse(host)
+        return
+    _refuse(f"{address!r} (socket family {family!r})")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _network_guard():
+    """Installed for the whole session, so that session- and module-scoped fixtures are covered too."""
+    connect, connect_ex, getaddrinfo = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
+
+    def guarded_connect(self, address):
+        _check_address(self, address)
+        return connect(self, address)
+
+    def guarded_connect_ex(self, address):
+        _check_address(self, address)
+        return connect_ex(self, address)
+
+    def guarded_getaddrinfo(host, *args, **kwargs):
+        if not _is_loopback(host):
+            _refuse(host)
+        return getaddrinfo(host, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket.socket, "connect", guarded_connect)
+        patch.setattr(socket.socket, "connect_ex", guarded_connect_ex)
+        patch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _fail_on_network_access(_network_guard):
+    """Fails the test even when library code swallowed the `NetworkAccessError` (offline fallbacks, retries)."""
+    _attempts.clear()
+    yield
+    if _attempts:
+        hosts = sorted(set(_attempts))
+        _attempts.clear()
+        pytest.fail(f"The test tried to reach the network: {hosts}", pytrace=False)
+
+
+# ----- shared fixtures ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def digit_captions() -> list[str]:
+    from hfgen.data import make_digits_dataset
+
+    return sorted(set(make_digits_dataset()["text"]))
+
+
+@pytest.fixture
+def tiny_text_components(digit_captions):
+    """(tokenizer, text_encoder): a word tokenizer over the digits' captions (max_length 8) and a seeded CLIP text
+    encoder with hidden size 32, 1 layer and 2 heads. Fresh for every test, so tests may modify them."""
+    from hfgen.text import build_clip_text_encoder, build_word_tokenizer
+
+    tokenizer = build_word_tokenizer(digit_captions, max_length=8)
+    torch.manual_seed(0)
+    text_encoder = build_clip_text_encoder(tokenizer, hidden_size=32, num_layers=1, num_heads=2)
+    return tokenizer, text_encoder.eval()

@@ -1,0 +1,275 @@
+"""Tests every family's model and pipeline must pass, shared through mixins (as diffusers' ModelTesterMixin and
+PipelineTesterMixin).
+
+A family's test class mixes one in, sets the class attribute, and defines the few `get_*` hooks; every test runs on
+the CPU on a tiny, seeded configuration.
+"""
+
+import os
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+import hfgen
+
+
+def output_tensors(output) -> list[torch.Tensor]:
+    """The tensors of a model output (a `BaseOutput` or a tuple), in order."""
+    values = output.values() if hasattr(output, "values") else output
+    return [value for value in values if torch.is_tensor(value)]
+
+
+def first_tensor(output) -> torch.Tensor:
+    """The loss of a model output when it has one, else its first tensor."""
+    loss = getattr(output, "loss", None)
+    return loss if loss is not None else output_tensors(output)[0]
+
+
+class ModelTesterMixin:
+    model_class = None
+
+    def get_init_dict(self) -> dict:
+        """Keyword arguments of a tiny `model_class`."""
+        raise NotImplementedError
+
+    def get_inputs(self) -> dict:
+        """Keyword arguments of `model.forward`, built deterministically."""
+        raise NotImplementedError
+
+    def get_bad_init_dicts(self) -> list[dict]:
+        """Configurations that `model_class` must refuse with a ValueError."""
+        return []
+
+    def build_model(self):
+        torch.manual_seed(0)
+        return self.model_class(**self.get_init_dict()).eval()
+
+    def seeded_forward(self, model):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            return model(**self.get_inputs())
+
+    def test_forward_finite(self):
+        output = self.seeded_forward(self.build_model())
+        assert torch.isfinite(first_tensor(output)).all()
+        for tensor in output_tensors(output):
+            assert torch.isfinite(tensor).all()
+
+    def test_save_load_round_trip(self, tmp_path):
+        model = self.build_model()
+        model.save_pretrained(tmp_path)
+        files = os.listdir(tmp_path)
+        assert any(name.endswith(".safetensors") for name in files), files
+        assert not any(name.endswith(".bin") for name in files), files
+
+        loaded = self.model_class.from_pretrained(tmp_path).eval()
+        assert type(loaded) is self.model_class
+        expected, actual = output_tensors(self.seeded_forward(model)), output_tensors(self.seeded_forward(loaded))
+        assert len(actual) == len(expected) > 0
+        for a, e in zip(actual, expected):
+            torch.testing.assert_close(a, e, rtol=0, atol=0)
+
+    def test_config_round_trip(self):
+        model = self.build_model()
+        rebuilt = self.model_class.from_config(model.config)
+        assert dict(rebuilt.config) == dict(model.config)
+        assert rebuilt.num_parameters() == model.num_parameters()
+
+    def test_bad_config_raises(self):
+        bad_init_dicts = self.get_bad_init_dicts()
+        if not bad_init_dicts:
+            pytest.skip("the family defines no bad configurations")
+        for init_dict in bad_init_dicts:
+            with pytest.raises(ValueError):
+                self.model_class(**init_dict)
+
+
+class PipelineTesterMixin:
+    pipeline_class = None
+
+    def get_pipeline(self):
+        """A tiny, seeded `pipeline_class` on the CPU."""
+        raise NotImplementedError
+
+    def get_call_kwargs(self) -> dict:
+        """Keyword arguments of `pipeline.__call__` for at least two images, without generator or output_type."""
+        raise NotImplementedError
+
+    def get_expected_shape(self) -> tuple[int, int, int, int]:
+        """(num_images, channels, height, width) that `get_call_kwargs` produces."""
+        raise NotImplementedError
+
+    def generate(self, pipeline, seed=0, **kwargs):
+        generator = torch.Generator().manual_seed(seed) if isinstance(seed, int) else seed
+        kwargs = {**self.get_call_kwargs(), "generator": generator, "output_type": "np", **kwargs}
+        return pipeline(**kwargs).images
+
+    def test_output_types(self):
+        pipeline = self.get_pipeline()
+        num_images, channels, height, width = self.get_expected_shape()
+
+        images = self.generate(pipeline, output_type="np")
+        assert isinstance(images, np.ndarray)
+        assert images.shape == (num_images, height, width, channels)
+        assert images.min() >= 0 and images.max() <= 1
+
+        tensors = self.generate(pipeline, output_type="pt")
+        assert isinstance(tensors, torch.Tensor)
+        assert tuple(tensors.shape) == (num_images, channels, height, width)
+        np.testing.assert_allclose(tensors.permute(0, 2, 3, 1).numpy(), images, atol=1e-6)
+
+        pil_images = self.generate(pipeline, output_type="pil")
+        assert len(pil_images) == num_images
+        assert all(isinstance(image, PIL.Image.Image) and image.size == (width, height) for image in pil_images)
+
+    def test_seeded_determinism(self):
+        pipeline = self.get_pipeline()
+        first, again, other = (self.generate(pipeline, seed) for seed in (0, 0, 1))
+        np.testing.assert_array_equal(first, again)
+        assert not np.array_equal(first, other)
+
+    def test_one_generator_per_image(self):
+        pipeline = self.get_pipeline()
+        num_images = self.get_expected_shape()[0]
+        assert num_images >= 2, "get_call_kwargs must make at least two images"
+        seeds = list(range(num_images))
+        images = self.generate(pipeline, [torch.Generator().manual_seed(s) for s in seeds])
+        assert len(images) == num_images
+        # Each image depends on its own generator only: changing the second seed leaves the first image unchanged.
+        changed = self.generate(pipeline, [torch.Generator().manual_seed(s) for s in [0, 99, *seeds[2:]]])
+        np.testing.assert_array_equal(images[0], changed[0])
+        assert not np.array_equal(images[1], changed[1])
+
+    def test_return_dict_false_returns_tuple(self):
+        pipeline = self.get_pipeline()
+        kwargs = {**self.get_call_kwargs(), "generator": torch.Generator().manual_seed(0), "output_type": "np"}
+        output = pipeline(**kwargs, return_dict=False)
+        assert isinstance(output, tuple) and len(output) == 1
+        np.testing.assert_array_equal(output[0], self.generate(pipeline))
+
+    def test_save_load_round_trip(self, tmp_path):
+        pipeline = self.get_pipeline()
+        pipeline.save_pretrained(tmp_path)
+        loaded = hfgen.load_pipeline(tmp_path)
+        assert type(loaded) is self.pipeline_class
+        np.testing.assert_array_equal(self.generate(loaded), self.generate(pipeline))
+
+    def test_batch_size_below_one_raises(self):
+        pipeline = self.get_pipeline()
+        with pytest.raises(ValueError, match="batch_size"):
+            pipeline(**{**self.get_call_kwargs(), "prompt": None, "batch_size": 0})
+
+    def test_empty_prompt_list_raises(self):
+        pipeline = self.get_pipeline()
+        with pytest.raises(ValueError, match="empty"):
+            pipeline(**{**self.get_call_kwargs(), "prompt": []})
+
+
+def saved_pipeline_tensors(output_dir) -> dict[str, torch.Tensor]:
+    """Every tensor of a pipeline saved in `output_dir` (each subfolder's *.safetensors), keyed "folder/file:name"."""
+    from safetensors.torch import load_file
+
+    tensors = {}
+    for folder in sorted(os.listdir(output_dir)):
+        if not os.path.isdir(os.path.join(output_dir, folder)) or folder.startswith("checkpoint-"):
+            continue
+        for file in sorted(os.listdir(os.path.join(output_dir, folder))):
+            if file.endswith(".safetensors"):
+                weights = load_file(os.path.join(output_dir, folder, file))
+                tensors.update({f"{folder}/{file}:{name}": value for name, value in weights.items()})
+    return tensors
+
+
+class TrainerTesterMixin:
+    """Tests every family's trainer must pass: a family's test class sets `trainer_class` and defines
+    `get_args(output_dir)`, a tiny, fast configuration without --max_train_steps; each test trains it on the CPU."""
+
+    trainer_class = None
+
+    def get_args(self, output_dir) -> list[str]:
+        """The family's tiny training arguments (command-line flags) for `output_dir`, without --max_train_steps."""
+        raise NotImplementedError
+
+    @pytest.fixture(autouse=True)
+    def _fresh_accelerate_state(self):
+        """A process keeps one Accelerate state (its mixed precision, for one): every test starts from a fresh one."""
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+        yield
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+    def build_trainer(self, output_dir, *extra_args: str, trainer_class=None):
+        """A trainer for `get_args(output_dir) + extra_args`; `trainer_class` swaps in a subclass."""
+        from hfgen.training.train import parse_config
+
+        parsed_class, config = parse_config([*self.get_args(str(output_dir)), *extra_args])
+        assert parsed_class is self.trainer_class
+        return (trainer_class or parsed_class)(config)
+
+    def test_two_steps_finite_and_parameters_change(self, tmp_path):
+        trainer = self.build_trainer(tmp_path, "--max_train_steps", "2")
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        before = {name: p.detach().clone() for name, p in model.named_parameters()}
+        received_grad = set()
+        for name, parameter in model.named_parameters():
+            parameter.register_post_accumulate_grad_hook(lambda p, name=name: received_grad.add(name))
+
+        summary = trainer.train()
+
+        losses = {name: value for name, value in summary["metrics"].items() if name.startswith("train_")}
+        assert "train_loss" in losses
+        for name, value in losses.items():
+            assert np.isfinite(value), f"{name} = {value}"
+        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+        assert received_grad == trainable, f"no gradient reached {sorted(trainable - received_grad)}"
+        for name, parameter in model.named_parameters():
+            if name in received_grad:
+                assert not torch.equal(before[name], parameter.detach()), f"{name} did not change in 2 steps"
+
+    def test_exact_resume(self, tmp_path):
+        import shutil
+
+        run_a, run_b = tmp_path / "a", tmp_path / "b"
+        self.build_trainer(run_a, "--max_train_steps", "6", "--checkpointing_steps", "3").train()
+        run_b.mkdir()
+        shutil.copytree(run_a / "checkpoint-3", run_b / "checkpoint-3")
+
+        resumed = self.build_trainer(
+            run_b, "--max_train_steps", "6", "--checkpointing_steps", "3", "--resume_from_checkpoint", "latest"
+        )
+        # A run that ignored the checkpoint would train 6 steps from the same seed and match run A as well.
+        steps_run = []
+        training_step = resumed.training_step
+        resumed.training_step = lambda batch, step: steps_run.append(step) or training_step(batch, step)
+        summary = resumed.train()
+
+        assert steps_run == [4, 5, 6]
+        assert summary["steps"] == 6
+        tensors_a, tensors_b = saved_pipeline_tensors(run_a), saved_pipeline_tensors(run_b)
+        assert tensors_a, f"no *.safetensors in the subfolders of {run_a}"
+        assert tensors_a.keys() == tensors_b.keys()
+        for name, tensor in tensors_a.items():
+            assert torch.equal(tensor, tensors_b[name]), f"{name} differs after resuming from checkpoint-3"
+
+    def test_saves_loadable_pipeline(self, tmp_path):
+        from huggingface_hub import ModelCard
+
+        self.build_trainer(tmp_path, "--max_train_steps", "2").train()
+
+        assert (tmp_path / "model_index.json").is_file()
+        assert (tmp_path / "samples" / "final.png").is_file()
+        pipeline = hfgen.load_pipeline(str(tmp_path))
+        assert isinstance(pipeline, self.trainer_class.pipeline_class)
+        first = pipeline(batch_size=2, generator=torch.Generator().manual_seed(0), output_type="np").images
+        again = pipeline(batch_size=2, generator=torch.Generator().manual_seed(0), output_type="np").images
+        assert len(first) == 2
+        assert np.array_equal(first, again), "the same seed gave different samples"
+
+        card = ModelCard.load(tmp_path / "README.md")
+        assert card.data.library_name == "hfgen"
+        assert self.trainer_class.family in card.data.tags

@@ -67,9 +67,13 @@ class VAEPipeline(HFGenPipeline):
         """
         # 1. How many images, and what they are conditioned on (class labels, like prompts, give one image each)
         if class_labels is not None and prompt is None:
-            if batch_size != 1:
-                raise ValueError("Pass either class_labels (one image per label) or batch_size, not both.")
-            batch_size = torch.as_tensor(class_labels).numel()
+            num_labels = torch.as_tensor(class_labels).numel()
+            if batch_size not in (1, num_labels):
+                raise ValueError(
+                    f"Got {num_labels} class_labels but batch_size={batch_size}: class labels give one image each, "
+                    "so leave batch_size out (or equal to the number of labels)."
+                )
+            batch_size = num_labels
         prompts, num_images = self.check_inputs(prompt, batch_size, num_images_per_prompt)
         condition = self.prepare_condition(self.vae, prompts, num_images, class_labels)
 

@@ -311,5 +311,5 @@ def test_prompt_count_must_match_images():
 
 def test_class_labels_and_batch_size_together_raise():
     pipe = hfgen.VAEPipeline(vae=tiny_vae(condition_type="class", num_classes=10))
-    with pytest.raises(ValueError, match="either class_labels"):
+    with pytest.raises(ValueError, match="class labels give one image each"):
         pipe(class_labels=[1, 2], batch_size=3)

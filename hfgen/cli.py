@@ -1,4 +1,4 @@
-"""The `hfgen` command: train, generate, datasets export, info."""
+"""The `hfgen` command: train, generate, evaluate, compare, datasets export, info."""
 
 import argparse
 import json
@@ -28,6 +28,55 @@ def cmd_generate(args, rest: list[str]):
         images = pipeline(prompt=args.prompt, num_images_per_prompt=args.num_images, generator=generator).images
     image_grid(images).save(args.output)
     print(f"Wrote {len(images)} images as a grid to {args.output}")
+
+
+def _metric_list(text: str) -> tuple[str, ...]:
+    from hfgen.metrics.evaluate import METRICS
+
+    metrics = tuple(m.strip() for m in text.split(",") if m.strip())
+    unknown = set(metrics) - set(METRICS)
+    if not metrics or unknown:
+        raise SystemExit(f"--metrics takes a comma-separated list of {','.join(METRICS)}; got {text!r}.")
+    return metrics
+
+
+def cmd_evaluate(args, rest: list[str]):
+    from hfgen import hub, load_pipeline
+    from hfgen.metrics.evaluate import evaluate_pipeline, format_table
+
+    pipeline = load_pipeline(args.path)
+    results = evaluate_pipeline(
+        pipeline,
+        args.dataset,
+        _metric_list(args.metrics),
+        args.num_samples,
+        seed=args.seed,
+        extractor=args.feature_extractor,
+    )
+    rows = [{"metric": k, "value": v} for k, v in results.items()]
+    print(format_table(rows, columns=[("metric", "metric"), ("value", "value")]))
+    output = args.output
+    if output is None and os.path.isdir(args.path):  # a Hub id has no local folder to write into
+        output = os.path.join(args.path, "eval_results.json")
+    if output:
+        with open(output, "w") as f:
+            json.dump(results, f, indent=2)
+        print(f"Wrote {output}")
+    if args.write_model_card:
+        if not os.path.isdir(args.path):
+            raise SystemExit("--write_model_card needs a local pipeline folder; download the repo first.")
+        hub.add_eval_results(args.path, results, args.dataset)
+        print(f"Added the results to the model-index of {args.path}/README.md")
+
+
+def cmd_compare(args, rest: list[str]):
+    from hfgen.metrics.evaluate import compare_pipelines, format_table
+
+    rows = compare_pipelines(
+        args.paths, args.dataset, _metric_list(args.metrics), args.num_samples, args.seed, args.output_dir
+    )
+    print(format_table(rows))
+    print(f"Wrote {args.output_dir}/compare.json, compare.md and compare.png")
 
 
 def cmd_datasets_export(args, rest: list[str]):
@@ -73,6 +122,32 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, default=0, help="Seed of the sampling noise.")
     generate.add_argument("-o", "--output", default="grid.png", help="Where to write the grid PNG.")
     generate.set_defaults(func=cmd_generate)
+
+    evaluate = commands.add_parser("evaluate", help="FID, KID, IS, precision/recall and NLL of a saved pipeline.")
+    evaluate.add_argument("path", help="Folder or Hub id of a saved hfgen pipeline.")
+    evaluate.add_argument(
+        "--dataset", default="digits", help="The data set it models (embedded name, folder, Hub id)."
+    )
+    evaluate.add_argument("--metrics", default="fid,kid,is,pr,nll", help="Comma-separated: fid,kid,is,pr,nll.")
+    evaluate.add_argument("--num_samples", type=int, default=1000, help="Generated images for FID/KID/IS/PR.")
+    evaluate.add_argument("--seed", type=int, default=0, help="Seed of the generated images.")
+    evaluate.add_argument(
+        "--feature_extractor", default=None, help="Extractor folder (default: shipped for --dataset)."
+    )
+    evaluate.add_argument("-o", "--output", default=None, help="JSON file (default: PATH/eval_results.json).")
+    evaluate.add_argument(
+        "--write_model_card", action="store_true", help="Also write the results into PATH/README.md's model-index."
+    )
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    compare = commands.add_parser("compare", help="Evaluate several saved pipelines of any families side by side.")
+    compare.add_argument("paths", nargs="+", help="Folders or Hub ids of saved hfgen pipelines.")
+    compare.add_argument("--dataset", default="digits", help="The data set they model.")
+    compare.add_argument("--metrics", default="fid,kid,is,pr,nll", help="Comma-separated: fid,kid,is,pr,nll.")
+    compare.add_argument("--num_samples", type=int, default=1000, help="Generated images per model.")
+    compare.add_argument("--seed", type=int, default=0, help="Seed of the generated images.")
+    compare.add_argument("--output_dir", default="out/compare", help="Where compare.json/.md/.png go.")
+    compare.set_defaults(func=cmd_compare)
 
     data = commands.add_parser("datasets", help="Embedded data sets.").add_subparsers(dest="action", required=True)
     export = data.add_parser("export", help="Save an embedded data set (digits, shapes) with save_to_disk.")

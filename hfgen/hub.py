@@ -9,7 +9,7 @@ import re
 import shlex
 from typing import Any
 
-from huggingface_hub import ModelCard, ModelCardData, create_branch, create_repo, upload_folder
+from huggingface_hub import EvalResult, ModelCard, ModelCardData, create_branch, create_repo, upload_folder
 from huggingface_hub.utils import HfHubHTTPError, HFValidationError, validate_repo_id
 
 # Files a training run leaves in its output dir that do not belong in a published model repo.
@@ -158,6 +158,43 @@ def write_model_card(
     # Optional sections leave runs of blank lines behind; collapse them so the markdown stays tidy.
     card = ModelCard(re.sub(r"\n{3,}", "\n\n", card.content))
     card.save(os.path.join(output_dir, "README.md"))
+    return card
+
+
+# Metrics that go into the card's `model-index` (what the Hub shows as evaluation results), with display names.
+EVAL_METRIC_NAMES = {
+    "fid": "FID ({features} features)",
+    "kid": "KID ({features} features)",
+    "is": "Inception Score ({features} classifier)",
+    "precision": "Precision (k=3, {features} features)",
+    "recall": "Recall (k=3, {features} features)",
+    "nll_bits_per_dim": "NLL bits/dim (test split)",
+}
+
+
+def add_eval_results(output_dir: str, results: dict, dataset: str, split: str = "train") -> ModelCard:
+    """Writes `hfgen evaluate` results into the `model-index` metadata of `output_dir/README.md` (and keeps the rest
+    of the card). Sample-quality metrics compare with the `split` images, NLL is on the test split."""
+    path = os.path.join(output_dir, "README.md")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No model card at {path}: train with hfgen (or write one) before adding results.")
+    card = ModelCard.load(path)
+    task = card.data.pipeline_tag or "unconditional-image-generation"
+    card.data.model_name = card.data.model_name or os.path.basename(os.path.normpath(output_dir))
+    card.data.eval_results = [
+        EvalResult(
+            task_type=task,
+            dataset_type=dataset,
+            dataset_name=dataset,
+            dataset_split="test" if key.startswith("nll") else split,
+            metric_type=key,
+            metric_value=round(float(results[key]), 6),
+            metric_name=name.format(features=f"hfgen {dataset}"),
+        )
+        for key, name in EVAL_METRIC_NAMES.items()
+        if results.get(key) is not None
+    ]
+    card.save(path)
     return card
 
 

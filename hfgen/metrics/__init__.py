@@ -1,0 +1,43 @@
+"""Measuring generative models: domain features, FID/KID/IS/precision-recall, divergences, likelihood baselines,
+anomaly detection, and the `hfgen evaluate` / `hfgen compare` commands.
+
+    from hfgen.metrics import load_feature_extractor, evaluate_pipeline
+    results = evaluate_pipeline(hfgen.load_pipeline("out/vae-digits"), dataset="digits")
+"""
+
+from hfgen.metrics.anomaly import anomaly_auroc, auroc
+from hfgen.metrics.baselines import sklearn_baselines
+from hfgen.metrics.divergences import (
+    exact_wasserstein,
+    js_divergence,
+    kl_divergence,
+    mmd,
+    sliced_wasserstein,
+    total_variation,
+    wasserstein_1d,
+)
+from hfgen.metrics.evaluate import compare_pipelines, evaluate_pipeline
+from hfgen.metrics.features import DomainClassifier, load_feature_extractor
+from hfgen.metrics.sample_quality import GaussianStatistics, fid, inception_score, kid, precision_recall
+
+__all__ = [
+    "DomainClassifier",
+    "GaussianStatistics",
+    "anomaly_auroc",
+    "auroc",
+    "compare_pipelines",
+    "evaluate_pipeline",
+    "exact_wasserstein",
+    "fid",
+    "inception_score",
+    "js_divergence",
+    "kid",
+    "kl_divergence",
+    "load_feature_extractor",
+    "mmd",
+    "precision_recall",
+    "sklearn_baselines",
+    "sliced_wasserstein",
+    "total_variation",
+    "wasserstein_1d",
+]

@@ -1,0 +1,227 @@
+"""`hfgen evaluate` and `hfgen compare`: saved pipelines of any family, measured on one data set with one extractor.
+
+    hfgen evaluate out/vae-digits --dataset digits --metrics fid,kid,is,pr,nll --num_samples 1000
+    hfgen compare out/vae-digits out/gan-digits --dataset digits --output_dir out/compare
+
+Sample quality (FID, KID, IS, precision/recall) compares `num_samples` generated images with the real training split in
+the feature space of the data set's domain classifier ([`load_feature_extractor`]); NLL is measured on the held-out
+test split through the pipeline's `log_likelihood` when the family has one. Both splits are the ones every hfgen
+trainer uses (`test_size=0.1, seed=0`).
+"""
+
+import json
+import math
+import os
+import time
+
+import PIL.Image
+import torch
+
+from hfgen.data import load_image_dataset
+from hfgen.metrics.features import DomainClassifier, load_feature_extractor
+from hfgen.metrics.sample_quality import GaussianStatistics, fid, inception_score, kid, precision_recall
+
+METRICS = ("fid", "kid", "is", "pr", "nll")
+
+
+def real_images(dataset: str, split: str = "train", max_images: int | None = None) -> torch.Tensor:
+    """(n, c, h, w) images in [-1, 1] of a split, as every hfgen trainer splits the data set."""
+    images = load_image_dataset(dataset, test_size=0.1, seed=0)[split]
+    count = len(images) if max_images is None else min(max_images, len(images))
+    return torch.stack([images[i]["pixel_values"] for i in range(count)])
+
+
+@torch.no_grad()
+def generate_images(pipeline, num_samples: int, batch_size: int = 250, seed: int = 0) -> tuple[torch.Tensor, float]:
+    """Unconditional samples (an empty prompt for text-conditioned models) as (n, c, h, w) in [-1, 1], and the wall
+    time per image in seconds. One seeded generator runs through all batches, so the set is reproducible."""
+    generator = torch.Generator().manual_seed(seed)
+    batches, start = [], time.perf_counter()
+    for first in range(0, num_samples, batch_size):
+        count = min(batch_size, num_samples - first)
+        batches.append(pipeline(batch_size=count, generator=generator, output_type="pt").images * 2 - 1)
+    seconds_per_image = (time.perf_counter() - start) / num_samples
+    return torch.cat(batches), seconds_per_image
+
+
+@torch.no_grad()
+def features_and_probabilities(extractor: DomainClassifier, images: torch.Tensor, batch_size: int = 500):
+    """The extractor's (n, d) features and (n, classes) probabilities, batch by batch."""
+    features, probabilities = [], []
+    for batch in images.split(batch_size):
+        output = extractor(extractor._check(batch))
+        features.append(output.features.double().cpu())
+        probabilities.append(output.logits.softmax(-1).double().cpu())
+    return torch.cat(features), torch.cat(probabilities)
+
+
+def sample_quality(extractor: DomainClassifier, real: torch.Tensor, fake: torch.Tensor, metrics=METRICS, seed=0):
+    """FID, KID, IS and precision/recall of `fake` against `real` (both (n, c, h, w) in [-1, 1])."""
+    real_features, _ = features_and_probabilities(extractor, real)
+    fake_features, fake_probabilities = features_and_probabilities(extractor, fake)
+    results = {}
+    if "fid" in metrics:
+        real_stats, fake_stats = GaussianStatistics(), GaussianStatistics()
+        for batch in real_features.split(500):  # streamed, as it would be over a data set too large for memory
+            real_stats.update(batch)
+        for batch in fake_features.split(500):
+            fake_stats.update(batch)
+        results["fid"] = fid(real_stats, fake_stats)
+    if "kid" in metrics:
+        results["kid"], results["kid_std"] = kid(real_features, fake_features, seed=seed)
+    if "is" in metrics:
+        results["is"], results["is_std"] = inception_score(fake_probabilities)
+    if "pr" in metrics:
+        results["precision"], results["recall"] = precision_recall(real_features, fake_features)
+    return results
+
+
+@torch.no_grad()
+def likelihood(pipeline, images: torch.Tensor, batch_size: int = 100, seed: int = 0) -> dict:
+    """Mean test log-likelihood through the family's `log_likelihood(images, generator=...)` contract."""
+    generator = torch.Generator().manual_seed(seed)
+    outputs = [pipeline.log_likelihood(batch, generator=generator) for batch in images.split(batch_size)]
+    return {
+        "nll_nats": -torch.cat([o.log_likelihood for o in outputs]).mean().item(),
+        "nll_bits_per_dim": torch.cat([o.bits_per_dim for o in outputs]).mean().item(),
+        "nll_kind": outputs[0].kind,
+        "nll_dequantization": outputs[0].dequantization,
+    }
+
+
+def count_parameters(pipeline) -> int:
+    """Parameters of every torch module in the pipeline (the generative model and its text encoder)."""
+    return sum(
+        p.numel() for c in pipeline.components.values() if isinstance(c, torch.nn.Module) for p in c.parameters()
+    )
+
+
+def evaluate_pipeline(
+    pipeline,
+    dataset: str = "digits",
+    metrics: tuple[str, ...] = METRICS,
+    num_samples: int = 1000,
+    batch_size: int = 250,
+    seed: int = 0,
+    extractor: DomainClassifier | str | None = None,
+) -> dict:
+    """Every requested metric of one pipeline on `dataset`, as a flat dict (what `hfgen evaluate` prints).
+
+    Args:
+        pipeline ([`HFGenPipeline`]): A loaded pipeline of any family.
+        dataset (`str`, *optional*, defaults to "digits"): The data set it models (embedded, folder, Hub id).
+        metrics (`tuple[str]`, *optional*): Any of "fid", "kid", "is", "pr", "nll".
+        num_samples (`int`, *optional*, defaults to 1000): Generated images for the sample-quality metrics.
+        batch_size (`int`, *optional*, defaults to 250): Images generated per pipeline call.
+        seed (`int`, *optional*, defaults to 0): Seed of the generated set, KID subsets and likelihood estimates.
+        extractor ([`DomainClassifier`] or `str`, *optional*): Features to use; default: the one shipped for `dataset`.
+    """
+    unknown = set(metrics) - set(METRICS)
+    if unknown:
+        raise ValueError(f"Unknown metrics {sorted(unknown)}; choose from {', '.join(METRICS)}.")
+    results = {"dataset": dataset, "parameters": count_parameters(pipeline)}
+    quality = [m for m in metrics if m != "nll"]
+    if quality:
+        if not isinstance(extractor, DomainClassifier):
+            extractor = load_feature_extractor(extractor or dataset)
+        fake, results["seconds_per_image"] = generate_images(pipeline, num_samples, batch_size, seed)
+        results["num_samples"] = num_samples
+        results.update(sample_quality(extractor, real_images(dataset, "train"), fake, quality, seed))
+    if "nll" in metrics and hasattr(pipeline, "log_likelihood"):
+        results.update(likelihood(pipeline, real_images(dataset, "test"), seed=seed))
+    return results
+
+
+def training_seconds(path: str) -> float | None:
+    """Training wall time recorded by the trainer next to a saved pipeline, if any."""
+    summary = os.path.join(path, "train_summary.json")
+    if not os.path.isfile(summary):
+        return None
+    with open(summary) as f:
+        return json.load(f).get("metrics", {}).get("train_wall_seconds")
+
+
+COMPARE_COLUMNS = [
+    ("name", "model"),
+    ("family", "family"),
+    ("fid", "FID"),
+    ("kid", "KID"),
+    ("is", "IS"),
+    ("precision", "precision"),
+    ("recall", "recall"),
+    ("nll_bits_per_dim", "NLL bits/dim"),
+    ("seconds_per_image", "s/image"),
+    ("parameters", "params"),
+    ("train_wall_seconds", "train s"),
+]
+
+
+def format_table(rows: list[dict], columns=COMPARE_COLUMNS) -> str:
+    """A markdown table of result rows; missing values show as "-"."""
+
+    def cell(value):
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.3e}"
+        return str(value)
+
+    lines = ["| " + " | ".join(title for _, title in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(key)) for key, _ in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def compare_figure(rows: list[dict], grids: list[PIL.Image.Image], path: str):
+    """One PNG: each model's sample grid side by side, above bar charts of FID, precision/recall and NLL."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and in CI
+    import matplotlib.pyplot as plt
+
+    names = [row["name"] for row in rows]
+    charts = [(key, title) for key, title in COMPARE_COLUMNS[2:8] if any(row.get(key) is not None for row in rows)]
+    figure = plt.figure(figsize=(max(3.2 * len(rows), 2.6 * len(charts)), 6.5), layout="constrained")
+    top, bottom = figure.subfigures(2, 1, height_ratios=[1.3, 1])
+    for axis, grid, name in zip(top.subplots(1, len(rows), squeeze=False)[0], grids, names):
+        axis.imshow(grid, cmap="gray" if grid.mode == "L" else None)
+        axis.set_title(name, fontsize=9)
+        axis.axis("off")
+    for axis, (key, title) in zip(bottom.subplots(1, max(1, len(charts)), squeeze=False)[0], charts):
+        values = [row.get(key) if row.get(key) is not None else math.nan for row in rows]
+        axis.bar(range(len(rows)), values, color=[f"C{i}" for i in range(len(rows))])
+        axis.set_xticks(range(len(rows)), names, rotation=30, ha="right", fontsize=8)
+        axis.set_title(title + (" (lower is better)" if key in ("fid", "kid", "nll_bits_per_dim") else ""), fontsize=9)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def compare_pipelines(
+    paths: list[str],
+    dataset: str = "digits",
+    metrics: tuple[str, ...] = METRICS,
+    num_samples: int = 1000,
+    seed: int = 0,
+    output_dir: str | None = None,
+) -> list[dict]:
+    """Evaluates saved pipelines of any families on the same data, features and seed; with `output_dir`, writes
+    `compare.json`, `compare.md` (the table) and `compare.png` (sample grids and bar charts)."""
+    from hfgen.pipelines.pipeline_utils import HFGenPipeline, image_grid
+
+    extractor = load_feature_extractor(dataset) if set(metrics) - {"nll"} else None
+    rows, grids = [], []
+    for path in paths:
+        pipeline = HFGenPipeline.from_pretrained(path)
+        row = {"name": os.path.basename(os.path.normpath(path)), "path": path, "pipeline": type(pipeline).__name__}
+        row["family"] = row["pipeline"].removesuffix("Pipeline").lower()
+        row.update(evaluate_pipeline(pipeline, dataset, metrics, num_samples, seed=seed, extractor=extractor))
+        row["train_wall_seconds"] = training_seconds(path)
+        rows.append(row)
+        grids.append(image_grid(pipeline(batch_size=16, generator=torch.Generator().manual_seed(seed)).images))
+    if output_dir:
+        os.makedirs(output_dir, exist_ok=True)
+        with open(os.path.join(output_dir, "compare.json"), "w") as f:
+            json.dump(rows, f, indent=2)
+        with open(os.path.join(output_dir, "compare.md"), "w") as f:
+            f.write(format_table(rows) + "\n")
+        compare_figure(rows, grids, os.path.join(output_dir, "compare.png"))
+    return rows

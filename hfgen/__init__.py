@@ -7,11 +7,22 @@ Accelerate loop.
 
 __version__ = "0.1.0"
 
+from hfgen.models.modeling_gan import GANDiscriminator, GANGenerator
 from hfgen.models.modeling_vae import VAEModel
+from hfgen.pipelines.pipeline_gan import GANPipeline
 from hfgen.pipelines.pipeline_utils import HFGenPipeline, LikelihoodOutput
 from hfgen.pipelines.pipeline_vae import VAEPipeline
 
 # Opens any saved hfgen pipeline: reads model_index.json and returns the right family's pipeline class.
 load_pipeline = HFGenPipeline.from_pretrained
 
-__all__ = ["HFGenPipeline", "LikelihoodOutput", "VAEModel", "VAEPipeline", "load_pipeline"]
+__all__ = [
+    "GANDiscriminator",
+    "GANGenerator",
+    "GANPipeline",
+    "HFGenPipeline",
+    "LikelihoodOutput",
+    "VAEModel",
+    "VAEPipeline",
+    "load_pipeline",
+]

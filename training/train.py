@@ -11,10 +11,11 @@ import argparse
 import sys
 
 import yaml
+from hfgen.training.trainer_gan import GANTrainer
 from hfgen.training.trainer_vae import VAETrainer
 from transformers import HfArgumentParser
 
-TRAINERS = {trainer.family: trainer for trainer in (VAETrainer,)}
+TRAINERS = {trainer.family: trainer for trainer in (VAETrainer, GANTrainer)}
 
 
 def parse_config(argv: list[str] | None = None):

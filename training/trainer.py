@@ -2,7 +2,8 @@
 
 Nothing in this file knows about any family. A family subclasses [`Trainer`] and adds its config fields, its model
 (`build_model`), its pipeline (`build_pipeline`) and its loss (`compute_loss`, returning a dict with "loss" and named
-terms), or overrides `training_step` when it needs several optimizers.
+terms), or overrides `training_step` when it needs several optimizers (networks besides the model, such as a GAN's
+discriminator, come from `prepare_auxiliary_models`).
 
 The loop owns: data loading, text conditioning (caption dropout), Accelerate (processes, mixed precision, gradient
 accumulation), the optimizer and learning-rate schedule, EMA, logging, atomic checkpoints and exact resume, NaN
@@ -172,16 +173,7 @@ class Trainer:
         self.num_classes = self.count_classes() if config.conditioning == "class" else None
         self.model = self.build_model()
 
-        # 3. Optimizer, schedule, and everything through Accelerate.
-        parameters = list(self.model.parameters())
-        if self.train_text_encoder:
-            parameters += list(self.text_encoder.parameters())
-        self.optimizer = torch.optim.AdamW(
-            parameters,
-            lr=config.learning_rate,
-            betas=(config.adam_beta1, config.adam_beta2),
-            weight_decay=config.adam_weight_decay,
-        )
+        # 3. Data loader, optimizer, schedule, and everything through Accelerate.
         self.train_dataloader = DataLoader(
             self.splits["train"],
             batch_size=config.train_batch_size,
@@ -196,13 +188,10 @@ class Trainer:
         else:
             batches = len(self.train_dataloader) // self.accelerator.num_processes
             self.max_train_steps = config.num_epochs * math.ceil(batches / config.gradient_accumulation_steps)
-        self.lr_scheduler = get_scheduler(
-            config.lr_scheduler,
-            optimizer=self.optimizer,
-            # Accelerate steps a prepared scheduler once per process.
-            num_warmup_steps=config.lr_warmup_steps * self.accelerator.num_processes,
-            num_training_steps=self.max_train_steps * self.accelerator.num_processes,
-        )
+        parameters = list(self.model.parameters())
+        if self.train_text_encoder:
+            parameters += list(self.text_encoder.parameters())
+        self.optimizer, self.lr_scheduler = self.build_optimizer(parameters)
         self.model, self.optimizer, self.train_dataloader, self.lr_scheduler = self.accelerator.prepare(
             self.model, self.optimizer, self.train_dataloader, self.lr_scheduler
         )
@@ -218,6 +207,7 @@ class Trainer:
             )
             self.ema.to(self.accelerator.device)
             self.accelerator.register_for_checkpointing(self.ema)
+        self.prepare_auxiliary_models()
 
     # ----- what a family provides ------------------------------------------------------------------------------------
     def build_model(self) -> torch.nn.Module:
@@ -230,6 +220,30 @@ class Trainer:
     def build_pipeline(self, model, tokenizer, text_encoder):
         raise NotImplementedError
 
+    def prepare_auxiliary_models(self):
+        """Builds and prepares the networks a family trains besides `self.model` (a GAN's discriminator), each with
+        its own optimizer from `build_optimizer`. Whatever goes through `self.accelerator.prepare` here is saved in
+        checkpoints and restored on resume; only `self.model` (and the text components) goes into the pipeline."""
+
+    def build_optimizer(self, parameters, learning_rate: float | None = None, betas: tuple | None = None):
+        """(AdamW, its learning-rate schedule) over `parameters`; the learning rate and betas default to the config's.
+        Prepare both with Accelerate."""
+        config = self.config
+        optimizer = torch.optim.AdamW(
+            parameters,
+            lr=config.learning_rate if learning_rate is None else learning_rate,
+            betas=(config.adam_beta1, config.adam_beta2) if betas is None else betas,
+            weight_decay=config.adam_weight_decay,
+        )
+        lr_scheduler = get_scheduler(
+            config.lr_scheduler,
+            optimizer=optimizer,
+            # Accelerate steps a prepared scheduler once per process.
+            num_warmup_steps=config.lr_warmup_steps * self.accelerator.num_processes,
+            num_training_steps=self.max_train_steps * self.accelerator.num_processes,
+        )
+        return optimizer, lr_scheduler
+
     def evaluate(self, pipeline) -> dict[str, float]:
         """Final metrics on the test split for the model card (optional)."""
         return {}
@@ -237,7 +251,9 @@ class Trainer:
     def condition_kwargs(self) -> dict:
         """The model-config arguments that describe the conditioning, for `build_model`."""
         if self.config.conditioning == "text":
-            return {"condition_type": "text", "text_embed_dim": self.text_encoder.config.hidden_size}
+            # Unwrapped, so that this also works once the encoder is prepared (a family's auxiliary models).
+            text_encoder = self.accelerator.unwrap_model(self.text_encoder, keep_fp32_wrapper=True)
+            return {"condition_type": "text", "text_embed_dim": text_encoder.config.hidden_size}
         if self.config.conditioning == "class":
             return {"condition_type": "class", "num_classes": self.num_classes}
         return {"condition_type": None}
@@ -284,7 +300,8 @@ class Trainer:
         if conditioning == "class":
             return torch.where(drop.to(batch["labels"].device), -1, batch["labels"])
         captions = ["" if dropped else caption for caption, dropped in zip(batch["captions"], drop.tolist())]
-        with torch.set_grad_enabled(self.train_text_encoder):
+        # A caller's torch.no_grad() wins: a family may need a step's condition without training the encoder on it.
+        with torch.set_grad_enabled(self.train_text_encoder and torch.is_grad_enabled()):
             return encode_prompts(self.tokenizer, self.text_encoder, captions, device=self.accelerator.device)
 
     # ----- one optimisation step -------------------------------------------------------------------------------------
@@ -325,7 +342,9 @@ class Trainer:
             desc=f"{self.family} steps",
             disable=not accelerator.is_local_main_process,
         )
-        running, running_batches, logged = {}, 0, {}
+        # Each logged term is averaged over the batches that reported it (a GAN's generator loss comes every
+        # n_critic-th batch only).
+        running, counts, logged = {}, {}, {}
         epoch = global_step // steps_per_epoch if steps_per_epoch else 0
         self.model.train()
         while global_step < self.max_train_steps:
@@ -340,7 +359,7 @@ class Trainer:
                     losses = self.training_step(batch, global_step + 1)
                 for name, value in losses.items():
                     running[name] = running.get(name, 0.0) + value.detach().float()
-                running_batches += 1
+                    counts[name] = counts.get(name, 0) + 1
                 if not accelerator.sync_gradients:
                     continue
                 global_step += 1
@@ -348,11 +367,11 @@ class Trainer:
                 if self.ema is not None:
                     self.ema.step(accelerator.unwrap_model(self.model).parameters())
                 if global_step % config.logging_steps == 0 or global_step == self.max_train_steps:
-                    logged = {k: accelerator.reduce(v / running_batches, "mean").item() for k, v in running.items()}
+                    logged = {k: accelerator.reduce(v / counts[k], "mean").item() for k, v in running.items()}
                     logged["lr"] = self.lr_scheduler.get_last_lr()[0]
                     accelerator.log(logged, step=global_step)
                     progress.set_postfix(loss=f"{logged['loss']:.4g}")
-                    running, running_batches = {}, 0
+                    running, counts = {}, {}
                 if global_step % config.checkpointing_steps == 0:
                     self.save_checkpoint(global_step)
                 if config.validation_steps and global_step % config.validation_steps == 0:

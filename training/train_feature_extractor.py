@@ -32,8 +32,8 @@ tags: [hfgen, feature-extractor, image-classification]
 # hfgen domain feature extractor: {dataset}
 
 A small convolutional classifier trained on the `{dataset}` data set ({num_classes} classes: {class_names}).
-hfgen uses its penultimate layer ({feature_dim} features) for FID, KID and precision/recall and its softmax for the
-Inception Score (`hfgen.metrics.load_feature_extractor("{dataset}")`).
+hfgen uses its penultimate layer ({feature_dim} globally pooled conv features) for FID, KID and precision/recall
+and its softmax for the Inception Score (`hfgen.metrics.load_feature_extractor("{dataset}")`).
 
 | | |
 |---|---|
@@ -67,8 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--label_column", default="label")
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--block_out_channels", type=int, nargs="+", default=[32, 64])
-    parser.add_argument("--feature_dim", type=int, default=64)
+    parser.add_argument("--block_out_channels", type=int, nargs="+", default=[32, 64, 128])
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--learning_rate", type=float, default=2e-3)
@@ -85,7 +84,6 @@ def main(argv: list[str] | None = None) -> dict:
         in_channels=channels,
         num_classes=len(class_names),
         block_out_channels=tuple(args.block_out_channels),
-        feature_dim=args.feature_dim,
         class_names=class_names,
         dataset=args.dataset_name,
     )
@@ -120,6 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
         **results,
         **{k: v for k, v in vars(args).items() if k != "dataset_name"},
         num_classes=len(class_names),
+        feature_dim=args.block_out_channels[-1],
         class_names=", ".join(class_names),
         command=command,
     )

@@ -93,3 +93,31 @@ def anomaly_auroc(
         "kind": output.kind,
         "dequantization": output.dequantization,
     }
+
+
+def out_of_distribution_images(
+    kind: str, num_images: int, sample_size: int = 8, num_levels: int = 17, seed: int = 0
+) -> torch.Tensor:
+    """Greyscale (n, 1, s, s) images in [-1, 1] on the same `num_levels` grey levels as the in-distribution data:
+
+    - "shapes": hfgen's drawn shapes converted to grey and resized to `sample_size` (structured, but not digits);
+    - "noise": every pixel an independent uniformly random level.
+    """
+    if kind == "noise":
+        levels = torch.randint(
+            0, num_levels, (num_images, 1, sample_size, sample_size), generator=torch.Generator().manual_seed(seed)
+        )
+    elif kind == "shapes":
+        from PIL import Image
+
+        from hfgen.data import make_shapes_dataset
+
+        shapes = make_shapes_dataset(num_samples=num_images, seed=seed)
+        grey = [
+            np.asarray(image.convert("L").resize((sample_size, sample_size), Image.BILINEAR), dtype=np.float64)
+            for image in shapes["image"]
+        ]
+        levels = torch.from_numpy(np.rint(np.stack(grey) / 255 * (num_levels - 1))).unsqueeze(1)
+    else:
+        raise ValueError(f"kind must be 'shapes' or 'noise', got {kind!r}.")
+    return levels.float() / (num_levels - 1) * 2 - 1

@@ -14,7 +14,6 @@ import os
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
@@ -28,7 +27,7 @@ class DomainClassifierOutput(BaseOutput):
     """
     Args:
         logits (`torch.Tensor`): (b, num_classes) class scores.
-        features (`torch.Tensor`, *optional*): (b, feature_dim) penultimate activations.
+        features (`torch.Tensor`, *optional*): (b, block_out_channels[-1]) penultimate (pooled) activations.
     """
 
     logits: torch.Tensor
@@ -38,15 +37,18 @@ class DomainClassifierOutput(BaseOutput):
 class DomainClassifier(ModelMixin, ConfigMixin):
     r"""A small convolutional classifier whose penultimate layer is a feature space for sample-quality metrics.
 
-    (b, c, s, s) images in [-1, 1] -> conv blocks that halve the resolution down to 4x4 -> a `feature_dim` layer
-    (the features) -> `num_classes` logits.
+    (b, c, s, s) images in [-1, 1] -> conv blocks (the later ones halve the resolution while it is above 4x4) ->
+    global average pooling, the features (b, block_out_channels[-1]) -> `num_classes` logits. As in Inception-v3,
+    whose pool3 layer FID uses, the features are spatially pooled conv activations: they describe what is in an
+    image, so images unlike the training data (noise, shapes) land far from it, rather than only where a decision
+    boundary put them.
 
     Args:
         sample_size (`int`, *optional*, defaults to 8): Height and width of the images.
         in_channels (`int`, *optional*, defaults to 1): Image channels.
         num_classes (`int`, *optional*, defaults to 10): Number of classes.
-        block_out_channels (`tuple[int]`, *optional*, defaults to `(32, 64)`): Widths of the conv blocks.
-        feature_dim (`int`, *optional*, defaults to 64): Size of the feature vector.
+        block_out_channels (`tuple[int]`, *optional*, defaults to `(32, 64, 128)`): Widths of the conv blocks; the
+            last one is the size of the feature vector.
         class_names (`list[str]`, *optional*): Names of the classes, for display.
         dataset (`str`, *optional*): The data set the classifier was trained on.
     """
@@ -57,8 +59,7 @@ class DomainClassifier(ModelMixin, ConfigMixin):
         sample_size: int = 8,
         in_channels: int = 1,
         num_classes: int = 10,
-        block_out_channels: tuple[int, ...] = (32, 64),
-        feature_dim: int = 64,
+        block_out_channels: tuple[int, ...] = (32, 64, 128),
         class_names: list[str] | None = None,
         dataset: str | None = None,
     ):
@@ -69,20 +70,14 @@ class DomainClassifier(ModelMixin, ConfigMixin):
             raise ValueError(f"Got {len(class_names)} class_names for num_classes={num_classes}.")
         layers, channels, size = [], in_channels, sample_size
         for i, out_channels in enumerate(block_out_channels):
-            # The first block keeps the resolution; later ones halve it while it is above 4x4.
             stride = 2 if i > 0 and size > 4 else 1
             layers += [nn.Conv2d(channels, out_channels, 3, stride=stride, padding=1), nn.SiLU()]
             channels, size = out_channels, size // stride
-        while size > 4:  # larger images (32x32 shapes) are pooled down to 4x4
-            layers.append(nn.AvgPool2d(2))
-            size //= 2
         self.conv = nn.Sequential(*layers)
-        self.to_features = nn.Linear(channels * size * size, feature_dim)
-        self.classifier = nn.Linear(feature_dim, num_classes)
+        self.classifier = nn.Linear(channels, num_classes)
 
     def forward(self, images: torch.Tensor, return_dict: bool = True) -> DomainClassifierOutput | tuple:
-        h = self.conv(images).flatten(1)  # (b, c * 4 * 4)
-        features = F.silu(self.to_features(h))  # (b, feature_dim)
+        features = self.conv(images).mean(dim=(2, 3))  # (b, block_out_channels[-1])
         logits = self.classifier(features)  # (b, num_classes)
         if not return_dict:
             return (logits, features)
@@ -99,7 +94,7 @@ class DomainClassifier(ModelMixin, ConfigMixin):
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """(b, c, s, s) images in [-1, 1] -> (b, feature_dim) features."""
+        """(b, c, s, s) images in [-1, 1] -> (b, d) features."""
         return self(self._check(images)).features
 
     @torch.no_grad()

@@ -1,0 +1,163 @@
+"""hfgen.metrics on real images and pipelines: the shipped domain extractors, FID through them (cross-checked with
+torchmetrics), `hfgen evaluate` / `hfgen compare`, the scikit-learn baselines, out-of-distribution sets, and FID during
+training. The pure maths is in test_metrics_math.py."""
+
+import json
+import math
+import os
+
+import pytest
+import torch
+from hfgen.training.train import parse_config
+from huggingface_hub import ModelCard
+
+import hfgen
+from hfgen.cli import main as hfgen_main
+from hfgen.data import collate_fn
+from hfgen.metrics import DomainClassifier, fid, load_feature_extractor, sklearn_baselines
+from hfgen.metrics.anomaly import out_of_distribution_images
+from hfgen.metrics.evaluate import evaluate_pipeline, features_and_probabilities, real_images
+from hfgen.metrics.features import EXTRACTORS_DIR, shipped_extractors
+
+TINY_VAE = dict(sample_size=8, in_channels=1, latent_dim=4, block_out_channels=(8,), norm_num_groups=4, num_bins=17)
+
+
+@pytest.fixture(scope="module")
+def digits_extractor() -> DomainClassifier:
+    return load_feature_extractor("digits")
+
+
+@pytest.fixture(scope="module")
+def tiny_vae_dir(tmp_path_factory) -> str:
+    """A saved (untrained) VAE pipeline with a model card, as a training run leaves it."""
+    path = str(tmp_path_factory.mktemp("metrics") / "tiny-vae")
+    torch.manual_seed(0)
+    hfgen.VAEPipeline(vae=hfgen.VAEModel(**TINY_VAE)).save_pretrained(path)
+    hfgen.hub.write_model_card(
+        path, family="vae", pipeline_class="VAEPipeline", pipeline_tag="unconditional-image-generation",
+        dataset="digits", settings={},
+    )  # fmt: skip
+    return path
+
+
+@pytest.mark.parametrize("name", ["digits", "shapes"])
+def test_shipped_extractor_reaches_its_stated_test_accuracy(name):
+    assert name in shipped_extractors()
+    folder = os.path.join(EXTRACTORS_DIR, name)
+    assert os.path.getsize(os.path.join(folder, "diffusion_pytorch_model.safetensors")) < 600_000
+    with open(os.path.join(folder, "results.json")) as f:
+        stated = json.load(f)
+    assert f"{stated['test_accuracy']:.4f}" in open(os.path.join(folder, "README.md")).read()  # the card says it
+
+    extractor = load_feature_extractor(name)
+    test = hfgen.data.load_image_dataset(name, label_column="label", test_size=0.1, seed=0)["test"]
+    batch = collate_fn([test[i] for i in range(len(test))])
+    predictions = extractor.class_probabilities(batch["pixel_values"]).argmax(-1)
+    accuracy = (predictions == batch["labels"]).float().mean().item()
+    assert accuracy == pytest.approx(stated["test_accuracy"], abs=1e-6)
+    assert accuracy > 0.95
+
+
+def test_extractor_errors_name_the_fix(digits_extractor):
+    with pytest.raises(ValueError, match="train_feature_extractor"):
+        load_feature_extractor("cifar10")
+    with pytest.raises(ValueError, match=r"\(b, \*\(1, 8, 8\)\)"):
+        digits_extractor.features(torch.zeros(2, 3, 32, 32))
+
+
+def test_fid_through_the_extractor_matches_torchmetrics(digits_extractor):
+    torchmetrics_fid = pytest.importorskip("torchmetrics.image.fid")
+
+    class ExtractorFeatures(torch.nn.Module):  # torchmetrics calls the module on images and wants features back
+        num_features = digits_extractor.config.block_out_channels[-1]
+
+        def forward(self, images):
+            return digits_extractor.features(images)
+
+    train, test = real_images("digits", "train", max_images=600), real_images("digits", "test")
+    metric = torchmetrics_fid.FrechetInceptionDistance(feature=ExtractorFeatures())
+    for batch in train.split(200):  # both stream over batches
+        metric.update(batch, real=True)
+    metric.update(test, real=False)
+    ours = fid(features_and_probabilities(digits_extractor, train)[0], digits_extractor.features(test))
+    assert ours == pytest.approx(float(metric.compute()), rel=1e-3)
+
+
+def test_fid_orders_real_one_class_and_noise(digits_extractor):
+    train, test = real_images("digits", "train"), real_images("digits", "test")
+    labels = digits_extractor.class_probabilities(train).argmax(-1)
+    features = {
+        "test": digits_extractor.features(test),
+        "one class": digits_extractor.features(train[labels == 3][:150]),
+        "noise": digits_extractor.features(out_of_distribution_images("noise", 180)),
+    }
+    reference = digits_extractor.features(train)
+    distances = {name: fid(reference, f) for name, f in features.items()}
+    assert distances["test"] < distances["one class"] < distances["noise"]
+
+
+def test_evaluate_pipeline_reports_every_metric_deterministically(tiny_vae_dir):
+    pipeline = hfgen.load_pipeline(tiny_vae_dir)
+    first = evaluate_pipeline(pipeline, "digits", num_samples=64, batch_size=32)
+    for key in ("fid", "kid", "is", "precision", "recall", "nll_bits_per_dim", "seconds_per_image", "parameters"):
+        assert math.isfinite(first[key]), key
+    assert first["nll_kind"].startswith("lower bound (IWAE")
+    assert 1.0 <= first["is"] <= 10.0
+    second = evaluate_pipeline(pipeline, "digits", metrics=("fid", "nll"), num_samples=64, batch_size=32)
+    assert second["fid"] == first["fid"] and second["nll_bits_per_dim"] == first["nll_bits_per_dim"]
+    with pytest.raises(ValueError, match="Unknown metrics"):
+        evaluate_pipeline(pipeline, metrics=("fid", "bleu"))
+
+
+def test_evaluate_command_writes_json_and_model_index(tiny_vae_dir, tmp_path, capsys):
+    output = tmp_path / "results.json"
+    hfgen_main(["evaluate", tiny_vae_dir, "--num_samples", "32", "-o", str(output), "--write_model_card"])
+    assert "| fid |" in capsys.readouterr().out
+    results = json.loads(output.read_text())
+    card = ModelCard.load(os.path.join(tiny_vae_dir, "README.md"))
+    metrics = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert metrics["fid"] == pytest.approx(results["fid"], rel=1e-5)
+    assert metrics["nll_bits_per_dim"] == pytest.approx(results["nll_bits_per_dim"], rel=1e-5)
+    assert "## How to use" in card.content  # the rest of the card is kept
+    with pytest.raises(SystemExit, match="--metrics"):
+        hfgen_main(["evaluate", tiny_vae_dir, "--metrics", "bleu"])
+
+
+def test_compare_command_writes_table_and_figure(tiny_vae_dir, tmp_path, capsys):
+    other = str(tmp_path / "other-vae")
+    torch.manual_seed(1)
+    hfgen.VAEPipeline(vae=hfgen.VAEModel(**{**TINY_VAE, "latent_dim": 2})).save_pretrained(other)
+    output_dir = tmp_path / "compare"
+    hfgen_main(["compare", tiny_vae_dir, other, "--num_samples", "32", "--output_dir", str(output_dir)])
+    assert "| tiny-vae | vae |" in capsys.readouterr().out
+    rows = json.loads((output_dir / "compare.json").read_text())
+    assert [row["name"] for row in rows] == ["tiny-vae", "other-vae"]
+    assert rows[0]["parameters"] != rows[1]["parameters"]
+    assert (output_dir / "compare.png").stat().st_size > 10_000
+    assert "NLL bits/dim" in (output_dir / "compare.md").read_text()
+
+
+def test_sklearn_baselines_beat_the_uniform_model():
+    results = sklearn_baselines("digits", bandwidths=[1.0, 1.6], gmm_components=(1, 5), gmm_covariance_types=("diag",))
+    assert results["uniform_bits_per_dim"] == pytest.approx(math.log2(17))
+    assert results["num_train"] + results["num_test"] == 1797
+    assert results["gmm_bits_per_dim"] < results["kde_bits_per_dim"] < results["uniform_bits_per_dim"]
+    assert results["gmm_components"] == 5  # BIC prefers 5 diagonal components to 1 on digits
+
+
+@pytest.mark.parametrize("kind", ["shapes", "noise"])
+def test_out_of_distribution_images_sit_on_the_digit_grey_levels(kind):
+    images = out_of_distribution_images(kind, 20)
+    assert images.shape == (20, 1, 8, 8)
+    levels = (images + 1) / 2 * 16
+    assert torch.allclose(levels, levels.round(), atol=1e-5) and levels.min() >= 0 and levels.max() <= 16
+    assert images.std() > 0.1
+    with pytest.raises(ValueError, match="shapes' or 'noise"):
+        out_of_distribution_images("cifar", 2)
+
+
+def test_validation_fid_needs_validation_steps_and_an_extractor():
+    with pytest.raises(ValueError, match="--validation_steps"):
+        parse_config(["--validation_fid"])
+    with pytest.raises(ValueError, match="shipped feature extractor"):
+        parse_config(["--validation_fid", "--validation_steps", "5", "--dataset_name", "/data/cats"])

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -30,6 +31,9 @@ from tqdm.auto import tqdm
 
 from hfgen import hub
 from hfgen.data import EMBEDDED_DATASETS, collate_fn, load_image_dataset
+from hfgen.metrics.evaluate import features_and_probabilities, generate_images
+from hfgen.metrics.features import load_feature_extractor, shipped_extractors
+from hfgen.metrics.sample_quality import GaussianStatistics, fid
 from hfgen.text import build_clip_text_encoder, build_word_tokenizer, encode_prompts, load_pretrained_text_encoder
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
@@ -99,6 +103,10 @@ class TrainingConfig:
     validation_steps: int | None = field(default=None, metadata={"help": "Write a sample grid every N steps."})
     validation_prompts: list[str] | None = field(default=None, metadata={"help": "Prompts for validation grids."})
     num_validation_images: int = field(default=16, metadata={"help": "Images in each validation grid."})
+    validation_fid: bool = field(
+        default=False, metadata={"help": "Also log FID (hfgen.metrics domain features) at each validation."}
+    )
+    validation_fid_samples: int = field(default=500, metadata={"help": "Generated images for the validation FID."})
 
     # ----- hub -----
     push_to_hub: bool = field(default=False, metadata={"help": "Push the final pipeline and card to the Hub."})
@@ -120,6 +128,11 @@ class TrainingConfig:
             raise ValueError("--train_batch_size and --gradient_accumulation_steps must be at least 1.")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"--mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}.")
+        if self.validation_fid and not (self.validation_steps and self.dataset_name in shipped_extractors()):
+            raise ValueError(
+                "--validation_fid needs --validation_steps and a data set with a shipped feature extractor "
+                f"({', '.join(shipped_extractors())}); for other data use `hfgen evaluate` after training."
+            )
 
 
 class Trainer:
@@ -330,6 +343,7 @@ class Trainer:
     # ----- the loop --------------------------------------------------------------------------------------------------
     def train(self) -> dict:
         config, accelerator = self.config, self.accelerator
+        self.start_time = time.perf_counter()
         if config.report_to != "none":
             accelerator.init_trackers(f"hfgen-{self.family}", config=self.tracker_config())
         global_step = self.resume() if config.resume_from_checkpoint else 0
@@ -473,13 +487,29 @@ class Trainer:
         if not self.accelerator.is_main_process:
             return
         self.model.eval()
-        grid = self.sample_grid(
-            self.pipeline(), os.path.join(self.config.output_dir, "samples", f"step-{step:06d}.png")
-        )
+        pipeline = self.pipeline()
+        grid = self.sample_grid(pipeline, os.path.join(self.config.output_dir, "samples", f"step-{step:06d}.png"))
+        if self.config.validation_fid:
+            self.accelerator.log({"validation_fid": self.validation_fid(pipeline)}, step=step)
         for tracker in self.accelerator.trackers:
             if tracker.name == "tensorboard":
                 tracker.writer.add_image("validation", np.asarray(grid.convert("RGB")), step, dataformats="HWC")
         self.model.train()
+
+    @torch.no_grad()
+    def validation_fid(self, pipeline) -> float:
+        """FID of `validation_fid_samples` fixed-seed samples against the training images, in the features of the
+        data set's domain classifier (hfgen.metrics); the real statistics are computed once per run."""
+        if not hasattr(self, "fid_reference"):
+            extractor = load_feature_extractor(self.config.dataset_name)
+            loader = DataLoader(self.splits["train"], batch_size=500, collate_fn=collate_fn)
+            statistics = GaussianStatistics()
+            for batch in loader:
+                statistics.update(features_and_probabilities(extractor, batch["pixel_values"])[0])
+            self.fid_reference = (extractor, statistics)
+        extractor, real = self.fid_reference
+        fake, _ = generate_images(pipeline, self.config.validation_fid_samples, seed=self.config.seed)
+        return fid(real, features_and_probabilities(extractor, fake)[0])
 
     def finish(self, global_step: int, logged: dict) -> dict:
         """Saves a last checkpoint, then the pipeline (EMA weights if kept), samples, model card; pushes if asked."""
@@ -499,6 +529,7 @@ class Trainer:
             pipeline.save_pretrained(config.output_dir)
             self.sample_grid(pipeline, os.path.join(config.output_dir, "samples", "final.png"))
             metrics = {f"train_{k}": v for k, v in logged.items() if k != "lr"}
+            metrics["train_wall_seconds"] = time.perf_counter() - self.start_time  # this session's, if resumed
             metrics.update(self.evaluate(pipeline))
             summary = {
                 "family": self.family,

@@ -24,7 +24,7 @@ from hfgen.metrics.features import load_feature_extractor
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="digits", help="digits or shapes (a data set with a shipped extractor).")
-    parser.add_argument("--one_class", type=int, default=3, help="The class of the mode-collapsed set.")
+    parser.add_argument("--one_class", type=int, default=0, help="The class of the mode-collapsed set.")
     parser.add_argument("--json", default=None, help="Also write the rows here.")
     args = parser.parse_args(argv)
 

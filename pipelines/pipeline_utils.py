@@ -51,7 +51,11 @@ class LikelihoodOutput(BaseOutput):
 class HFGenPipeline(DiffusionPipeline):
     r"""Base of every hfgen pipeline. Calling `HFGenPipeline.from_pretrained(path)` (alias `hfgen.load_pipeline`)
     reads `model_index.json` and returns the right family's pipeline: diffusers' own `DiffusionPipeline` only knows
-    diffusers classes."""
+    diffusers classes.
+
+    The likelihood contract: a family that can give log p(x) defines `log_likelihood(images, generator=None, ...)`
+    (any further arguments have defaults) returning a [`LikelihoodOutput`]; `hfgen evaluate`, `hfgen compare` and
+    `hfgen.metrics.anomaly` call it that way, and skip NLL for families without it."""
 
     _optional_components = ["tokenizer", "text_encoder"]
 

@@ -4,8 +4,10 @@ divergence detection, the mode-collapse number, truncation and slerp, conditioni
 
 import json
 import os
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +20,6 @@ from hfgen.training.trainer_gan import (
     modes_covered,
 )
 from safetensors.torch import load_file
-from test_trainer import free_port
 from testing_utils import ModelTesterMixin, PipelineTesterMixin, TrainerTesterMixin
 
 import hfgen
@@ -30,6 +31,7 @@ from hfgen.models.modeling_gan import (
     interpolate_images,
 )
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(sample_size=8, block_out_channels=(8, 16))
 # Widths whose safetensors layout loads every weight 32-byte aligned: diffusers loads weights as views into the file's
 # buffer, and an unaligned weight can change a float sum in the last bit, which the mixin's exact round trip catches.
@@ -66,6 +68,12 @@ OBJECTIVES = {
     "wgan-gp": ["--gan_loss", "wgan-gp", "--discriminator_norm", "layer", "--conditioning", "class"],
     "hinge-spectral-norm": ["--gan_loss", "hinge", "--spectral_norm", "--discriminator_norm", "none"],
 }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def tiny_generator(**overrides) -> hfgen.GANGenerator:
@@ -488,3 +496,37 @@ def test_digit_classifier_entropy_sees_collapse():
     assert class_histogram_entropy(classifier.class_probabilities(images)) > 0.95 * np.log(10)
     one_digit = images[[0] * len(images)]
     assert class_histogram_entropy(classifier.class_probabilities(one_digit)) == 0.0
+
+
+# ----- recipes -------------------------------------------------------------------------------------------------------
+GAN_RECIPES = sorted((REPO_ROOT / "training" / "recipes").glob("gan_*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", GAN_RECIPES, ids=[path.stem for path in GAN_RECIPES])
+def test_recipe_parses(recipe):
+    from hfgen.training.train import parse_config
+
+    trainer_class, config = parse_config(["--recipe", str(recipe)])
+    assert trainer_class is GANTrainer and config.family == "gan"
+
+
+def test_text_conditioned_shapes_recipe_trains(tmp_path):
+    from hfgen.training.train import parse_config
+
+    recipe = REPO_ROOT / "training" / "recipes" / "gan_text_shapes.yaml"
+    _, config = parse_config(
+        [
+            *("--recipe", str(recipe), "--output_dir", str(tmp_path), "--max_train_steps", "2"),
+            *("--max_train_samples", "64", "--train_batch_size", "16", "--block_out_channels", "8", "16", "32"),
+            *("--text_hidden_size", "32", "--text_num_layers", "1", "--report_to", "none", "--validation_steps", "0"),
+        ]
+    )
+    summary = GANTrainer(config).train()
+
+    assert np.isfinite(summary["metrics"]["train_g_loss"])
+    pipeline = hfgen.load_pipeline(str(tmp_path))
+    red, blue = (
+        pipeline(prompt=prompt, generator=torch.manual_seed(0), output_type="np").images
+        for prompt in ("a small red circle at the top left", "a large blue square in the center")
+    )
+    assert red.shape == (1, 32, 32, 3) and not np.array_equal(red, blue)

@@ -378,6 +378,23 @@ def test_only_the_generator_is_in_the_pipeline(tmp_path):
     assert seven.shape == (1, 8, 8, 1)
 
 
+def test_validation_grid_generator_ema_and_bf16(tmp_path):
+    trainer = build_trainer(
+        tmp_path,
+        *("--max_train_steps", "2", "--n_critic", "1", "--validation_steps", "2", "--mixed_precision", "bf16"),
+        *("--use_ema", "--ema_decay", "0.5"),
+    )
+    summary = trainer.train()
+
+    assert np.isfinite(summary["metrics"]["train_g_loss"])
+    assert (tmp_path / "samples" / "step-000002.png").is_file()
+    saved = load_file(tmp_path / "generator" / "diffusion_pytorch_model.safetensors")
+    names = [name for name, _ in trainer.accelerator.unwrap_model(trainer.model).named_parameters()]
+    assert len(names) == len(trainer.ema.shadow_params)  # the EMA follows the generator only
+    for name, shadow in zip(names, trainer.ema.shadow_params):
+        assert torch.equal(saved[name], shadow.detach().cpu()), f"saved {name} is not the EMA weight"
+
+
 def test_vae_gan_reuses_the_vae(tmp_path):
     trainer = build_trainer(
         tmp_path, "--generator_type", "vae", "--max_train_steps", "2", "--n_critic", "1", "--norm_num_groups", "4"

@@ -1,7 +1,8 @@
 """Trains the domain classifier whose features hfgen's FID, KID, IS and precision/recall use (`hfgen.metrics`).
 
     python training/train_feature_extractor.py --dataset_name digits --output_dir hfgen/metrics/extractors/digits
-    python training/train_feature_extractor.py --dataset_name shapes --output_dir hfgen/metrics/extractors/shapes
+    python training/train_feature_extractor.py --dataset_name shapes --epochs 20 --block_out_channels 32 64 128 \
+        --output_dir hfgen/metrics/extractors/shapes
 
 The shipped extractors were made with exactly these commands (seed 0, defaults below) on the CPU. The split is the one
 every hfgen trainer uses (`load_image_dataset(..., test_size=0.1, seed=0)`), so the test accuracy in the written model
@@ -67,8 +68,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--label_column", default="label")
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--block_out_channels", type=int, nargs="+", default=[32, 64, 128])
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--block_out_channels", type=int, nargs="+", default=[32, 64])
+    parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--learning_rate", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)

@@ -18,6 +18,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import hfgen  # noqa: E402
+from hfgen import demo  # noqa: E402
 from hfgen.text import build_clip_text_encoder, build_word_tokenizer  # noqa: E402
 
 gradio_client = pytest.importorskip("gradio_client")
@@ -67,16 +68,16 @@ def served(app, tmp_path_factory):
     def serve(kind: str):
         path = save_pipeline(tmp_path_factory.mktemp(kind), text=kind == "text")
         pipeline = hfgen.load_pipeline(path)
-        demo = app.build_demo(pipeline, model_name=path)
-        _, local_url, _ = demo.launch(
+        blocks = app.build_demo(pipeline, model_name=path)
+        _, local_url, _ = blocks.launch(
             server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True
         )
-        servers.append(demo)
+        servers.append(blocks)
         return gradio_client.Client(local_url, verbose=False), pipeline
 
     yield serve
-    for demo in servers:
-        demo.close()
+    for blocks in servers:
+        blocks.close()
 
 
 def image_files(result) -> list[str]:
@@ -128,16 +129,20 @@ def test_text_space(served):
         client.predict("seven " * 83 + "xx", 0, 1, api_name="/generate")  # 500 characters
 
 
-def test_handlers_validate_without_the_widgets(app):
-    """The checks live in the handlers, not only in the widgets' limits."""
-    assert app._check_int(5.0, "Steps", 2, 12) == 5
+def test_handlers_validate_without_the_widgets():
+    """The checks every Space shares (hfgen.demo) live in the handlers, not only in the widgets' limits."""
+    assert demo.check_int(5.0, "Steps", 2, 12) == 5
     for bad in (1, 13, 2.5, "3", None, True):
-        with pytest.raises(app.gr.Error):
-            app._check_int(bad, "Steps", 2, 12)
-    with pytest.raises(app.gr.Error):
-        app._check_int(2**31, "Seed", 0, app.MAX_SEED)
-    with pytest.raises(app.gr.Error, match="200"):
-        app._check_prompt(None, "x" * 201)
+        with pytest.raises(demo.gr.Error):
+            demo.check_int(bad, "Steps", 2, 12)
+    with pytest.raises(demo.gr.Error):
+        demo.check_int(2**31, "Seed", 0, demo.MAX_SEED)
+    with pytest.raises(demo.gr.Error, match="200"):
+        demo.check_prompt(None, "x" * 201)
+    assert demo.check_float(0.5, "Truncation", 0.0, 1.0) == 0.5
+    for bad in (-0.1, 1.5, "0.5", None):
+        with pytest.raises(demo.gr.Error, match="Truncation"):
+            demo.check_float(bad, "Truncation", 0.0, 1.0)
 
 
 def test_help_runs():

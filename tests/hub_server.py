@@ -10,6 +10,11 @@ It implements the part of the Hub HTTP API that `huggingface_hub` (2.x) uses to 
 - `POST /api/{type}s/{id}/preupload/{rev}` (every file "regular"), `POST /api/{type}s/{id}/commit/{rev}` (NDJSON),
   `POST /api/{type}s/{id}/branch/{branch}`
 - `HEAD`/`GET /[datasets/|spaces/]{id}/resolve/{rev}/{path}` with `X-Repo-Commit`, `ETag` and `Content-Length`
+- `GET`/`POST /api/spaces/{id}/variables` (a Space's variables; `create_repo(space_variables=...)` sets them too)
+- Git LFS, basic transfer (what the client does with `HF_HUB_DISABLE_XET=1`): preupload answers "lfs" for data
+  files (`LFS_SUFFIXES`, e.g. the parquet shards of `datasets`' push_to_hub), then
+  `POST /[datasets/|spaces/]{id}.git/info/lfs/objects/batch`, `PUT /lfs/objects/{oid}`, `POST /lfs/verify/{oid}`,
+  and "lfsFile" commit lines. Everything else is uploaded inline ("regular").
 
 Anything else answers 404 (e.g. `GET /api/agent-harnesses`, which the client may probe). Errors carry the
 `X-Error-Code` header (`RepoNotFound`, `RevisionNotFound`, `EntryNotFound`) that `huggingface_hub` maps to its
@@ -30,9 +35,12 @@ Usage:
 """
 
 import base64
+import contextlib
 import datetime
 import hashlib
 import json
+import os
+import sys
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -43,6 +51,9 @@ REPO_TYPES = ("model", "dataset", "space")
 URL_PREFIXES = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.bin filter=lfs diff=lfs merge=lfs -text\n"
 INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
+# Files uploaded through Git LFS: `datasets` deletes its temporary parquet shards once preupload has sent them, so
+# they must go through LFS before the commit (as on the real Hub, where large data files are LFS).
+LFS_SUFFIXES = (".parquet", ".arrow")
 
 
 def git_hash(data: bytes) -> str:
@@ -73,6 +84,7 @@ class Repo:
     created_at: str
     commits: dict[str, Commit] = field(default_factory=dict)
     branches: dict[str, str] = field(default_factory=dict)  # branch name -> head commit sha
+    variables: dict[str, dict] = field(default_factory=dict)  # a Space's variables: key -> {"value", "updatedAt"}
 
     def resolve(self, revision: str) -> Commit | None:
         """A branch name, a full commit sha or an abbreviated one (at least 7 characters) -> commit."""
@@ -124,6 +136,7 @@ class LocalHub:
         self.tokens = dict(tokens) if tokens is not None else {"hf_local_test": "tester"}
         self.invalid_tokens = set(invalid_tokens)
         self.repos: dict[tuple[str, str], Repo] = {}
+        self.lfs_objects: dict[str, bytes] = {}  # sha256 -> content, uploaded with PUT /lfs/objects/{oid}
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request served, for assertions
         self.lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
@@ -172,6 +185,7 @@ class LocalHub:
         - `hf_api.api.endpoint`: the module-level `HfApi()` whose bound methods are the top-level functions
           (`create_repo`, `upload_folder`, `model_info`, ...) captured the endpoint at import.
         - `constants.HF_HUB_OFFLINE`: read at import too; forced off in case the test session runs offline.
+        - `datasets.config.HF_ENDPOINT` (when `datasets` is imported): its own copy, read at import.
         """
         from huggingface_hub import constants, hf_api
 
@@ -183,6 +197,11 @@ class LocalHub:
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
         monkeypatch.setenv("HF_ENDPOINT", self.url)
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        if "datasets.config" in sys.modules:  # `datasets` reads HF_ENDPOINT at import too (for push_to_hub, load)
+            datasets_config = sys.modules["datasets.config"]
+            monkeypatch.setattr(datasets_config, "HF_ENDPOINT", self.url)
+            resolve_url = self.url + "/datasets/{repo_id}/resolve/{revision}/{path}"
+            monkeypatch.setattr(datasets_config, "HUB_DATASETS_URL", resolve_url)
 
     # ----- helpers for tests ----------------------------------------------------------------------------------------
     def get_repo(self, repo_id: str, repo_type: str = "model") -> Repo:
@@ -215,6 +234,9 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
     def do_DELETE(self):
         self._dispatch("DELETE")
 
+    def do_PUT(self):
+        self._dispatch("PUT")
+
     def _dispatch(self, method: str) -> None:
         split = urlsplit(self.path)
         self.query = {key: values[-1] for key, values in parse_qs(split.query).items()}
@@ -246,6 +268,14 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
                 return 200, {"errors": [], "warnings": []}, {}
             if len(seg) >= 4 and seg[1] in ("models", "datasets", "spaces"):
                 return self.repo_api(method, seg[1][:-1], f"{unquote(seg[2])}/{unquote(seg[3])}", seg[4:])
+        elif seg[:2] == ["lfs", "objects"] and method == "PUT" and len(seg) == 3:
+            return self.lfs_upload(seg[2])
+        elif seg[:2] == ["lfs", "verify"] and method == "POST" and len(seg) == 3:
+            return self.lfs_verify(seg[2])
+        elif method == "POST" and seg[-4:] == ["info", "lfs", "objects", "batch"] and len(seg) >= 6:
+            repo_type = {"datasets": "dataset", "spaces": "space"}.get(seg[0], "model")
+            namespace, name = seg[-6:-4]
+            return self.lfs_batch(repo_type, f"{unquote(namespace)}/{unquote(name).removesuffix('.git')}")
         elif method in ("GET", "HEAD"):
             repo_type = {"datasets": "dataset", "spaces": "space"}.get(seg[0] if seg else "", "model")
             rest = seg if repo_type == "model" else seg[1:]
@@ -272,6 +302,8 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
             return self.commit(repo_type, repo_id, args[0])
         if method == "POST" and action == "branch" and len(args) == 1:
             return self.create_branch(repo_type, repo_id, args[0])
+        if repo_type == "space" and action == "variables" and not args:
+            return self.space_variables(method, repo_id)
         raise HubError(404, f"Not found: {method} {self.path}")
 
     # ----- request / response plumbing ------------------------------------------------------------------------------
@@ -366,9 +398,22 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
             raise HubError(409, f"You already created this {repo_type} repo", body={"url": url})
         private = bool(body.get("private")) or body.get("visibility") == "private"
         repo = Repo(repo_type, repo_id, private, _now())
+        for variable in body.get("variables") or []:  # create_repo(..., space_variables=[{"key", "value"}])
+            repo.variables[variable["key"]] = {"value": variable["value"], "updatedAt": _now()}
         repo.add_commit("main", {".gitattributes": GITATTRIBUTES}, "initial commit", "", user)
         self.hub.repos[(repo_type, repo_id)] = repo
         return 200, {"url": url, "name": repo_id, "id": repo_id}, {}
+
+    def space_variables(self, method: str, repo_id: str):
+        """GET lists a Space's variables; POST {"key", "value"} adds or updates one (add_space_variable)."""
+        if method == "GET":
+            return 200, self._repo("space", repo_id).variables, {}
+        if method != "POST":
+            raise HubError(405, f"{method} is not allowed on Space variables")
+        repo = self._writable_repo("space", repo_id)
+        body = self._json_body()
+        repo.variables[body["key"]] = {"value": body["value"], "updatedAt": _now()}
+        return 200, repo.variables, {}
 
     def delete_repo(self):
         body = self._json_body()
@@ -453,7 +498,8 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
             # "oid" lets the client skip files that did not change; everything is uploaded inline ("regular").
             data = existing.files.get(item["path"]) if existing is not None else None
             oid = git_hash(data) if data is not None else None
-            files.append({"path": item["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": oid})
+            mode = "lfs" if item["path"].endswith(LFS_SUFFIXES) else "regular"
+            files.append({"path": item["path"], "uploadMode": mode, "shouldIgnore": False, "oid": oid})
         return 200, {"files": files, "commitOid": existing.sha if existing else None}, {}
 
     def commit(self, repo_type: str, repo_id: str, revision: str):
@@ -483,7 +529,11 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
             elif key == "deletedFolder":
                 folder = value["path"].rstrip("/") + "/"
                 files = {path: data for path, data in files.items() if not path.startswith(folder)}
-            else:  # "lfsFile" needs an LFS/Xet upload, which preupload never asks for
+            elif key == "lfsFile":  # uploaded before the commit through the LFS batch API
+                if value["oid"] not in self.hub.lfs_objects:
+                    raise HubError(400, f"LFS object {value['oid']} of {value['path']} was never uploaded")
+                files[value["path"]] = self.hub.lfs_objects[value["oid"]]
+            else:
                 raise HubError(400, f"LocalHub does not support {key!r} commit operations")
         parent = header.get("parentCommit")
         if parent is not None and parent != head.sha:
@@ -492,6 +542,34 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
         commit = repo.add_commit(revision, files, header.get("summary", ""), header.get("description", ""), user)
         commit_url = f"{self.hub.repo_url(repo_type, repo_id)}/commit/{commit.sha}"
         return 200, {"success": True, "commitUrl": commit_url, "commitOid": commit.sha, "pullRequestUrl": None}, {}
+
+    # ----- Git LFS (basic transfer) ----------------------------------------------------------------------------------
+    def lfs_batch(self, repo_type: str, repo_id: str):
+        """Asks the client to PUT every object it does not have yet, then to verify it."""
+        self._writable_repo(repo_type, repo_id)
+        objects = []
+        for item in self._json_body().get("objects", []):
+            oid, size = item["oid"], item["size"]
+            answer = {"oid": oid, "size": size, "authenticated": True}
+            if oid not in self.hub.lfs_objects:  # no "actions": the server has it already
+                answer["actions"] = {
+                    "upload": {"href": f"{self.hub.url}/lfs/objects/{oid}", "header": {}},
+                    "verify": {"href": f"{self.hub.url}/lfs/verify/{oid}", "header": {}},
+                }
+            objects.append(answer)
+        return 200, {"transfer": "basic", "objects": objects, "hash_algo": "sha256"}, {}
+
+    def lfs_upload(self, oid: str):
+        if hashlib.sha256(self.body).hexdigest() != oid:
+            raise HubError(400, f"The uploaded content does not hash to {oid}")
+        self.hub.lfs_objects[oid] = self.body
+        return 200, {}, {}
+
+    def lfs_verify(self, oid: str):
+        body = self._json_body()
+        if oid not in self.hub.lfs_objects or len(self.hub.lfs_objects[oid]) != body.get("size"):
+            raise HubError(404, f"LFS object {oid} was not uploaded (or has another size)")
+        return 200, {}, {}
 
     def resolve(self, repo_type: str, repo_id: str, revision: str, path: str):
         repo = self._repo(repo_type, repo_id)
@@ -511,3 +589,19 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
 
 
 __all__ = ["LocalHub", "git_hash"]
+
+
+@contextlib.contextmanager
+def serving(hf_home, tokens: dict[str, str]):
+    """A started LocalHub with this process's huggingface_hub pointed at it, `HF_HOME` (and the Hub cache) in
+    `hf_home` and `HF_TOKEN` set to the first token; everything is undone on exit. For module-scoped fixtures."""
+    import pytest
+    from huggingface_hub import constants
+
+    with LocalHub(tokens=tokens) as server, pytest.MonkeyPatch.context() as monkeypatch:
+        server.patch_client(monkeypatch)
+        monkeypatch.setenv("HF_HOME", str(hf_home))
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", os.path.join(str(hf_home), "hub"))
+        # Reads send this token too (instead of one a developer may have saved with `hf auth login`).
+        monkeypatch.setenv("HF_TOKEN", next(iter(tokens)))
+        yield server

@@ -4,15 +4,19 @@ the likelihood output, and a loader that opens any saved hfgen pipeline.
 A family's pipeline subclasses [`HFGenPipeline`] and adds only its own `__call__` and extras.
 """
 
+import importlib
+import importlib.util
 import json
 import math
 from dataclasses import dataclass
 
+import diffusers.pipelines
 import numpy as np
 import PIL.Image
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.image_processor import VaeImageProcessor
+from diffusers.pipelines.pipeline_loading_utils import LOADABLE_CLASSES
 from diffusers.utils import BaseOutput, make_image_grid
 from huggingface_hub import snapshot_download
 
@@ -95,6 +99,35 @@ class HFGenPipeline(DiffusionPipeline):
                 f"Could not load {cls.__name__} from {pretrained_model_name_or_path}: a safetensors weights file is "
                 f"corrupt ({error}). Re-save it with `save_pretrained`, or re-download it with `force_download=True`."
             ) from error
+
+    @classmethod
+    def load_config(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Reads `model_index.json`. A self-contained repo (see `hfgen.remote_code`) names its bundled code,
+        `"_class_name": ["pipeline_vae", "VAEPipeline"]` and `"vae": ["modeling_vae", "VAEModel"]`: hfgen reads
+        those as its installed classes, so it loads such a repo without `trust_remote_code` and runs none of its code.
+        """
+        result = super().load_config(pretrained_model_name_or_path, *args, **kwargs)
+        config = result[0] if isinstance(result, tuple) else result
+        if isinstance(config.get("_class_name"), (list, tuple)):
+            config["_class_name"] = config["_class_name"][-1]
+        expected_types = cls._get_signature_types() if cls is not HFGenPipeline else {}
+        for name, value in config.items():
+            if name.startswith("_") or not isinstance(value, (list, tuple)) or len(value) != 2 or value[0] is None:
+                continue
+            library, class_name = value
+            if "." in library or library in LOADABLE_CLASSES or hasattr(diffusers.pipelines, library):
+                continue  # "hfgen.models.modeling_vae", "transformers", a diffusers pipeline module
+            installed = [t for t in expected_types.get(name, ()) if isinstance(t, type) and t.__name__ == class_name]
+            if not installed and importlib.util.find_spec(f"hfgen.models.{library}") is not None:
+                installed = [getattr(importlib.import_module(f"hfgen.models.{library}"), class_name, None)]
+            if not installed or installed[0] is None:
+                raise ValueError(
+                    f"{pretrained_model_name_or_path} bundles its `{name}` as {name}/{library}.py ({class_name}), "
+                    "which this hfgen does not have. Upgrade hfgen, or load the repo with diffusers' "
+                    "`DiffusionPipeline.from_pretrained(..., trust_remote_code=True)` after reading its code."
+                )
+            config[name] = [installed[0].__module__, class_name]
+        return result
 
     @classmethod
     def download(cls, pretrained_model_name, **kwargs) -> str:

@@ -12,6 +12,8 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, create_branch, create_repo, upload_folder
 from huggingface_hub.utils import HfHubHTTPError, HFValidationError, validate_repo_id
 
+from hfgen.remote_code import self_contained_copy
+
 # Files a training run leaves in its output dir that do not belong in a published model repo.
 PUSH_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "*.tmp*", "logs/**"]
 
@@ -214,7 +216,9 @@ def push_to_hub(
 ) -> str:
     """Uploads a saved pipeline folder to a Hub model repo, creating the repo (and branch) if needed.
 
-    Intermediate checkpoints, temporary files and logs are left out (see `PUSH_IGNORE_PATTERNS`).
+    Intermediate checkpoints, temporary files and logs are left out (see `PUSH_IGNORE_PATTERNS`). A pipeline saved by
+    hfgen is pushed self-contained: its code goes along, so that `diffusers.DiffusionPipeline.from_pretrained(repo_id,
+    trust_remote_code=True)` loads it without hfgen (see [`hfgen.remote_code.make_self_contained`]).
 
     Args:
         folder (`str`): Local folder to upload (usually a training `output_dir`).
@@ -244,14 +248,16 @@ def push_to_hub(
         if revision not in (None, "main"):
             # upload_folder fails on a branch that does not exist yet.
             create_branch(repo_id, branch=revision, token=token, exist_ok=True)
-        commit_info = upload_folder(
-            repo_id=repo_id,
-            folder_path=folder,
-            commit_message=commit_message,
-            token=token,
-            revision=revision,
-            ignore_patterns=PUSH_IGNORE_PATTERNS,
-        )
+        # An hfgen pipeline goes up self-contained (its code bundled, see hfgen.remote_code); `folder` is unchanged.
+        with self_contained_copy(folder, repo_id, ignore_patterns=PUSH_IGNORE_PATTERNS) as upload_path:
+            commit_info = upload_folder(
+                repo_id=repo_id,
+                folder_path=upload_path,
+                commit_message=commit_message,
+                token=token,
+                revision=revision,
+                ignore_patterns=PUSH_IGNORE_PATTERNS,
+            )
     except HfHubHTTPError as e:
         status = getattr(e.response, "status_code", None)
         if status in (401, 403):

@@ -126,13 +126,62 @@ def digit_captions() -> list[str]:
     return sorted(set(make_digits_dataset()["text"]))
 
 
-@pytest.fixture
-def tiny_text_components(digit_captions):
-    """(tokenizer, text_encoder): a word tokenizer over the digits' captions (max_length 8) and a seeded CLIP text
-    encoder with hidden size 32, 1 layer and 2 heads. Fresh for every test, so tests may modify them."""
+def make_tiny_text_components(captions: list[str]):
+    """(tokenizer, text_encoder): a word tokenizer over `captions` (max_length 8) and a seeded CLIP text encoder with
+    hidden size 32, 1 layer and 2 heads."""
     from hfgen.text import build_clip_text_encoder, build_word_tokenizer
 
-    tokenizer = build_word_tokenizer(digit_captions, max_length=8)
+    tokenizer = build_word_tokenizer(captions, max_length=8)
     torch.manual_seed(0)
     text_encoder = build_clip_text_encoder(tokenizer, hidden_size=32, num_layers=1, num_heads=2)
     return tokenizer, text_encoder.eval()
+
+
+@pytest.fixture
+def tiny_text_components(digit_captions):
+    """[`make_tiny_text_components`] over the digits' captions. Fresh for every test, so tests may modify them."""
+    return make_tiny_text_components(digit_captions)
+
+
+# ----- a local Hub (tests/hub_server.py) ----------------------------------------------------------------------------
+HUB_TOKEN = "hf_local_test"
+HUB_USER = "tester"
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    """A LocalHub for one test module, with huggingface_hub (already imported) pointed at it and a fresh cache.
+    `HUB_TOKEN` may write to the `HUB_USER` namespace and is sent with every request (as `HF_TOKEN`).
+
+    Any connection that is not to the loopback interface fails, so nothing can reach the real Hub.
+    """
+    from hub_server import LocalHub
+    from huggingface_hub import constants
+
+    real_connect = socket.socket.connect
+
+    def loopback_only(sock, address):
+        if isinstance(address, tuple) and address[0] not in LOOPBACK_HOSTS:
+            raise AssertionError(f"unexpected network access: {address}")
+        return real_connect(sock, address)
+
+    with LocalHub(tokens={HUB_TOKEN: HUB_USER}, invalid_tokens=("bad",)) as server, pytest.MonkeyPatch.context() as mp:
+        server.patch_client(mp)
+        hf_home = tmp_path_factory.mktemp("hf_home")
+        mp.setenv("HF_HOME", str(hf_home))
+        mp.setattr(constants, "HF_HUB_CACHE", str(hf_home / "hub"))
+        # Reads send this token too (instead of one a developer may have saved with `hf auth login`).
+        mp.setenv("HF_TOKEN", HUB_TOKEN)
+        mp.setattr(socket.socket, "connect", loopback_only)
+        yield server
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """An empty Hub cache for one test, so loads really download from the server."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub-cache"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache

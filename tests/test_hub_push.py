@@ -3,7 +3,6 @@ model cards, auth errors and diffusers' ModelMixin.push_to_hub, with every conne
 
 import hashlib
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -11,15 +10,13 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from hub_server import LocalHub
-from huggingface_hub import HfApi, ModelCard, constants
+from conftest import HUB_TOKEN, HUB_USER, LOOPBACK_HOSTS
+from huggingface_hub import HfApi, ModelCard
 
 import hfgen
 from hfgen.hub import push_to_hub, write_model_card
 
-TOKEN = "hf_local_test"
-USER = "tester"
-LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+TOKEN, USER = HUB_TOKEN, HUB_USER  # the local Hub (the `hub` fixture in conftest.py)
 
 # Run in a fresh interpreter: refuses any connection off the loopback, loads the pipeline from HF_ENDPOINT and
 # prints a hash of 4 sampled images.
@@ -79,38 +76,6 @@ def save_with_card(pipe, folder) -> str:
         settings={"lr": 1e-3},
     )
     return str(folder)
-
-
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory):
-    """A LocalHub for this module, with huggingface_hub (already imported) pointed at it and a fresh cache.
-
-    Any connection that is not to the loopback interface fails, so nothing can reach the real Hub.
-    """
-    real_connect = socket.socket.connect
-
-    def loopback_only(sock, address):
-        if isinstance(address, tuple) and address[0] not in LOOPBACK_HOSTS:
-            raise AssertionError(f"unexpected network access: {address}")
-        return real_connect(sock, address)
-
-    with LocalHub(tokens={TOKEN: USER}, invalid_tokens=("bad",)) as server, pytest.MonkeyPatch.context() as mp:
-        server.patch_client(mp)
-        hf_home = tmp_path_factory.mktemp("hf_home")
-        mp.setenv("HF_HOME", str(hf_home))
-        mp.setattr(constants, "HF_HUB_CACHE", str(hf_home / "hub"))
-        # Reads send this token too (instead of one a developer may have saved with `hf auth login`).
-        mp.setenv("HF_TOKEN", TOKEN)
-        mp.setattr(socket.socket, "connect", loopback_only)
-        yield server
-
-
-@pytest.fixture
-def fresh_cache(tmp_path, monkeypatch):
-    """An empty Hub cache for one test, so loads really download from the server."""
-    cache = tmp_path / "hub-cache"
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    return cache
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import tempfile
+import textwrap
 from pathlib import Path
 
 _HF_HOME = tempfile.mkdtemp(prefix="hfgen-tests-hf-home-")
@@ -147,6 +148,39 @@ def tiny_text_components(digit_captions):
 HUB_TOKEN = "hf_local_test"
 HUB_USER = "tester"
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+# The first lines of a test subprocess's script: any connection off the loopback fails there too.
+LOOPBACK_ONLY_SCRIPT = textwrap.dedent(
+    f"""
+    import socket as _socket
+
+    _connect = _socket.socket.connect
+
+    def _loopback_only(sock, address):
+        if isinstance(address, tuple) and address[0] not in {set(LOOPBACK_HOSTS)!r}:
+            raise OSError(f"unexpected network access: {{address}}")
+        return _connect(sock, address)
+
+    _socket.socket.connect = _loopback_only
+    """
+)
+
+
+def hub_subprocess_env(hub, hf_home) -> dict[str, str]:
+    """The environment of a test subprocess that talks to the local Hub `hub`: this process's, without its HF_*
+    settings, plus the server's URL and token, `hf_home` (caches and diffusers' remote code modules), and one OpenMP
+    thread, as here (conftest.py), so that float results cannot differ by reduction order."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "HUGGING", "DIFFUSERS_"))}
+    env.update(
+        HF_ENDPOINT=hub.url,
+        HF_HOME=str(hf_home),
+        HF_TOKEN=HUB_TOKEN,
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HUB_DISABLE_XET="1",
+        OMP_NUM_THREADS="1",
+    )
+    return env
 
 
 @pytest.fixture(scope="module")

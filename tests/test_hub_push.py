@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from conftest import HUB_TOKEN, HUB_USER, LOOPBACK_HOSTS
+from conftest import HUB_TOKEN, HUB_USER, LOOPBACK_ONLY_SCRIPT, hub_subprocess_env
 from huggingface_hub import HfApi, ModelCard
 
 import hfgen
@@ -20,18 +20,9 @@ TOKEN, USER = HUB_TOKEN, HUB_USER  # the local Hub (the `hub` fixture in conftes
 
 # Run in a fresh interpreter: refuses any connection off the loopback, loads the pipeline from HF_ENDPOINT and
 # prints a hash of 4 sampled images.
-SUBPROCESS_SCRIPT = textwrap.dedent(
+SUBPROCESS_SCRIPT = LOOPBACK_ONLY_SCRIPT + textwrap.dedent(
     """
-    import hashlib, socket, sys
-
-    _connect = socket.socket.connect
-
-    def _loopback_only(sock, address):
-        if isinstance(address, tuple) and address[0] not in {loopback}:
-            raise OSError(f"unexpected network access: {{address}}")
-        return _connect(sock, address)
-
-    socket.socket.connect = _loopback_only
+    import hashlib, sys
 
     import numpy as np
     import torch
@@ -42,7 +33,7 @@ SUBPROCESS_SCRIPT = textwrap.dedent(
     images = pipe(batch_size=4, generator=torch.manual_seed(0), output_type="np").images
     print("IMAGES", hashlib.sha256(np.ascontiguousarray(images, dtype=np.float32).tobytes()).hexdigest())
     """
-).format(loopback=repr(set(LOOPBACK_HOSTS)))
+)
 
 
 def load_from_hub(repo_id: str, revision: str | None = None) -> hfgen.HFGenPipeline:
@@ -115,16 +106,7 @@ def test_push_then_load_same_process(hub, pushed, fresh_cache):
 def test_load_in_fresh_subprocess(hub, pushed, tmp_path):
     _, _, local_images = pushed
     hf_home = tmp_path / "hf_home"
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "HUGGING"))}
-    env.update(
-        HF_ENDPOINT=hub.url,
-        HF_HOME=str(hf_home),
-        HF_TOKEN=TOKEN,
-        HF_HUB_DISABLE_TELEMETRY="1",
-        HF_HUB_DISABLE_XET="1",
-        # The same thread count as this process (conftest.py), so float results cannot differ by reduction order.
-        OMP_NUM_THREADS="1",
-    )
+    env = hub_subprocess_env(hub, hf_home)
     result = subprocess.run(
         [sys.executable, "-c", SUBPROCESS_SCRIPT, f"{USER}/vae-tiny"],
         env=env,

@@ -6,7 +6,6 @@ installed classes and runs none of the repo's code."""
 import ast
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from conftest import HUB_TOKEN, HUB_USER, LOOPBACK_HOSTS, make_tiny_text_components
+from conftest import HUB_TOKEN, HUB_USER, LOOPBACK_ONLY_SCRIPT, hub_subprocess_env, make_tiny_text_components
 from huggingface_hub import snapshot_download
 
 import hfgen
@@ -27,9 +26,9 @@ CAPTIONS = ["a handwritten digit seven", "a handwritten digit one"]
 # Runs in a fresh interpreter that cannot import hfgen (a meta path finder refuses it, whatever sys.path holds) nor
 # reach anything but the loopback. Tries one repo without trust_remote_code, then loads each repo with it and prints
 # a JSON line: the error, and per repo the classes loaded and a hash of the images for seed 0.
-SUBPROCESS_SCRIPT = textwrap.dedent(
+SUBPROCESS_SCRIPT = LOOPBACK_ONLY_SCRIPT + textwrap.dedent(
     """
-    import hashlib, importlib.abc, json, os, socket, sys
+    import hashlib, importlib.abc, json, os, sys
 
     class RefuseHfgen(importlib.abc.MetaPathFinder):
         attempts = []
@@ -37,26 +36,18 @@ SUBPROCESS_SCRIPT = textwrap.dedent(
         def find_spec(self, name, path=None, target=None):
             if name == "hfgen" or name.startswith("hfgen."):
                 self.attempts.append(name)
-                raise ImportError(f"hfgen is not installed here: {{name}}")
+                raise ImportError(f"hfgen is not installed here: {name}")
             return None
 
     sys.meta_path.insert(0, RefuseHfgen())
     sys.path[:] = [p for p in sys.path if p and not os.path.isdir(os.path.join(p, "hfgen"))]
-    _connect = socket.socket.connect
-
-    def _loopback_only(sock, address):
-        if isinstance(address, tuple) and address[0] not in {loopback}:
-            raise OSError(f"unexpected network access: {{address}}")
-        return _connect(sock, address)
-
-    socket.socket.connect = _loopback_only
 
     import numpy as np
     import torch
     from diffusers import DiffusionPipeline
 
     calls = json.loads(sys.argv[1])
-    result = {{}}
+    result = {}
     try:
         DiffusionPipeline.from_pretrained(next(iter(calls)))
         result["refused"] = None
@@ -65,18 +56,18 @@ SUBPROCESS_SCRIPT = textwrap.dedent(
     for repo_id, call in calls.items():
         pipe = DiffusionPipeline.from_pretrained(repo_id, trust_remote_code=True)
         images = pipe(**call, generator=torch.manual_seed(0), output_type="np").images
-        result[repo_id] = {{
-            "classes": {{
+        result[repo_id] = {
+            "classes": {
                 name: type(c).__module__ + "." + type(c).__name__
-                for name, c in {{"pipeline": pipe, **pipe.components}}.items() if c is not None
-            }},
+                for name, c in {"pipeline": pipe, **pipe.components}.items() if c is not None
+            },
             "images": hashlib.sha256(np.ascontiguousarray(images, dtype=np.float32).tobytes()).hexdigest(),
-        }}
+        }
     result["hfgen_import_attempts"] = RefuseHfgen.attempts
     result["hfgen_modules"] = sorted(m for m in sys.modules if m.split(".")[0] == "hfgen")
     print("RESULT " + json.dumps(result))
     """
-).format(loopback=repr(set(LOOPBACK_HOSTS)))
+)
 
 
 def images_hash(images: np.ndarray) -> str:
@@ -135,15 +126,7 @@ def pushed(hub, tmp_path_factory):
 def diffusers_only_run(hub, pushed, tmp_path_factory):
     """The subprocess run once for every pushed repo: its parsed RESULT line."""
     tmp_path = tmp_path_factory.mktemp("no-hfgen")
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "HUGGING", "DIFFUSERS_"))}
-    env.update(
-        HF_ENDPOINT=hub.url,
-        HF_HOME=str(tmp_path / "hf_home"),  # an empty cache, and an empty cache of remote code modules
-        HF_TOKEN=HUB_TOKEN,
-        HF_HUB_DISABLE_TELEMETRY="1",
-        HF_HUB_DISABLE_XET="1",
-        OMP_NUM_THREADS="1",  # the thread count of this process (conftest.py): the same float reductions
-    )
+    env = hub_subprocess_env(hub, tmp_path / "hf_home")  # an empty cache, and no remote code modules yet
     calls = {repo_id: call for repo_id, call, _, _ in pushed.values()}
     result = subprocess.run(
         [sys.executable, "-c", SUBPROCESS_SCRIPT, json.dumps(calls)],

@@ -1,4 +1,4 @@
-"""The `hfgen` command: train, generate, evaluate, compare, datasets export, info."""
+"""The `hfgen` command: train, generate, evaluate, compare, push, datasets export/push, space deploy, info."""
 
 import argparse
 import json
@@ -86,6 +86,45 @@ def cmd_datasets_export(args, rest: list[str]):
     print(f"Saved the {args.name} data set to {path} (load it with datasets.load_from_disk or --dataset_name {path})")
 
 
+def cmd_push(args, rest: list[str]):
+    from hfgen import hub
+
+    if not os.path.isfile(os.path.join(args.path, "model_index.json")):
+        raise SystemExit(f"{args.path} is not a saved pipeline (no model_index.json): train or save_pretrained first.")
+    print(f"Pushed {args.path}: {hub.push_to_hub(args.path, args.repo_id, token=args.token, private=args.private)}")
+
+
+def cmd_datasets_push(args, rest: list[str]):
+    from hfgen.data import EMBEDDED_DATASETS
+    from hfgen.hub import check_repo_id
+
+    if args.name not in EMBEDDED_DATASETS:
+        raise SystemExit(f"Unknown embedded data set {args.name!r}; choose one of {sorted(EMBEDDED_DATASETS)}.")
+    # datasets' own push_to_hub: parquet shards, the dataset card and its features metadata.
+    EMBEDDED_DATASETS[args.name]().push_to_hub(check_repo_id(args.repo_id), token=args.token, private=args.private)
+    print(f"Pushed the {args.name} data set to the dataset repo {args.repo_id}")
+
+
+def cmd_space_deploy(args, rest: list[str]):
+    from hfgen import hub
+
+    variables = {}
+    for assignment in args.model:
+        family, _, model_id = assignment.partition("=")
+        if not family or not model_id:
+            raise SystemExit(f"--model takes FAMILY=REPO_ID (for example vae=user/vae-digits), got {assignment!r}.")
+        variables[f"HFGEN_MODEL_{family.upper()}"] = model_id
+    for assignment in args.variable:
+        key, _, value = assignment.partition("=")
+        if not key or not value:
+            raise SystemExit(f"--variable takes KEY=VALUE, got {assignment!r}.")
+        variables[key] = value
+    url = hub.deploy_space(args.folder, args.repo_id, variables=variables, token=args.token)
+    print(f"Deployed {args.folder} to the Space {args.repo_id}: {url}")
+    for key, value in variables.items():
+        print(f"  {key}={value}")
+
+
 def cmd_info(args, rest: list[str]):
     from diffusers import DiffusionPipeline
 
@@ -149,11 +188,35 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--output_dir", default="out/compare", help="Where compare.json/.md/.png go.")
     compare.set_defaults(func=cmd_compare)
 
+    push = commands.add_parser("push", help="Push a saved pipeline folder (with its model card) to the Hub.")
+    push.add_argument("path", help="Folder of a saved hfgen pipeline (a training --output_dir).")
+    push.add_argument("repo_id", help="Target model repo, namespace/name.")
+    push.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN / hf auth login).")
+    push.add_argument("--private", action="store_true", help="Create the repo as private.")
+    push.set_defaults(func=cmd_push)
+
+    space = commands.add_parser("space", help="Gradio Spaces.").add_subparsers(dest="action", required=True)
+    deploy = space.add_parser("deploy", help="Create or update a Space from a folder, with its model ids set.")
+    deploy.add_argument("folder", help="A Space folder, e.g. spaces/gallery.")
+    deploy.add_argument("repo_id", help="Target Space repo, namespace/name.")
+    deploy.add_argument(
+        "--model", action="append", default=[], help="FAMILY=REPO_ID: sets the Space variable HFGEN_MODEL_<FAMILY>."
+    )
+    deploy.add_argument("--variable", action="append", default=[], help="KEY=VALUE: any other Space variable.")
+    deploy.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN / hf auth login).")
+    deploy.set_defaults(func=cmd_space_deploy)
+
     data = commands.add_parser("datasets", help="Embedded data sets.").add_subparsers(dest="action", required=True)
     export = data.add_parser("export", help="Save an embedded data set (digits, shapes) with save_to_disk.")
     export.add_argument("name", help="digits or shapes")
     export.add_argument("path", help="Target folder.")
     export.set_defaults(func=cmd_datasets_export)
+    data_push = data.add_parser("push", help="Push an embedded data set to a Hub dataset repo.")
+    data_push.add_argument("name", help="digits or shapes")
+    data_push.add_argument("repo_id", help="Target dataset repo, namespace/name.")
+    data_push.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN / hf auth login).")
+    data_push.add_argument("--private", action="store_true", help="Create the repo as private.")
+    data_push.set_defaults(func=cmd_datasets_push)
 
     info = commands.add_parser("info", help="Say what a saved pipeline is.")
     info.add_argument("path", help="Folder or Hub id of a saved pipeline.")

@@ -9,7 +9,15 @@ import re
 import shlex
 from typing import Any
 
-from huggingface_hub import EvalResult, ModelCard, ModelCardData, create_branch, create_repo, upload_folder
+from huggingface_hub import (
+    EvalResult,
+    ModelCard,
+    ModelCardData,
+    add_space_variable,
+    create_branch,
+    create_repo,
+    upload_folder,
+)
 from huggingface_hub.utils import HfHubHTTPError, HFValidationError, validate_repo_id
 
 from hfgen.remote_code import self_contained_copy
@@ -264,6 +272,48 @@ def push_to_hub(
             raise RuntimeError(
                 f"push to {repo_id} was refused ({status}): check HF_TOKEN / `hf auth login` and that you can "
                 "write to that namespace"
+            ) from e
+        raise
+    return commit_info.commit_url
+
+
+def check_repo_id(repo_id: str) -> str:
+    """`repo_id` if it is a valid Hub repo id, else a ValueError that says what the form is."""
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise ValueError(
+            f"Invalid Hub repo id {repo_id!r}: expected the form 'namespace/name' (or just 'name'), using only "
+            f"letters, digits, '-', '_' and '.'. ({e})"
+        ) from e
+    return repo_id
+
+
+def deploy_space(
+    folder: str, repo_id: str, *, variables: dict[str, str] | None = None, token: str | None = None
+) -> str:
+    """Creates (or updates) a Gradio Space from a folder (`app.py`, `README.md`, `requirements.txt`) and sets its
+    variables, such as the model ids the app reads (`HFGEN_MODEL_VAE=user/vae-digits`). Returns the commit URL."""
+    check_repo_id(repo_id)
+    if not os.path.isfile(os.path.join(folder, "app.py")) or not os.path.isfile(os.path.join(folder, "README.md")):
+        raise FileNotFoundError(f"{folder} is not a Space folder: it needs app.py and README.md (with front matter).")
+    try:
+        create_repo(repo_id, repo_type="space", space_sdk="gradio", token=token, exist_ok=True)
+        for key, value in (variables or {}).items():  # also updates the variables of an existing Space
+            add_space_variable(repo_id, key, value, token=token)
+        commit_info = upload_folder(
+            repo_id=repo_id,
+            repo_type="space",
+            folder_path=folder,
+            commit_message="Deploy with hfgen",
+            token=token,
+            ignore_patterns=["__pycache__/**", "*.pyc", "flagged/**"],
+        )
+    except HfHubHTTPError as e:
+        if getattr(e.response, "status_code", None) in (401, 403):
+            raise RuntimeError(
+                f"deploying the Space {repo_id} was refused ({e.response.status_code}): check HF_TOKEN / "
+                "`hf auth login` and that you can write to that namespace"
             ) from e
         raise
     return commit_info.commit_url

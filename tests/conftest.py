@@ -190,8 +190,7 @@ def hub(tmp_path_factory):
 
     Any connection that is not to the loopback interface fails, so nothing can reach the real Hub.
     """
-    from hub_server import LocalHub
-    from huggingface_hub import constants
+    from hub_server import serving
 
     real_connect = socket.socket.connect
 
@@ -200,13 +199,8 @@ def hub(tmp_path_factory):
             raise AssertionError(f"unexpected network access: {address}")
         return real_connect(sock, address)
 
-    with LocalHub(tokens={HUB_TOKEN: HUB_USER}, invalid_tokens=("bad",)) as server, pytest.MonkeyPatch.context() as mp:
-        server.patch_client(mp)
-        hf_home = tmp_path_factory.mktemp("hf_home")
-        mp.setenv("HF_HOME", str(hf_home))
-        mp.setattr(constants, "HF_HUB_CACHE", str(hf_home / "hub"))
-        # Reads send this token too (instead of one a developer may have saved with `hf auth login`).
-        mp.setenv("HF_TOKEN", HUB_TOKEN)
+    hf_home = tmp_path_factory.mktemp("hf_home")
+    with serving(hf_home, {HUB_TOKEN: HUB_USER}) as server, pytest.MonkeyPatch.context() as mp:
         mp.setattr(socket.socket, "connect", loopback_only)
         yield server
 

@@ -598,7 +598,7 @@ def serving(hf_home, tokens: dict[str, str]):
     import pytest
     from huggingface_hub import constants
 
-    with LocalHub(tokens=tokens) as server, pytest.MonkeyPatch.context() as monkeypatch:
+    with LocalHub(tokens=tokens, invalid_tokens=("bad",)) as server, pytest.MonkeyPatch.context() as monkeypatch:
         server.patch_client(monkeypatch)
         monkeypatch.setenv("HF_HOME", str(hf_home))
         monkeypatch.setattr(constants, "HF_HUB_CACHE", os.path.join(str(hf_home), "hub"))

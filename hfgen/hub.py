@@ -243,14 +243,7 @@ def push_to_hub(
         `ValueError`: If `repo_id` is not a valid repo id; raised before any network call.
         `RuntimeError`: If the Hub refuses the push (HTTP 401/403), chained to the original error.
     """
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as e:
-        raise ValueError(
-            f"Invalid Hub repo id {repo_id!r}: expected the form 'namespace/name' (or just 'name'), using only "
-            f"letters, digits, '-', '_' and '.'. ({e})"
-        ) from e
-
+    check_repo_id(repo_id)
     try:
         create_repo(repo_id, token=token, private=private, exist_ok=True)
         if revision not in (None, "main"):

@@ -62,15 +62,36 @@ def load_models(model_ids: dict[str, str | None]) -> dict[str, object]:
 
 
 # ----- what each family adds to its tab ------------------------------------------------------------------------------
-def vae_extras(pipeline, prompt: gr.Textbox):
-    def interpolate(prompt_text: str, seed_start: float, seed_end: float, steps: float):
+def interpolation_section(pipeline, prompt, description: str, strip_between, api_name: str, extra_inputs=()):
+    """Two seeds, a number of steps, and the strip `strip_between(prompt, seed_start, seed_end, steps, *extra)`
+    returns, with its timing."""
+
+    def interpolate(prompt_text: str, seed_start: float, seed_end: float, steps: float, *extra):
         prompt_text = check_prompt(pipeline, prompt_text)
         seeds = [check_int(seed, "Seed", 0, MAX_SEED) for seed in (seed_start, seed_end)]
         steps = check_int(steps, "Steps", MIN_STEPS, MAX_STEPS)
-        latent_dim = pipeline.vae.config.latent_dim
-        start, end = (torch.randn(latent_dim, generator=torch.Generator().manual_seed(s)) for s in seeds)
-        images, seconds = timed(pipeline.interpolate, start, end, num_steps=steps, prompt=prompt_text)
+        images, seconds = timed(strip_between, prompt_text, *seeds, steps, *extra)
         return enlarge(images), timing_text(seconds, steps)
+
+    gr.Markdown(f"### Interpolation\n{description}")
+    with gr.Row():
+        seed_start = gr.Number(label="Start seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
+        seed_end = gr.Number(label="End seed", value=1, precision=0, minimum=0, maximum=MAX_SEED)
+        steps = gr.Slider(MIN_STEPS, MAX_STEPS, value=8, step=1, label="Steps")
+    button = gr.Button("Interpolate")
+    strip = gr.Gallery(label="Interpolation", columns=MAX_STEPS, format="png", object_fit="contain")
+    strip_time = gr.Markdown()
+    inputs = [prompt, seed_start, seed_end, steps, *extra_inputs]
+    button.click(interpolate, inputs, [strip, strip_time], api_name=api_name)
+
+
+def vae_extras(pipeline, prompt: gr.Textbox):
+    def latent_of(seed: int) -> torch.Tensor:
+        """z ~ N(0, I) of a seed, drawn on the CPU so that a seed means the same on any device."""
+        return torch.randn(pipeline.vae.config.latent_dim, generator=torch.Generator().manual_seed(seed))
+
+    def line_between(prompt_text, seed_start: int, seed_end: int, steps: int):
+        return pipeline.interpolate(latent_of(seed_start), latent_of(seed_end), num_steps=steps, prompt=prompt_text)
 
     def likelihood(image: np.ndarray | None):
         if image is None:
@@ -91,16 +112,13 @@ def vae_extras(pipeline, prompt: gr.Textbox):
             f"Lower means the model finds the image more typical. {timing_text(seconds, 1)}"
         )
 
-    gr.Markdown("### Interpolation\nDecoded images on the straight line between the latents of two seeds.")
-    with gr.Row():
-        seed_start = gr.Number(label="Start seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
-        seed_end = gr.Number(label="End seed", value=1, precision=0, minimum=0, maximum=MAX_SEED)
-        steps = gr.Slider(MIN_STEPS, MAX_STEPS, value=8, step=1, label="Steps")
-    button = gr.Button("Interpolate")
-    strip = gr.Gallery(label="Interpolation", columns=MAX_STEPS, format="png", object_fit="contain")
-    strip_time = gr.Markdown()
-    button.click(interpolate, [prompt, seed_start, seed_end, steps], [strip, strip_time], api_name="interpolate_vae")
-
+    interpolation_section(
+        pipeline,
+        prompt,
+        "Decoded images on the straight line between the latents of two seeds.",
+        line_between,
+        "interpolate_vae",
+    )
     gr.Markdown("### Likelihood of an image\nThe IWAE lower bound on log p(x) of an uploaded image.")
     upload = gr.Image(label="Image", type="numpy", image_mode="RGB")
     score = gr.Button("Score")
@@ -112,30 +130,23 @@ def vae_extras(pipeline, prompt: gr.Textbox):
 def gan_extras(pipeline, prompt: gr.Textbox):
     truncation = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="Truncation psi (1 = none, lower = more typical)")
 
-    def interpolate(prompt_text: str, seed_start: float, seed_end: float, steps: float, psi: float):
-        prompt_text = check_prompt(pipeline, prompt_text)
-        seeds = [check_int(seed, "Seed", 0, MAX_SEED) for seed in (seed_start, seed_end)]
-        steps = check_int(steps, "Steps", MIN_STEPS, MAX_STEPS)
-        psi = check_float(psi, "Truncation", 0.0, 1.0)
-        images, seconds = timed(pipeline.interpolate, *seeds, num_steps=steps, prompt=prompt_text, truncation_psi=psi)
-        return enlarge(images), timing_text(seconds, steps)
+    def check_truncation(psi) -> float:
+        return check_float(psi, "Truncation", 0.0, 1.0)
 
-    gr.Markdown("### Interpolation\nImages along the great circle (slerp) between the noise of two seeds.")
-    with gr.Row():
-        seed_start = gr.Number(label="Start seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
-        seed_end = gr.Number(label="End seed", value=1, precision=0, minimum=0, maximum=MAX_SEED)
-        steps = gr.Slider(MIN_STEPS, MAX_STEPS, value=8, step=1, label="Steps")
-    button = gr.Button("Interpolate")
-    strip = gr.Gallery(label="Interpolation", columns=MAX_STEPS, format="png", object_fit="contain")
-    strip_time = gr.Markdown()
-    button.click(
-        interpolate,
-        [prompt, seed_start, seed_end, steps, truncation],
-        [strip, strip_time],
-        api_name="interpolate_gan",
+    def slerp_between(prompt_text, seed_start: int, seed_end: int, steps: int, psi: float):
+        psi = check_truncation(psi)
+        return pipeline.interpolate(seed_start, seed_end, num_steps=steps, prompt=prompt_text, truncation_psi=psi)
+
+    interpolation_section(
+        pipeline,
+        prompt,
+        "Images along the great circle (slerp) between the noise of two seeds.",
+        slerp_between,
+        "interpolate_gan",
+        extra_inputs=[truncation],
     )
     # The truncation slider is also an input of the tab's Generate button.
-    return {"truncation_psi": (truncation, lambda psi: check_float(psi, "Truncation", 0.0, 1.0))}
+    return {"truncation_psi": (truncation, check_truncation)}
 
 
 EXTRAS = {"vae": vae_extras, "gan": gan_extras}

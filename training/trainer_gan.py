@@ -316,12 +316,15 @@ class GANTrainer(Trainer):
         self.accurate_steps = self.accurate_steps + 1 if accuracy.item() == 1.0 else 0
         patience = self.config.divergence_patience
         if patience and self.accurate_steps >= patience:
+            remedies = ["a lower --discriminator_learning_rate"] + ["--spectral_norm"] * (
+                not self.config.spectral_norm
+            )
             raise GANDivergenceError(
                 f"The GAN has diverged at step {step}: the discriminator told every real image from every generated "
                 f"one for {patience} steps in a row, so the generator gets no useful gradient (--gan_loss "
-                f"{self.config.gan_loss}). Last checkpoint: {self.latest_checkpoint() or 'none yet'}. Try a lower "
-                "--discriminator_learning_rate, --spectral_norm, or --gan_loss wgan-gp; --divergence_patience 0 turns "
-                "this check off."
+                f"{self.config.gan_loss}). Last checkpoint: {self.latest_checkpoint() or 'none yet'}. Try "
+                f"{', '.join(remedies)} or --gan_loss wgan-gp --discriminator_norm layer; --divergence_patience 0 "
+                "turns this check off."
             )
         return accuracy
 

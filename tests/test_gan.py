@@ -4,7 +4,6 @@ divergence detection, the mode-collapse number, truncation and slerp, conditioni
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ from hfgen.training.trainer_gan import (
     modes_covered,
 )
 from safetensors.torch import load_file
-from testing_utils import ModelTesterMixin, PipelineTesterMixin, TrainerTesterMixin
+from testing_utils import ModelTesterMixin, PipelineTesterMixin, TrainerTesterMixin, free_port
 
 import hfgen
 from hfgen.models.modeling_gan import (
@@ -68,12 +67,6 @@ OBJECTIVES = {
     "wgan-gp": ["--gan_loss", "wgan-gp", "--discriminator_norm", "layer", "--conditioning", "class"],
     "hinge-spectral-norm": ["--gan_loss", "hinge", "--spectral_norm", "--discriminator_norm", "none"],
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def tiny_generator(**overrides) -> hfgen.GANGenerator:

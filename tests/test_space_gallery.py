@@ -5,11 +5,9 @@ Everything stays on 127.0.0.1 (the conftest network guard fails any other connec
 is started with its background networking off).
 """
 
-import importlib.util
 import os
 import resource
 import shutil
-import socket
 import threading
 from concurrent.futures import wait
 from pathlib import Path
@@ -19,6 +17,7 @@ import pytest
 from conftest import HUB_USER as USER
 from conftest import make_tiny_text_components
 from huggingface_hub import HfApi, SpaceCard
+from testing_utils import load_app, serve
 
 import hfgen
 from hfgen.cli import main as hfgen_main
@@ -30,19 +29,6 @@ REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 VAE_KWARGS = dict(sample_size=8, in_channels=1, latent_dim=4, block_out_channels=(8,), norm_num_groups=4, num_bins=17)
 GAN_KWARGS = dict(sample_size=8, out_channels=1, noise_dim=4, block_out_channels=(8, 16))
-
-
-def load_app(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def image_files(gallery) -> list[str]:
@@ -77,7 +63,7 @@ def served(app, model_ids):
     """(gradio_client, local url, loaded models) of the gallery serving the pushed models."""
     models = app.load_models(model_ids)
     demo = app.build_demo(models)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    url = serve(demo)
     yield gradio_client.Client(url, verbose=False), url, models
     demo.close()
 
@@ -145,7 +131,7 @@ def test_missing_models_get_a_tab_that_says_so(app, hub):
     assert "HFGEN_MODEL_VAE" in models["vae"]
     assert "could not be loaded" in models["gan"]
     demo = app.build_demo(models)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    url = serve(demo)
     try:
         texts = [c.get("props", {}).get("value") for c in demo.config["components"]]
         assert any(isinstance(t, str) and "HFGEN_MODEL_VAE" in t for t in texts)

@@ -3,9 +3,7 @@
 Everything stays on 127.0.0.1: no share links, no analytics, no Hub.
 """
 
-import importlib.util
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +14,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from testing_utils import load_app  # noqa: E402
+from testing_utils import serve as serve_demo  # noqa: E402
 
 import hfgen  # noqa: E402
 from hfgen import demo  # noqa: E402
@@ -27,19 +27,6 @@ APP_PATH = Path(__file__).resolve().parents[1] / "spaces" / "vae" / "app.py"
 VAE_KWARGS = dict(
     sample_size=8, in_channels=1, latent_dim=4, block_out_channels=(8, 16), norm_num_groups=4, num_bins=17
 )
-
-
-def load_app():
-    spec = importlib.util.spec_from_file_location("hfgen_space_vae_app", APP_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def save_pipeline(path: Path, text: bool) -> str:
@@ -57,7 +44,7 @@ def save_pipeline(path: Path, text: bool) -> str:
 
 @pytest.fixture(scope="module")
 def app():
-    return load_app()
+    return load_app(APP_PATH, "hfgen_space_vae_app")
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +56,7 @@ def served(app, tmp_path_factory):
         path = save_pipeline(tmp_path_factory.mktemp(kind), text=kind == "text")
         pipeline = hfgen.load_pipeline(path)
         blocks = app.build_demo(pipeline, model_name=path)
-        _, local_url, _ = blocks.launch(
-            server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True
-        )
+        local_url = serve_demo(blocks)
         servers.append(blocks)
         return gradio_client.Client(local_url, verbose=False), pipeline
 

@@ -3,7 +3,6 @@
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 
@@ -12,7 +11,7 @@ import torch
 from hfgen.training.train import parse_config
 from hfgen.training.trainer_vae import VAETrainer, VAETrainingConfig
 from safetensors.torch import load_file
-from testing_utils import TrainerTesterMixin
+from testing_utils import TrainerTesterMixin, free_port
 
 import hfgen
 
@@ -42,12 +41,6 @@ def record_logs(trainer) -> list[tuple[int, dict]]:
 
 def checkpoint_names(output_dir) -> list[str]:
     return sorted(name for name in os.listdir(output_dir) if name.startswith("checkpoint-"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class TestVAETrainer(TrainerTesterMixin):

@@ -5,7 +5,9 @@ A family's test class mixes one in, sets the class attribute, and defines the fe
 the CPU on a tiny, seeded configuration.
 """
 
+import importlib.util
 import os
+import socket
 
 import numpy as np
 import PIL.Image
@@ -273,3 +275,25 @@ class TrainerTesterMixin:
         card = ModelCard.load(tmp_path / "README.md")
         assert card.data.library_name == "hfgen"
         assert self.trainer_class.family in card.data.tags
+
+
+# ----- Spaces and servers --------------------------------------------------------------------------------------------
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def load_app(path, module_name: str):
+    """A Space's app.py as a module (a Space folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def serve(demo) -> str:
+    """Launches a Gradio Blocks on 127.0.0.1 without blocking; returns its URL. Close it with `demo.close()`."""
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    return url

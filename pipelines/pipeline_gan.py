@@ -76,13 +76,10 @@ class GANPipeline(HFGenPipeline):
 
         Examples:
         """
-        # 1. How many images, and what they are conditioned on (class labels, like prompts, give one image each)
+        # 1. How many images, and what they are conditioned on
         if not 0.0 <= truncation_psi <= 1.0:
             raise ValueError(f"truncation_psi must be in [0, 1] (1 = no truncation), got {truncation_psi}.")
-        num_labels = torch.as_tensor(class_labels).numel() if class_labels is not None and prompt is None else None
-        if num_labels is not None and batch_size not in (1, num_labels):
-            raise ValueError(f"Got {num_labels} class_labels but batch_size={batch_size}: labels give one image each.")
-        prompts, num_images = self.check_inputs(prompt, num_labels or batch_size, num_images_per_prompt)
+        prompts, num_images = self.check_inputs(prompt, batch_size, num_images_per_prompt, class_labels)
         condition = self.prepare_condition(self.generator, prompts, num_images, class_labels)
 
         # 2. z ~ N(0, I), or the given noise

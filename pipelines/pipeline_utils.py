@@ -146,10 +146,21 @@ class HFGenPipeline(DiffusionPipeline):
 
     # ----- inputs ---------------------------------------------------------------------------------------------------
     @staticmethod
-    def check_inputs(prompt, batch_size: int, num_images_per_prompt: int) -> tuple[list[str] | None, int]:
-        """Returns (one prompt per image or None, number of images)."""
+    def check_inputs(
+        prompt, batch_size: int, num_images_per_prompt: int, class_labels=None
+    ) -> tuple[list[str] | None, int]:
+        """Returns (one prompt per image or None, number of images). Class labels, like prompts, give one image each
+        (times `num_images_per_prompt`), so `batch_size` is then left out or equal to their number."""
         if num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be at least 1, got {num_images_per_prompt}.")
+        if class_labels is not None and prompt is None:
+            num_labels = torch.as_tensor(class_labels).numel()
+            if batch_size not in (1, num_labels):
+                raise ValueError(
+                    f"Got {num_labels} class_labels but batch_size={batch_size}: class labels give one image each, "
+                    "so leave batch_size out (or equal to the number of labels)."
+                )
+            batch_size = num_labels
         if prompt is None:
             if batch_size < 1:
                 raise ValueError(f"batch_size must be at least 1, got {batch_size}.")

@@ -65,16 +65,8 @@ class VAEPipeline(HFGenPipeline):
 
         Examples:
         """
-        # 1. How many images, and what they are conditioned on (class labels, like prompts, give one image each)
-        if class_labels is not None and prompt is None:
-            num_labels = torch.as_tensor(class_labels).numel()
-            if batch_size not in (1, num_labels):
-                raise ValueError(
-                    f"Got {num_labels} class_labels but batch_size={batch_size}: class labels give one image each, "
-                    "so leave batch_size out (or equal to the number of labels)."
-                )
-            batch_size = num_labels
-        prompts, num_images = self.check_inputs(prompt, batch_size, num_images_per_prompt)
+        # 1. How many images, and what they are conditioned on
+        prompts, num_images = self.check_inputs(prompt, batch_size, num_images_per_prompt, class_labels)
         condition = self.prepare_condition(self.vae, prompts, num_images, class_labels)
 
         # 2. z ~ N(0, temperature^2 I)

@@ -116,3 +116,47 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tens
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
     """log N(z; 0, I), summed over all but the batch dimension."""
     return (-0.5 * math.log(2 * math.pi) - 0.5 * z**2).flatten(1).sum(1)
+
+
+# ----- conditioning, shared by every conditional model ---------------------------------------------------------------
+CONDITION_TYPES = (None, "class", "text")
+
+
+def check_condition_config(condition_type: str | None, num_classes: int | None, text_embed_dim: int | None):
+    """ValueError for a conditioning configuration a model cannot be built from."""
+    if condition_type not in CONDITION_TYPES:
+        raise ValueError(f"condition_type must be one of {CONDITION_TYPES}, got {condition_type!r}.")
+    if condition_type == "class" and not num_classes:
+        raise ValueError("condition_type='class' needs num_classes.")
+    if condition_type == "text" and not text_embed_dim:
+        raise ValueError("condition_type='text' needs text_embed_dim (the text encoder's pooled output size).")
+
+
+def condition_embedding(condition_type, num_classes, text_embed_dim, dim: int) -> nn.Module | None:
+    """The module that maps a condition to (b, dim): a class table with an extra "no class" row (index
+    `num_classes`, what caption dropout trains), or a small MLP on a pooled text embedding; None if unconditional."""
+    if condition_type == "class":
+        return nn.Embedding(num_classes + 1, dim)
+    if condition_type == "text":
+        return nn.Sequential(nn.Linear(text_embed_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+    return None
+
+
+def embed_condition(model, condition: torch.Tensor | None, batch_size: int) -> torch.Tensor | None:
+    """Class labels (b,) with -1 for "no class", or pooled text embeddings (b, text_embed_dim) -> (b, dim) through
+    `model.condition_embedding`; None for an unconditional model. No labels means "no class" for every image."""
+    config = model.config
+    if config.condition_type is None:
+        if condition is not None:
+            raise ValueError(f"This {type(model).__name__} was trained without conditioning: pass no condition.")
+        return None
+    if config.condition_type == "class":
+        if condition is None:
+            condition = torch.full((batch_size,), -1, dtype=torch.long, device=model.device)
+        return model.condition_embedding(torch.where(condition < 0, config.num_classes, condition))
+    if condition is None:
+        raise ValueError(
+            f"This {type(model).__name__} is conditioned on text: pass text embeddings (the pipeline encodes an empty "
+            "prompt for unconditional samples)."
+        )
+    return model.condition_embedding(condition.to(model.dtype))

@@ -23,8 +23,9 @@ from diffusers.utils import BaseOutput
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as spectral_normalize
 
+from hfgen.layers import check_condition_config, condition_embedding, embed_condition
+
 GAN_LOSSES = ("non-saturating", "minimax", "wgan", "wgan-gp", "hinge")
-CONDITION_TYPES = (None, "class", "text")
 DISCRIMINATOR_NORMS = ("batch", "layer", "none")
 DISCRIMINATOR_CONDITIONINGS = ("projection", "concat")
 
@@ -52,40 +53,7 @@ def _check_common(sample_size: int, block_out_channels, condition_type, num_clas
             f"sample_size={sample_size} must be a multiple of 2**len(block_out_channels)={upsamplings} (one "
             f"resolution doubling per width in {tuple(block_out_channels)}): change one of them."
         )
-    if condition_type not in CONDITION_TYPES:
-        raise ValueError(f"condition_type must be one of {CONDITION_TYPES}, got {condition_type!r}.")
-    if condition_type == "class" and not num_classes:
-        raise ValueError("condition_type='class' needs num_classes.")
-    if condition_type == "text" and not text_embed_dim:
-        raise ValueError("condition_type='text' needs text_embed_dim (the text encoder's pooled output size).")
-
-
-def _condition_embedding(condition_type, num_classes, text_embed_dim, dim: int) -> nn.Module | None:
-    """Class labels (with an extra "no class" index, for caption dropout) or a text embedding -> (b, dim)."""
-    if condition_type == "class":
-        return nn.Embedding(num_classes + 1, dim)
-    if condition_type == "text":
-        return nn.Sequential(nn.Linear(text_embed_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
-    return None
-
-
-def _embed(model: ModelMixin, condition: torch.Tensor | None, batch_size: int) -> torch.Tensor | None:
-    """Class labels (b,) with -1 for "no class", or pooled text embeddings (b, text_embed_dim) -> (b, dim)."""
-    config = model.config
-    if config.condition_type is None:
-        if condition is not None:
-            raise ValueError(f"This {type(model).__name__} was trained without conditioning: pass no condition.")
-        return None
-    if config.condition_type == "class":
-        if condition is None:
-            condition = torch.full((batch_size,), -1, dtype=torch.long, device=model.device)
-        return model.condition_embedding(torch.where(condition < 0, config.num_classes, condition))
-    if condition is None:
-        raise ValueError(
-            f"This {type(model).__name__} is conditioned on text: pass text embeddings (the pipeline encodes an empty "
-            "prompt for unconditional samples)."
-        )
-    return model.condition_embedding(condition.to(model.dtype))
+    check_condition_config(condition_type, num_classes, text_embed_dim)
 
 
 class GANGenerator(ModelMixin, ConfigMixin):
@@ -118,7 +86,7 @@ class GANGenerator(ModelMixin, ConfigMixin):
     ):
         super().__init__()
         _check_common(sample_size, block_out_channels, condition_type, num_classes, text_embed_dim)
-        self.condition_embedding = _condition_embedding(condition_type, num_classes, text_embed_dim, condition_dim)
+        self.condition_embedding = condition_embedding(condition_type, num_classes, text_embed_dim, condition_dim)
         cond = condition_dim if condition_type else 0
         self.feature_size = sample_size // 2 ** len(block_out_channels)
         widths = list(reversed(block_out_channels))  # low resolution (wide) first
@@ -135,7 +103,7 @@ class GANGenerator(ModelMixin, ConfigMixin):
         """(b, noise_dim) noise and an optional condition -> (b, c, s, s) images in [-1, 1]."""
         if noise.ndim != 2 or noise.shape[1] != self.config.noise_dim:
             raise ValueError(f"Expected noise of shape (batch, {self.config.noise_dim}), got {tuple(noise.shape)}.")
-        c = _embed(self, condition, noise.shape[0])
+        c = embed_condition(self, condition, noise.shape[0])
         h = noise if c is None else torch.cat([noise, c], dim=1)  # (b, noise_dim + cond)
         h = self.project(h).view(noise.shape[0], -1, self.feature_size, self.feature_size)  # (b, w, r, r)
         h = self.blocks(F.relu(self.norm_in(h)))  # (b, block_out_channels[0], s / 2, s / 2)
@@ -188,7 +156,7 @@ class GANDiscriminator(ModelMixin, ConfigMixin):
         feature_size = sample_size // 2 ** len(block_out_channels)
         features = block_out_channels[-1] * feature_size**2
         embed_dim = features if conditioning == "projection" else condition_dim
-        self.condition_embedding = _condition_embedding(condition_type, num_classes, text_embed_dim, embed_dim)
+        self.condition_embedding = condition_embedding(condition_type, num_classes, text_embed_dim, embed_dim)
         concat = condition_dim if condition_type and conditioning == "concat" else 0
         layers, channels = [], in_channels + concat
         for i, width in enumerate(block_out_channels):
@@ -214,7 +182,7 @@ class GANDiscriminator(ModelMixin, ConfigMixin):
                 f"Expected images of shape (batch, {channels}, {size}, {size}), got {tuple(sample.shape)}: resize "
                 f"to {size}x{size} (--resolution {size}) and use {channels} channel(s)."
             )
-        c = _embed(self, condition, sample.shape[0])
+        c = embed_condition(self, condition, sample.shape[0])
         if c is not None and self.config.conditioning == "concat":
             c_map = c[:, :, None, None].expand(-1, -1, size, size)  # (b, condition_dim, s, s)
             sample = torch.cat([sample, c_map], dim=1)

@@ -25,14 +25,16 @@ from torch import nn
 from hfgen.layers import (
     ConvDecoder,
     ConvEncoder,
+    check_condition_config,
+    condition_embedding,
     discretized_logistic_log_prob,
+    embed_condition,
     gaussian_log_prob,
     quantize,
     standard_normal_log_prob,
 )
 
 LIKELIHOODS = ("gaussian", "bernoulli", "discretized")
-CONDITION_TYPES = (None, "class", "text")
 
 
 @dataclass
@@ -110,24 +112,14 @@ class VAEModel(ModelMixin, ConfigMixin):
             )
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}.")
-        if condition_type not in CONDITION_TYPES:
-            raise ValueError(f"condition_type must be one of {CONDITION_TYPES}, got {condition_type!r}.")
-        if condition_type == "class" and not num_classes:
-            raise ValueError("condition_type='class' needs num_classes.")
-        if condition_type == "text" and not text_embed_dim:
-            raise ValueError("condition_type='text' needs text_embed_dim (the text encoder's pooled output size).")
+        check_condition_config(condition_type, num_classes, text_embed_dim)
         if any(c % norm_num_groups for c in block_out_channels):
             raise ValueError(
                 f"norm_num_groups={norm_num_groups} must divide every width in {tuple(block_out_channels)}."
             )
 
         # The condition is projected to `condition_dim` and concatenated to the encoder features and to z.
-        if condition_type == "class":
-            self.condition_embedding = nn.Embedding(num_classes + 1, condition_dim)  # index num_classes = no class
-        elif condition_type == "text":
-            self.condition_embedding = nn.Sequential(
-                nn.Linear(text_embed_dim, condition_dim), nn.SiLU(), nn.Linear(condition_dim, condition_dim)
-            )
+        self.condition_embedding = condition_embedding(condition_type, num_classes, text_embed_dim, condition_dim)
         cond = condition_dim if condition_type else 0
 
         self.feature_size = sample_size // downsample
@@ -145,22 +137,7 @@ class VAEModel(ModelMixin, ConfigMixin):
     # ----- conditioning -------------------------------------------------------------------------------------------
     def embed_condition(self, condition: torch.Tensor | None, batch_size: int) -> torch.Tensor | None:
         """Class labels (b,) with -1 for "no class", or pooled text embeddings (b, text_embed_dim) -> (b, cond)."""
-        condition_type = self.config.condition_type
-        if condition_type is None:
-            if condition is not None:
-                raise ValueError("This VAE was trained without conditioning: do not pass a condition or a prompt.")
-            return None
-        if condition_type == "class":
-            if condition is None:
-                condition = torch.full((batch_size,), -1, dtype=torch.long, device=self.device)
-            condition = torch.where(condition < 0, self.config.num_classes, condition)
-            return self.condition_embedding(condition)
-        if condition is None:
-            raise ValueError(
-                "This VAE is conditioned on text: pass text embeddings (the pipeline encodes an empty prompt for "
-                "unconditional samples)."
-            )
-        return self.condition_embedding(condition.to(self.dtype))
+        return embed_condition(self, condition, batch_size)
 
     # ----- q(z | x) and p(x | z) ----------------------------------------------------------------------------------
     def encode(self, sample: torch.Tensor, condition: torch.Tensor | None = None, return_dict: bool = True):

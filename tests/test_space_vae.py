@@ -8,18 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import pytest
+import torch
+from testing_utils import load_app
+from testing_utils import serve as serve_demo
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from testing_utils import load_app  # noqa: E402
-from testing_utils import serve as serve_demo  # noqa: E402
-
-import hfgen  # noqa: E402
-from hfgen import demo  # noqa: E402
-from hfgen.text import build_clip_text_encoder, build_word_tokenizer  # noqa: E402
+import hfgen
+from hfgen import demo
+from hfgen.text import build_clip_text_encoder, build_word_tokenizer
 
 gradio_client = pytest.importorskip("gradio_client")
 

@@ -250,3 +250,20 @@ def test_datasets_push_goes_through_datasets_push_to_hub(hub):
     assert loaded.features["label"].names == local.features["label"].names
     assert loaded[5]["text"] == local[5]["text"]
     assert list(loaded[5]["image"].getdata()) == list(local[5]["image"].getdata())
+
+
+@pytest.mark.parametrize("family", ["vae", "gan"])
+def test_family_space_serves_a_model_pulled_from_the_hub(model_ids, family):
+    """spaces/<family>/app.py, as its Space runs it: the model id (HFGEN_MODEL) is a Hub repo."""
+    app = load_app(REPO / "spaces" / family / "app.py", f"hfgen_space_{family}_from_hub")
+    demo = app.build_demo(hfgen.load_pipeline(model_ids[family]), model_name=model_ids[family])
+    client = gradio_client.Client(serve(demo), verbose=False)
+    try:
+        arguments = ("", 3, 2) if family == "vae" else ("", 3, 2, 0.8)  # prompt, seed, images[, truncation]
+        first, second = (
+            [Path(p).read_bytes() for p in image_files(client.predict(*arguments, api_name="/generate"))]
+            for _ in range(2)
+        )
+        assert len(first) == 2 and first == second
+    finally:
+        demo.close()

@@ -28,9 +28,10 @@ import time
 
 import torch
 from hfgen.training.train import parse_config
-from hfgen.training.trainer_gan import class_histogram_entropy, load_digit_classifier
+from hfgen.training.trainer_gan import class_histogram_entropy
 
 from hfgen.data import load_image_dataset
+from hfgen.metrics.features import load_feature_extractor
 
 RECIPES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "training", "recipes")
 OBJECTIVES = {
@@ -85,9 +86,7 @@ def train_objective(recipe: str, args: argparse.Namespace, output_dir: str) -> d
 @torch.no_grad()
 def real_reference(seed: int) -> dict:
     """The entropy and FID of held-out digits against as many training digits: what a perfect generator would get."""
-    classifier = load_digit_classifier()
-    if classifier is None:
-        return {}
+    classifier = load_feature_extractor("digits")
     splits = load_image_dataset("digits", caption_column="text", label_column="label", seed=seed)
     test = torch.stack([example["pixel_values"] for example in splits["test"]])
     train = torch.stack([splits["train"][i]["pixel_values"] for i in range(len(test))])

@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from testing_utils import ModelTesterMixin, PipelineTesterMixin, TrainerTesterMixin, free_port
 
 import hfgen
+from hfgen.metrics import load_feature_extractor
 from hfgen.models.modeling_gan import (
     GAN_LOSSES,
     discriminator_loss,
@@ -494,11 +495,7 @@ def test_class_histogram_entropy_and_modes_covered():
 
 
 def test_digit_classifier_entropy_sees_collapse():
-    from hfgen.training.trainer_gan import load_digit_classifier
-
-    classifier = load_digit_classifier()
-    if classifier is None:
-        pytest.skip("hfgen.metrics ships no digit classifier")
+    classifier = load_feature_extractor("digits")
     from hfgen.data import load_image_dataset
 
     test = load_image_dataset("digits", caption_column="text", label_column="label")["test"]

@@ -23,6 +23,8 @@ from hfgen.pipelines.pipeline_gan import GANPipeline
 from hfgen.pipelines.pipeline_vae import VAEPipeline
 from hfgen.training.trainer import Trainer, TrainingConfig
 
+from hfgen.metrics.features import load_feature_extractor
+from hfgen.metrics.sample_quality import fid
 from hfgen.models.modeling_gan import (
     DISCRIMINATOR_CONDITIONINGS,
     DISCRIMINATOR_NORMS,
@@ -60,16 +62,6 @@ def modes_covered(points: torch.Tensor, centers: torch.Tensor, max_distance: flo
     close = distances.gather(1, nearest[:, None]).squeeze(1) <= max_distance
     counts = torch.bincount(nearest[close], minlength=centers.shape[0])
     return int((counts >= min_count).sum())
-
-
-def load_digit_classifier():
-    """hfgen's digit classifier (`hfgen.metrics.load_feature_extractor("digits")`), or None where it is missing."""
-    try:
-        from hfgen.metrics import load_feature_extractor
-
-        return load_feature_extractor("digits").eval()
-    except (ImportError, OSError, ValueError):
-        return None
 
 
 @dataclass
@@ -204,7 +196,7 @@ class GANTrainer(Trainer):
         self.accurate_steps = 0  # consecutive steps on which D told every real and generated image apart
         self.digit_classifier = None
         if config.mode_collapse_samples and config.dataset_name == "digits" and self.image_shape == (1, 8, 8):
-            self.digit_classifier = load_digit_classifier()
+            self.digit_classifier = load_feature_extractor("digits")  # hfgen's shipped digit classifier
 
     def build_pipeline(self, model, tokenizer, text_encoder) -> GANPipeline | VAEPipeline:
         if isinstance(model, VAEModel):
@@ -344,10 +336,6 @@ class GANTrainer(Trainer):
         if self.digit_classifier is None:
             return {}
         metrics = {"sample_class_entropy": self.mode_collapse_entropy(pipeline), "max_class_entropy": math.log(10)}
-        try:
-            from hfgen.metrics.sample_quality import fid
-        except ImportError:
-            return metrics
         test = self.splits["test"]
         real = torch.stack([test[i]["pixel_values"] for i in range(len(test))])
         generator = torch.Generator().manual_seed(self.config.seed + 1)

@@ -100,3 +100,16 @@ def parse_args(description: str, argv: list[str] | None = None, model_flags: dic
     parser.add_argument("--host", default=default_host, help=f"Address to serve on (default: {default_host}).")
     parser.add_argument("--port", type=int, default=None, help="Port to serve on (default: Gradio's, 7860).")
     return parser, parser.parse_args(argv)
+
+
+def launch_model_space(build_demo, description: str, argv: list[str] | None = None) -> None:
+    """The command line of a one-model Space: `--model` (default: the HFGEN_MODEL variable), load, serve."""
+    import hfgen  # here, not at the top: hfgen imports diffusers, and this module is part of hfgen
+
+    parser, args = parse_args(description, argv, {"model": "HFGEN_MODEL"})
+    if not args.model:
+        parser.error("no model given: pass --model PATH_OR_HUB_ID or set the HFGEN_MODEL environment variable.")
+    pipeline = hfgen.load_pipeline(args.model)
+    if torch.cuda.is_available():
+        pipeline.to("cuda")
+    build_demo(pipeline, model_name=args.model).launch(server_name=args.host, server_port=args.port)

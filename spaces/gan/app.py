@@ -9,9 +9,7 @@ On Hugging Face Spaces the model (a Hub id or a path) comes from the Space varia
 """
 
 import gradio as gr
-import torch
 
-import hfgen
 from hfgen.demo import (
     MAX_IMAGES,
     MAX_PROMPT_CHARS,
@@ -22,7 +20,7 @@ from hfgen.demo import (
     check_int,
     check_prompt,
     enlarge,
-    parse_args,
+    launch_model_space,
     sample,
     takes_text,
 )
@@ -111,13 +109,7 @@ def build_demo(pipeline, model_name: str | None = None) -> gr.Blocks:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser, args = parse_args("Gradio demo for a trained hfgen GAN pipeline.", argv, {"model": "HFGEN_MODEL"})
-    if not args.model:
-        parser.error("no model given: pass --model PATH_OR_HUB_ID or set the HFGEN_MODEL environment variable.")
-    pipeline = hfgen.load_pipeline(args.model)
-    if torch.cuda.is_available():
-        pipeline.to("cuda")
-    build_demo(pipeline, model_name=args.model).launch(server_name=args.host, server_port=args.port)
+    launch_model_space(build_demo, "Gradio demo for a trained hfgen GAN pipeline.", argv)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from conftest import HUB_USER, hub_subprocess_env
 from huggingface_hub import ModelCard
 
 import hfgen
+from hfgen.metrics.evaluate import training_seconds
 
 REPO = Path(__file__).resolve().parents[1]
 FAMILY_ARGS = {
@@ -72,3 +73,6 @@ def test_accelerate_launch_push_to_hub_then_load_in_a_fresh_process(hub, family,
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     assert f"IMAGES {images_hash(hfgen.load_pipeline(str(output_dir)))}" in loaded.stdout
     assert os.listdir(tmp_path / "empty-cache")  # it really downloaded
+
+    # `hfgen compare` reads the training time of a Hub repo as of a local folder.
+    assert training_seconds(repo_id) == training_seconds(str(output_dir)) > 0

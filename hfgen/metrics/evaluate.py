@@ -16,6 +16,8 @@ import time
 
 import PIL.Image
 import torch
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError, HFValidationError
 
 from hfgen.data import load_image_dataset
 from hfgen.metrics.features import DomainClassifier, load_feature_extractor
@@ -133,8 +135,14 @@ def evaluate_pipeline(
 
 
 def training_seconds(path: str) -> float | None:
-    """Training wall time recorded by the trainer next to a saved pipeline, if any."""
+    """Training wall time that the trainer recorded in `train_summary.json` beside a saved pipeline (a folder or a Hub
+    repo; the model card shows the same figure), or None for a pipeline saved without the trainer."""
     summary = os.path.join(path, "train_summary.json")
+    if not os.path.isdir(path):
+        try:
+            summary = hf_hub_download(path, "train_summary.json")
+        except (EntryNotFoundError, HFValidationError):
+            return None
     if not os.path.isfile(summary):
         return None
     with open(summary) as f:

@@ -4,6 +4,7 @@ Everything here except [`push_to_hub`] is local: cards are rendered from a templ
 writing a card never touches the network (no template download, no card validation call).
 """
 
+import contextlib
 import os
 import re
 import shlex
@@ -244,7 +245,7 @@ def push_to_hub(
         `RuntimeError`: If the Hub refuses the push (HTTP 401/403), chained to the original error.
     """
     check_repo_id(repo_id)
-    try:
+    with refusal_explained(f"push to {repo_id}"):
         create_repo(repo_id, token=token, private=private, exist_ok=True)
         if revision not in (None, "main"):
             # upload_folder fails on a branch that does not exist yet.
@@ -259,15 +260,22 @@ def push_to_hub(
                 revision=revision,
                 ignore_patterns=PUSH_IGNORE_PATTERNS,
             )
+    return commit_info.commit_url
+
+
+@contextlib.contextmanager
+def refusal_explained(action: str):
+    """Turns the Hub's 401/403 answer inside the block into a RuntimeError that says what to check."""
+    try:
+        yield
     except HfHubHTTPError as e:
         status = getattr(e.response, "status_code", None)
         if status in (401, 403):
             raise RuntimeError(
-                f"push to {repo_id} was refused ({status}): check HF_TOKEN / `hf auth login` and that you can "
-                "write to that namespace"
+                f"{action} was refused ({status}): check HF_TOKEN / `hf auth login` and that you can write to that "
+                "namespace"
             ) from e
         raise
-    return commit_info.commit_url
 
 
 def check_repo_id(repo_id: str) -> str:
@@ -290,7 +298,7 @@ def deploy_space(
     check_repo_id(repo_id)
     if not os.path.isfile(os.path.join(folder, "app.py")) or not os.path.isfile(os.path.join(folder, "README.md")):
         raise FileNotFoundError(f"{folder} is not a Space folder: it needs app.py and README.md (with front matter).")
-    try:
+    with refusal_explained(f"deploying the Space {repo_id}"):
         create_repo(repo_id, repo_type="space", space_sdk="gradio", token=token, exist_ok=True)
         for key, value in (variables or {}).items():  # also updates the variables of an existing Space
             add_space_variable(repo_id, key, value, token=token)
@@ -302,11 +310,4 @@ def deploy_space(
             token=token,
             ignore_patterns=["__pycache__/**", "*.pyc", "flagged/**"],
         )
-    except HfHubHTTPError as e:
-        if getattr(e.response, "status_code", None) in (401, 403):
-            raise RuntimeError(
-                f"deploying the Space {repo_id} was refused ({e.response.status_code}): check HF_TOKEN / "
-                "`hf auth login` and that you can write to that namespace"
-            ) from e
-        raise
     return commit_info.commit_url

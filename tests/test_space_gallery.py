@@ -231,6 +231,8 @@ def test_space_deploy_then_run_the_deployed_app(hub, model_ids, tmp_path):
         hfgen_main(["space", "deploy", str(REPO / "spaces" / "gallery"), f"{USER}/gallery", "--model", "vae"])
     with pytest.raises(FileNotFoundError, match="app.py"):
         hfgen_main(["space", "deploy", str(tmp_path), f"{USER}/empty"])
+    with pytest.raises(RuntimeError, match=r"deploying the Space .* was refused \(401\).*HF_TOKEN"):
+        hfgen_main(["space", "deploy", str(REPO / "spaces" / "gallery"), f"{USER}/gallery", "--token", "bad"])
 
 
 def test_push_cli_refuses_a_folder_without_a_pipeline(hub, tmp_path):

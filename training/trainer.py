@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from hfgen import hub
 from hfgen.data import EMBEDDED_DATASETS, collate_fn, load_image_dataset
-from hfgen.metrics.evaluate import features_and_probabilities, generate_images
+from hfgen.metrics.evaluate import generate_images
 from hfgen.metrics.features import load_feature_extractor, shipped_extractors
 from hfgen.metrics.sample_quality import GaussianStatistics, fid
 from hfgen.text import build_clip_text_encoder, build_word_tokenizer, encode_prompts, load_pretrained_text_encoder
@@ -505,11 +505,11 @@ class Trainer:
             loader = DataLoader(self.splits["train"], batch_size=500, collate_fn=collate_fn)
             statistics = GaussianStatistics()
             for batch in loader:
-                statistics.update(features_and_probabilities(extractor, batch["pixel_values"])[0])
+                statistics.update(extractor.features(batch["pixel_values"]))
             self.fid_reference = (extractor, statistics)
         extractor, real = self.fid_reference
         fake, _ = generate_images(pipeline, self.config.validation_fid_samples, seed=self.config.seed)
-        return fid(real, features_and_probabilities(extractor, fake)[0])
+        return fid(real, extractor.features(fake))
 
     def finish(self, global_step: int, logged: dict) -> dict:
         """Saves a last checkpoint, then the pipeline (EMA weights if kept), samples, model card; pushes if asked."""

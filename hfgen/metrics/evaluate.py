@@ -9,6 +9,7 @@ test split through the pipeline's `log_likelihood` when the family has one. Both
 trainer uses (`test_size=0.1, seed=0`).
 """
 
+import functools
 import json
 import math
 import os
@@ -21,16 +22,21 @@ from huggingface_hub.errors import EntryNotFoundError, HFValidationError
 
 from hfgen.data import load_image_dataset
 from hfgen.metrics.features import DomainClassifier, load_feature_extractor
-from hfgen.metrics.sample_quality import GaussianStatistics, fid, inception_score, kid, precision_recall
+from hfgen.metrics.sample_quality import fid, inception_score, kid, precision_recall
 
 METRICS = ("fid", "kid", "is", "pr", "nll")
 
 
+@functools.lru_cache(maxsize=4)
+def _split_images(dataset: str, split: str) -> torch.Tensor:
+    # Cached: `hfgen compare` measures every model against the same images, loaded once.
+    images = load_image_dataset(dataset, test_size=0.1, seed=0)[split]
+    return torch.stack([images[i]["pixel_values"] for i in range(len(images))])
+
+
 def real_images(dataset: str, split: str = "train", max_images: int | None = None) -> torch.Tensor:
     """(n, c, h, w) images in [-1, 1] of a split, as every hfgen trainer splits the data set."""
-    images = load_image_dataset(dataset, test_size=0.1, seed=0)[split]
-    count = len(images) if max_images is None else min(max_images, len(images))
-    return torch.stack([images[i]["pixel_values"] for i in range(count)])
+    return _split_images(dataset, split)[:max_images].clone()  # a copy: callers may change it, the cache stays
 
 
 @torch.no_grad()
@@ -63,12 +69,7 @@ def sample_quality(extractor: DomainClassifier, real: torch.Tensor, fake: torch.
     fake_features, fake_probabilities = features_and_probabilities(extractor, fake)
     results = {}
     if "fid" in metrics:
-        real_stats, fake_stats = GaussianStatistics(), GaussianStatistics()
-        for batch in real_features.split(500):  # streamed, as it would be over a data set too large for memory
-            real_stats.update(batch)
-        for batch in fake_features.split(500):
-            fake_stats.update(batch)
-        results["fid"] = fid(real_stats, fake_stats)
+        results["fid"] = fid(real_features, fake_features)
     if "kid" in metrics:
         results["kid"], results["kid_std"] = kid(real_features, fake_features, seed=seed)
     if "is" in metrics:

@@ -46,11 +46,17 @@ def takes_text(pipeline) -> bool:
     return getattr(pipeline, "text_encoder", None) is not None
 
 
-def check_prompt(pipeline, prompt) -> str | None:
-    """The prompt to pass to the pipeline (None for no text), or a gr.Error."""
+def check_prompt_length(prompt) -> str:
+    """The stripped prompt ("" for none), or a gr.Error if it is longer than MAX_PROMPT_CHARS."""
     prompt = (prompt or "").strip()
     if len(prompt) > MAX_PROMPT_CHARS:
         raise gr.Error(f"The prompt is {len(prompt)} characters long; the limit is {MAX_PROMPT_CHARS}.")
+    return prompt
+
+
+def check_prompt(pipeline, prompt) -> str | None:
+    """The prompt to pass to the pipeline (None for no text), or a gr.Error."""
+    prompt = check_prompt_length(prompt)
     if not prompt:
         return None
     if not takes_text(pipeline):

@@ -119,6 +119,7 @@ def test_side_by_side_runs_every_family(served):
         ("/generate_gan", ("", 0, 2, 1.5), r"(Truncation|maximum value 1)"),
         ("/interpolate_vae", ("", 0, 1, 13), r"(Steps|maximum value) .*12"),
         ("/side_by_side", ("", 0, 100), r"(Images per family|maximum value) .*16"),
+        ("/side_by_side", ("x" * 201, 0, 2), "the limit is 200"),
     ],
 )
 def test_limits_are_enforced_on_the_server(served, api_name, arguments, message):

@@ -27,6 +27,7 @@ from hfgen.demo import (
     check_float,
     check_int,
     check_prompt,
+    check_prompt_length,
     enlarge,
     parse_args,
     sample,
@@ -205,9 +206,7 @@ def side_by_side_tab(models: dict[str, object]):
     table = gr.Markdown(elem_id="timing-all")
 
     def generate_all(prompt_text, seed_value, count):
-        prompt_text = (prompt_text or "").strip()
-        if len(prompt_text) > MAX_PROMPT_CHARS:
-            raise gr.Error(f"The prompt is {len(prompt_text)} characters long; the limit is {MAX_PROMPT_CHARS}.")
+        prompt_text = check_prompt_length(prompt_text)  # used only by the families that take text
         seed_value = check_int(seed_value, "Seed", 0, MAX_SEED)
         count = check_int(count, "Images per family", 1, MAX_IMAGES)
         outputs, rows = [], ["| family | prompt used | time |", "|---|---|---|"]

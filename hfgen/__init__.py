@@ -7,6 +7,7 @@ Accelerate loop.
 
 __version__ = "0.1.0"
 
+from hfgen.conditioning import Condition, ConditionEncoder
 from hfgen.models.modeling_gan import GANDiscriminator, GANGenerator
 from hfgen.models.modeling_vae import VAEModel
 from hfgen.pipelines.pipeline_gan import GANPipeline
@@ -17,6 +18,8 @@ from hfgen.pipelines.pipeline_vae import VAEPipeline
 load_pipeline = HFGenPipeline.from_pretrained
 
 __all__ = [
+    "Condition",
+    "ConditionEncoder",
     "GANDiscriminator",
     "GANGenerator",
     "GANPipeline",

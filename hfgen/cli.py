@@ -13,19 +13,22 @@ def cmd_train(args, rest: list[str]):
 
 
 def cmd_generate(args, rest: list[str]):
-    import torch
-
     from hfgen import load_pipeline
     from hfgen.pipelines.pipeline_utils import image_grid
 
     if args.num_images < 1:
         raise SystemExit("-n/--num_images must be at least 1.")
     pipeline = load_pipeline(args.path)
-    generator = torch.Generator().manual_seed(args.seed)
-    if args.prompt is None:
-        images = pipeline(batch_size=args.num_images, generator=generator).images
-    else:
-        images = pipeline(prompt=args.prompt, num_images_per_prompt=args.num_images, generator=generator).images
+    sampling = {"guidance_scale": args.guidance_scale, "num_inference_steps": args.num_inference_steps}
+    sampling = {name: value for name, value in sampling.items() if value is not None}
+    images = pipeline.generate(
+        args.num_images,
+        prompt=args.prompt,
+        class_labels=args.class_label,
+        seed=args.seed,
+        output_type="pil",
+        **sampling,
+    )
     image_grid(images).save(args.output)
     print(f"Wrote {len(images)} images as a grid to {args.output}")
 
@@ -157,7 +160,20 @@ def build_parser() -> argparse.ArgumentParser:
     generate = commands.add_parser("generate", help="Sample a grid of images from a saved pipeline.")
     generate.add_argument("path", help="Folder or Hub id of a saved hfgen pipeline.")
     generate.add_argument("--prompt", default=None, help="Text prompt (text-conditioned models only).")
+    generate.add_argument("--class_label", type=int, default=None, help="Class (class-conditioned models only).")
     generate.add_argument("-n", "--num_images", type=int, default=16, help="Number of images.")
+    generate.add_argument(
+        "--guidance_scale",
+        type=float,
+        default=None,
+        help="Classifier-free guidance scale (1: none; default: the pipeline's).",
+    )
+    generate.add_argument(
+        "--num_inference_steps",
+        type=int,
+        default=None,
+        help="Sampling steps of an iterative sampler (default: the pipeline's).",
+    )
     generate.add_argument("--seed", type=int, default=0, help="Seed of the sampling noise.")
     generate.add_argument("-o", "--output", default="grid.png", help="Where to write the grid PNG.")
     generate.set_defaults(func=cmd_generate)

@@ -101,11 +101,11 @@ def export_dataset(name: str, path: str) -> str:
     return path
 
 
-def _example_rng(image: Image.Image, seed: int) -> np.random.Generator:
-    # Crop/flip randomness comes from a hash of the image bytes and `seed`, never from a global RNG: the result does
-    # not depend on access order, DataLoader workers or skipped batches, so a resumed run sees the same pixels. The
-    # price is that an image gets the same crop/flip every epoch.
-    digest = hashlib.blake2b(image.tobytes(), digest_size=8, key=str(seed).encode()).digest()
+def _example_rng(image: Image.Image, seed: int, epoch: int) -> np.random.Generator:
+    # Crop/flip randomness comes from a hash of the image bytes, `seed` and the epoch, never from a global RNG: the
+    # result does not depend on access order, DataLoader workers or skipped batches, so a resumed run sees the same
+    # pixels, and each epoch sees new crops and flips.
+    digest = hashlib.blake2b(image.tobytes(), digest_size=8, key=f"{seed}:{epoch}".encode()).digest()
     return np.random.default_rng(int.from_bytes(digest, "little"))
 
 
@@ -116,8 +116,9 @@ def preprocess_image(
     random_flip: bool = False,
     image_mode: str | None = None,
     seed: int = 0,
+    epoch: int = 0,
 ) -> torch.Tensor:
-    """PIL image -> float32 `(C, H, W)` tensor in `[-1, 1]`.
+    """PIL image -> float32 `(C, H, W)` tensor in `[-1, 1]`; random crops and flips depend on (image, seed, epoch).
 
     `image_mode=None` keeps "L" images "L" and converts every other mode (P, LA, RGBA, CMYK, ...) to "RGB".
     """
@@ -125,7 +126,7 @@ def preprocess_image(
     image = image.convert(mode) if image.mode != mode else image
     needs_crop = resolution is not None and image.size != (resolution, resolution)
     # Hashing costs a pass over the pixels, so only do it when a random crop or flip needs it.
-    rng = _example_rng(image, seed) if random_flip or (needs_crop and not center_crop) else None
+    rng = _example_rng(image, seed, epoch) if random_flip or (needs_crop and not center_crop) else None
     if needs_crop:
         scale = resolution / min(image.size)
         if min(image.size) != resolution:
@@ -228,31 +229,83 @@ def load_image_dataset(
             train = train.select(range(min(max_train_samples, len(train))))
 
     label_feature = train.features.get(label_column) if (label_column and train.features) else None
-
-    def transform(batch: dict) -> dict:
-        num = len(batch[image_column])
-        if caption_column is not None:
-            # A list of captions per image takes the first one: a random pick would need an RNG.
-            captions = [c[0] if isinstance(c, (list, tuple)) else str(c or "") for c in batch[caption_column]]
-        elif label_column is not None and isinstance(label_feature, datasets.ClassLabel):
-            captions = [label_feature.int2str(int(label)) for label in batch[label_column]]
-        else:
-            captions = [str(label) for label in batch[label_column]] if label_column else [""] * num
-        return {
-            "pixel_values": [
-                preprocess_image(image, resolution, center_crop, random_flip, image_mode, seed)
-                for image in batch[image_column]
-            ],
-            "captions": captions,
-            "labels": [int(label) for label in batch[label_column]] if label_column else [-1] * num,
-        }
-
-    splits = {"train": train, "test": test}
-    for name, split in splits.items():
+    transform = ExampleTransform(
+        image_column,
+        caption_column,
+        label_column,
+        label_feature,
+        resolution,
+        center_crop,
+        random_flip,
+        image_mode,
+        seed,
+    )
+    splits = ImageSplits(transform, {"train": train, "test": test})
+    for name, split in list(splits.raw.items()):
         if streaming and isinstance(split, datasets.Dataset):
-            split = split.to_iterable_dataset()
+            split = splits.raw[name] = split.to_iterable_dataset()
         if isinstance(split, datasets.IterableDataset):
             splits[name] = split.map(transform, batched=True, remove_columns=_column_names(split))
         else:
             splits[name] = split.with_transform(transform)
     return splits
+
+
+class ExampleTransform:
+    """Raw rows -> `pixel_values`, `captions`, `labels`, applied on the fly. `epoch` (set through
+    [`ImageSplits.set_epoch`]) seeds the random crops and flips together with each image and the seed."""
+
+    def __init__(
+        self, image_column, caption_column, label_column, label_feature, resolution, center_crop, random_flip,
+        image_mode, seed,
+    ):  # fmt: skip
+        self.image_column, self.caption_column, self.label_column = image_column, caption_column, label_column
+        self.label_feature = label_feature
+        self.image_options = dict(
+            resolution=resolution, center_crop=center_crop, random_flip=random_flip, image_mode=image_mode, seed=seed
+        )
+        self.epoch = 0
+
+    def text(self, batch: dict, num: int) -> dict:
+        """The captions and labels of a batch of `num` rows, read from their columns (no image is decoded)."""
+        caption_column, label_column = self.caption_column, self.label_column
+        if caption_column is not None:
+            # A list of captions per image takes the first one: a random pick would need an RNG.
+            captions = [c[0] if isinstance(c, (list, tuple)) else str(c or "") for c in batch[caption_column]]
+        elif label_column is not None and isinstance(self.label_feature, datasets.ClassLabel):
+            captions = [self.label_feature.int2str(int(label)) for label in batch[label_column]]
+        else:
+            captions = [str(label) for label in batch[label_column]] if label_column else [""] * num
+        labels = [int(label) for label in batch[label_column]] if label_column else [-1] * num
+        return {"captions": captions, "labels": labels}
+
+    def __call__(self, batch: dict) -> dict:
+        images = batch[self.image_column]
+        pixel_values = [preprocess_image(image, **self.image_options, epoch=self.epoch) for image in images]
+        return {"pixel_values": pixel_values, **self.text(batch, len(images))}
+
+
+class ImageSplits(dict):
+    """`{"train": ..., "test": ...}` transformed splits, plus what the trainer needs without decoding images."""
+
+    def __init__(self, transform: ExampleTransform, raw: dict):
+        super().__init__()
+        self.transform, self.raw = transform, raw
+
+    def set_epoch(self, epoch: int) -> None:
+        """New random crops and flips for each epoch (the same for the same epoch, so resume stays exact)."""
+        self.transform.epoch = epoch
+
+    def captions_and_labels(self, name: str = "train", limit: int | None = None) -> tuple[list[str], list[int]]:
+        """The captions and labels of a split (its first `limit` rows), read from their columns only."""
+        raw, transform = self.raw[name], self.transform
+        columns = [column for column in (transform.caption_column, transform.label_column) if column]
+        if isinstance(raw, datasets.IterableDataset):
+            rows = raw.select_columns(columns) if columns else raw
+            rows = list(rows.take(limit) if limit is not None else rows)
+            batch, num = {c: [row[c] for row in rows] for c in columns}, len(rows)
+        else:
+            num = len(raw) if limit is None else min(limit, len(raw))
+            batch = raw.select_columns(columns).select(range(num))[:] if columns else {}
+        text = transform.text(batch, num)
+        return text["captions"], text["labels"]

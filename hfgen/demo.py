@@ -74,11 +74,8 @@ def enlarge(images: list[PIL.Image.Image]) -> list[PIL.Image.Image]:
 
 
 def sample(pipeline, prompt: str | None, seed: int, num_images: int, **family_kwargs) -> list[PIL.Image.Image]:
-    """`num_images` samples of any hfgen pipeline for a seed, prompted or not (the shared `__call__` conventions)."""
-    generator = torch.Generator().manual_seed(seed)
-    if prompt is None:
-        return pipeline(batch_size=num_images, generator=generator, **family_kwargs).images
-    return pipeline(prompt=prompt, num_images_per_prompt=num_images, generator=generator, **family_kwargs).images
+    """`num_images` samples of any hfgen pipeline for a seed, prompted or not, through the pipeline's `generate`."""
+    return pipeline.generate(num_images, prompt=prompt, seed=seed, output_type="pil", **family_kwargs)
 
 
 def timed(function, *args, **kwargs):

@@ -13,6 +13,8 @@ from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.upsampling import Upsample2D
 from torch import nn
 
+from hfgen.conditioning import Condition
+
 
 class ConvEncoder(nn.Module):
     r"""Image -> feature map, halving the resolution once per entry of `block_out_channels`.
@@ -142,21 +144,27 @@ def condition_embedding(condition_type, num_classes, text_embed_dim, dim: int) -
     return None
 
 
-def embed_condition(model, condition: torch.Tensor | None, batch_size: int) -> torch.Tensor | None:
-    """Class labels (b,) with -1 for "no class", or pooled text embeddings (b, text_embed_dim) -> (b, dim) through
-    `model.condition_embedding`; None for an unconditional model. No labels means "no class" for every image."""
+def embed_condition(model, condition: Condition | None, batch_size: int) -> torch.Tensor | None:
+    """A [`Condition`] -> (b, dim) through `model.condition_embedding`: its `class_labels` (the null class
+    `num_classes` when there are none) or its pooled `text_embeds`; None for an unconditional model."""
     config = model.config
     if config.condition_type is None:
         if condition is not None:
             raise ValueError(f"This {type(model).__name__} was trained without conditioning: pass no condition.")
         return None
     if config.condition_type == "class":
-        if condition is None:
-            condition = torch.full((batch_size,), -1, dtype=torch.long, device=model.device)
-        return model.condition_embedding(torch.where(condition < 0, config.num_classes, condition))
-    if condition is None:
+        labels = None if condition is None else condition.class_labels
+        if labels is None:
+            labels = torch.full((batch_size,), config.num_classes, dtype=torch.long, device=model.device)
+        if labels.numel() and (labels.min() < 0 or labels.max() > config.num_classes):
+            raise ValueError(
+                f"class_labels must be in [0, {config.num_classes}] ({config.num_classes} is the null class), got "
+                f"{labels.tolist()}."
+            )
+        return model.condition_embedding(labels)
+    if condition is None or condition.text_embeds is None:
         raise ValueError(
-            f"This {type(model).__name__} is conditioned on text: pass text embeddings (the pipeline encodes an empty "
-            "prompt for unconditional samples)."
+            f"This {type(model).__name__} is conditioned on text: pass a Condition with text_embeds (the pipeline "
+            "encodes an empty prompt for unconditional samples)."
         )
-    return model.condition_embedding(condition.to(model.dtype))
+    return model.condition_embedding(condition.text_embeds.to(model.dtype))

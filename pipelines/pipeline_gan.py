@@ -4,9 +4,10 @@ checkpoints."""
 
 import torch
 from diffusers import ImagePipelineOutput
-from diffusers.utils.torch_utils import randn_tensor
+from diffusers.utils import replace_example_docstring
 from hfgen.pipelines.pipeline_utils import HFGenPipeline
 
+from hfgen.conditioning import Condition
 from hfgen.models.modeling_gan import GANGenerator
 
 EXAMPLE_DOC_STRING = """
@@ -43,23 +44,34 @@ class GANPipeline(HFGenPipeline):
     """
 
     model_cpu_offload_seq = "text_encoder->generator"
+    model_component = "generator"
+    family_capabilities = frozenset({"guidance", "interpolation"})
+    sampling_controls = {"truncation_psi": (0.0, 1.0, 1.0, "Truncation psi (1 = none)")}
 
     def __init__(self, generator: GANGenerator, tokenizer=None, text_encoder=None):
         super().__init__()
         self.register_modules(generator=generator, tokenizer=tokenizer, text_encoder=text_encoder)
 
+    def latent_shape(self, num_images: int) -> tuple[int, int]:
+        return (num_images, self.generator.config.noise_dim)
+
     @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
         prompt: str | list[str] | None = None,
         batch_size: int = 1,
         num_images_per_prompt: int = 1,
         class_labels: int | list[int] | torch.Tensor | None = None,
+        guidance_scale: float = 1.0,
+        negative_prompt: str | list[str] | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         truncation_psi: float = 1.0,
         output_type: str = "pil",
         return_dict: bool = True,
+        callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
     ):
         r"""
         Args:
@@ -67,43 +79,55 @@ class GANPipeline(HFGenPipeline):
             batch_size (`int`, *optional*, defaults to 1): Number of images when no prompt is given.
             num_images_per_prompt (`int`, *optional*, defaults to 1): Images per prompt (or per batch entry).
             class_labels (`int` or `list[int]`, *optional*): Classes for a class-conditioned model, one image each.
+            guidance_scale (`float`, *optional*, defaults to 1.0): Classifier-free guidance on the generated image:
+                G(z, null) + scale * (G(z, c) - G(z, null)), clamped to [-1, 1]. 1 turns it off.
+            negative_prompt (`str` or `list[str]`, *optional*): What to guide away from (default: the empty prompt).
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): Makes sampling deterministic.
             latents (`torch.Tensor`, *optional*): Noise z of shape (num_images, noise_dim), instead of sampling it.
             truncation_psi (`float`, *optional*, defaults to 1.0): The truncation trick: z is pulled towards the
                 prior's mean, z' = psi * z, trading variety for fidelity; 1.0 is no truncation, 0.0 the mean image.
             output_type (`str`, *optional*, defaults to "pil"): "pil", "np" or "pt".
             return_dict (`bool`, *optional*, defaults to True): Return an [`ImagePipelineOutput`] or a tuple.
+            callback_on_step_end (`Callable`, *optional*): Called once after the generator pass (a GAN samples in
+                one step) as `callback_on_step_end(pipeline, 0, None, {"latents": z})`.
+            callback_on_step_end_tensor_inputs (`list[str]`, *optional*): The tensors passed to the callback.
 
         Examples:
         """
         # 1. How many images, and what they are conditioned on
+        if isinstance(truncation_psi, bool) or not isinstance(truncation_psi, (int, float)):
+            raise ValueError(f"truncation_psi must be a number in [0, 1], got {truncation_psi!r}.")
         if not 0.0 <= truncation_psi <= 1.0:
             raise ValueError(f"truncation_psi must be in [0, 1] (1 = no truncation), got {truncation_psi}.")
-        prompts, num_images = self.check_inputs(prompt, batch_size, num_images_per_prompt, class_labels)
-        condition = self.prepare_condition(self.generator, prompts, num_images, class_labels)
+        self.check_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
+        num_images, condition, negative = self.prepare_condition(
+            prompt, class_labels, batch_size, num_images_per_prompt, guidance_scale, negative_prompt
+        )
 
         # 2. z ~ N(0, I), or the given noise
-        noise_shape = (num_images, self.generator.config.noise_dim)
-        if latents is None:
-            latents = randn_tensor(noise_shape, generator=generator, device=self.device, dtype=self.generator.dtype)
-        elif tuple(latents.shape) != noise_shape:
-            raise ValueError(f"latents must have shape {noise_shape}, got {tuple(latents.shape)}.")
+        latents = self.prepare_latents(
+            self.latent_shape(num_images), self.generator.dtype, self.device, generator, latents
+        )
 
         # 3. Truncation: towards the prior's mean (0), as StyleGAN's psi does in its latent space
-        latents = latents.to(self.device, self.generator.dtype) * truncation_psi
+        latents = latents * truncation_psi
 
-        # 4. One generator pass
-        images = self.generator(latents, condition).sample
+        # 4. One generator pass, guided away from the null (or negative) condition
+        if negative is None:
+            images = self.generator(latents, condition).sample
+        else:
+            both = self.generator(torch.cat([latents, latents]), Condition.cat([negative, condition])).sample
+            images = self.guide(*both.chunk(2), guidance_scale).clamp(-1, 1)
+        latents = self.step_callback(
+            callback_on_step_end, callback_on_step_end_tensor_inputs, 0, None, {"latents": latents}
+        )["latents"]
 
         # 5. Convert
         images = self.postprocess(images, output_type)
+        self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)
         return ImagePipelineOutput(images=images)
-
-    def noise(self, seed: int) -> torch.Tensor:
-        """The noise z (noise_dim,) that `seed` gives, drawn on the CPU so that a seed means the same on any device."""
-        return torch.randn(self.generator.config.noise_dim, generator=torch.Generator().manual_seed(seed))
 
     @torch.no_grad()
     def interpolate(
@@ -121,7 +145,8 @@ class GANPipeline(HFGenPipeline):
         if num_steps < 2:
             raise ValueError(f"num_steps must be at least 2, got {num_steps}.")
         ends = [
-            self.noise(point) if isinstance(point, int) else point.reshape(-1).float().cpu() for point in (start, end)
+            self.seed_latents(point) if isinstance(point, int) else point.reshape(-1).float().cpu()
+            for point in (start, end)
         ]
         latents = slerp(torch.linspace(0, 1, num_steps), *ends)  # (num_steps, noise_dim)
         return self(
@@ -133,8 +158,3 @@ class GANPipeline(HFGenPipeline):
             truncation_psi=truncation_psi,
             output_type=output_type,
         ).images
-
-
-GANPipeline.__call__.__doc__ = GANPipeline.__call__.__doc__.replace(
-    "Examples:\n", EXAMPLE_DOC_STRING.strip() + "\n", 1
-)

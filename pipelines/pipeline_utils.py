@@ -6,6 +6,7 @@ A family's pipeline subclasses [`HFGenPipeline`] and adds only its own `__call__
 
 import importlib
 import importlib.util
+import inspect
 import json
 import math
 from dataclasses import dataclass
@@ -18,9 +19,10 @@ from diffusers import DiffusionPipeline
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_loading_utils import LOADABLE_CLASSES
 from diffusers.utils import BaseOutput, make_image_grid
+from diffusers.utils.torch_utils import randn_tensor
 from huggingface_hub import snapshot_download
 
-from hfgen.text import encode_prompts
+from hfgen.conditioning import Condition, ConditionEncoder
 
 PIPELINE_CLASSES: dict[str, type["HFGenPipeline"]] = {}
 
@@ -85,7 +87,7 @@ class HFGenPipeline(DiffusionPipeline):
         # Loading never unpickles: weights come from safetensors files only.
         kwargs.setdefault("use_safetensors", True)
         try:
-            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+            pipeline = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         except (OSError, json.JSONDecodeError) as error:
             raise OSError(
                 f"Could not load {cls.__name__} from {pretrained_model_name_or_path}: a weights or config file is "
@@ -99,6 +101,14 @@ class HFGenPipeline(DiffusionPipeline):
                 f"Could not load {cls.__name__} from {pretrained_model_name_or_path}: a safetensors weights file is "
                 f"corrupt ({error}). Re-save it with `save_pretrained`, or re-download it with `force_download=True`."
             ) from error
+        # diffusers loads safetensors weights as views into the file's buffer, at whatever alignment the file gives:
+        # vectorised kernels then round differently in the last bit from run to run. Owned, aligned copies make a
+        # loaded pipeline generate the same images every time.
+        for component in pipeline.components.values():
+            if isinstance(component, torch.nn.Module):
+                for tensor in [*component.parameters(), *component.buffers()]:
+                    tensor.data = tensor.data.clone()
+        return pipeline
 
     @classmethod
     def load_config(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -144,6 +154,54 @@ class HFGenPipeline(DiffusionPipeline):
             ignore_patterns=["*.bin", "*.ckpt", "*.pt", "*.pth", "*.msgpack", "*.h5", "*.onnx"],
         )
 
+    # ----- what the family declares ----------------------------------------------------------------------------------
+    # The component that takes the condition (its config says how it is conditioned), e.g. "vae", "generator", "unet".
+    model_component: str = ""
+    # What the family can do besides sampling: any of "guidance", "steps", "interpolation", "likelihood", "encode",
+    # "inpainting". `capabilities` adds "prompt" or "class" from the loaded model.
+    family_capabilities: frozenset[str] = frozenset()
+    # `__call__` arguments that validation, the CLI, the Spaces and the metrics use unless their caller gives others
+    # (an iterative sampler declares few steps here, e.g. {"num_inference_steps": 50}).
+    default_sampling_kwargs: dict = {}
+    # The family's own `__call__` knobs a Space shows as sliders: {argument: (low, high, default, label)}.
+    sampling_controls: dict[str, tuple[float, float, float, str]] = {}
+    # Tensors a `callback_on_step_end` may read and replace (diffusers' convention).
+    _callback_tensor_inputs = ["latents"]
+
+    @property
+    def conditioned_model(self):
+        return getattr(self, self.model_component)
+
+    @property
+    def condition_type(self) -> str | None:
+        """None, "class" or "text": how the pipeline's model is conditioned."""
+        return getattr(self.conditioned_model.config, "condition_type", None)
+
+    @property
+    def num_classes(self) -> int | None:
+        """The number of real classes of a class-conditioned model (the null class is this index)."""
+        return getattr(self.conditioned_model.config, "num_classes", None)
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """What this pipeline can do, for the Spaces and the CLI: the family's capabilities plus "prompt" (a text
+        model) or "class" (a class model); "guidance" only when there is a condition to guide by."""
+        capabilities = set(self.family_capabilities)
+        if self.condition_type is None:
+            capabilities.discard("guidance")
+        else:
+            capabilities.add("prompt" if self.condition_type == "text" else "class")
+        return frozenset(capabilities)
+
+    @property
+    def condition_encoder(self) -> ConditionEncoder:
+        return ConditionEncoder(
+            self.condition_type,
+            getattr(self, "tokenizer", None),
+            getattr(self, "text_encoder", None),
+            self.num_classes,
+        )
+
     # ----- inputs ---------------------------------------------------------------------------------------------------
     @staticmethod
     def check_inputs(
@@ -151,6 +209,9 @@ class HFGenPipeline(DiffusionPipeline):
     ) -> tuple[list[str] | None, int]:
         """Returns (one prompt per image or None, number of images). Class labels, like prompts, give one image each
         (times `num_images_per_prompt`), so `batch_size` is then left out or equal to their number."""
+        for name, value in (("batch_size", batch_size), ("num_images_per_prompt", num_images_per_prompt)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an int, got {value!r}.")
         if num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be at least 1, got {num_images_per_prompt}.")
         if class_labels is not None and prompt is None:
@@ -173,38 +234,213 @@ class HFGenPipeline(DiffusionPipeline):
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
         return prompts, len(prompts)
 
-    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
-        """Prompts -> pooled text embeddings (b, d) from the pipeline's `tokenizer` and `text_encoder`."""
-        if self.text_encoder is None or self.tokenizer is None:
-            raise ValueError(
-                f"This {type(self).__name__} was trained without text, so it has no text encoder: call it without "
-                "`prompt` for unconditional samples."
-            )
-        return encode_prompts(self.tokenizer, self.text_encoder, prompts, device=self.device)
+    def encode_prompt(
+        self,
+        prompt: str | list[str],
+        device: torch.device | None = None,
+        num_images_per_prompt: int = 1,
+        do_classifier_free_guidance: bool = False,
+        negative_prompt: str | list[str] | None = None,
+    ) -> tuple[Condition, Condition | None]:
+        """diffusers' `encode_prompt`: the prompts' [`Condition`] (per-token states, mask, pooled embedding), each
+        repeated `num_images_per_prompt` times, and with guidance the negative condition (`negative_prompt`, or the
+        empty prompt: the null condition caption dropout trained)."""
+        if self.condition_type != "text":
+            self.condition_encoder(prompts=[prompt] if isinstance(prompt, str) else prompt)  # says what is wrong
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        device = device or self.device
+        expanded = [p for p in prompts for _ in range(num_images_per_prompt)]
+        condition = self.condition_encoder(prompts=expanded, device=device)
+        if not do_classifier_free_guidance:
+            return condition, None
+        if negative_prompt is None:
+            negative_prompts = [""] * len(prompts)
+        elif isinstance(negative_prompt, str):
+            negative_prompts = [negative_prompt] * len(prompts)
+        else:
+            negative_prompts = list(negative_prompt)
+            if len(negative_prompts) != len(prompts) or not all(isinstance(p, str) for p in negative_prompts):
+                raise ValueError(
+                    f"negative_prompt must be a string or a list of {len(prompts)} strings (one per prompt), got "
+                    f"{negative_prompt!r}."
+                )
+        expanded = [p for p in negative_prompts for _ in range(num_images_per_prompt)]
+        return condition, self.condition_encoder(prompts=expanded, device=device)
 
-    def prepare_condition(self, model, prompts: list[str] | None, num_images: int, class_labels=None):
-        """What the model is conditioned on: text embeddings (an empty prompt stands for "no text", as in caption
-        dropout during training), class labels (-1 for "no class"), or None for an unconditional model."""
-        condition_type = getattr(model.config, "condition_type", None)
-        if condition_type == "class":
-            if prompts is not None:
-                raise ValueError("This model is conditioned on class labels, not text: pass `class_labels`.")
-            if class_labels is None:
-                return None
-            labels = torch.as_tensor(class_labels, dtype=torch.long, device=self.device).flatten()
+    def prepare_condition(
+        self,
+        prompt=None,
+        class_labels=None,
+        batch_size: int = 1,
+        num_images_per_prompt: int = 1,
+        guidance_scale: float = 1.0,
+        negative_prompt=None,
+    ) -> tuple[int, Condition | None, Condition | None]:
+        """(number of images, their condition, the negative condition when `guidance_scale` > 1 else None).
+
+        No prompt means the empty prompt and no class labels the null class: the unconditional samples caption
+        dropout trained. Class labels are one image each (times `num_images_per_prompt`)."""
+        prompts, num_images = self.check_inputs(prompt, batch_size, num_images_per_prompt, class_labels)
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or guidance_scale < 1:
+            raise ValueError(f"guidance_scale must be a number >= 1 (1 turns guidance off), got {guidance_scale!r}.")
+        do_guidance = guidance_scale > 1
+        if do_guidance and "guidance" not in self.capabilities:
+            raise ValueError(
+                f"guidance_scale={guidance_scale} needs a conditioned model that supports classifier-free guidance; "
+                f"this {type(self).__name__} has none: leave guidance_scale at 1."
+            )
+        if negative_prompt is not None and (self.condition_type != "text" or prompt is None):
+            raise ValueError("negative_prompt needs a text-conditioned model, a prompt and guidance_scale > 1.")
+        encoder = self.condition_encoder
+        if class_labels is not None and self.condition_type != "class":
+            encoder(class_labels=class_labels)  # raises: says the model takes no class labels
+        if prompt is not None and self.condition_type == "text":
+            condition, negative = self.encode_prompt(
+                prompt, self.device, num_images_per_prompt, do_guidance, negative_prompt
+            )
+            return num_images, condition, negative
+        if class_labels is not None and self.condition_type == "class":
+            labels = encoder.check_class_labels(class_labels)
             if num_images % labels.numel() == 0:  # one label for all images, or each label repeated per image
                 labels = labels.repeat_interleave(num_images // labels.numel())
             if labels.numel() != num_images:
                 raise ValueError(f"Got {labels.numel()} class labels for {num_images} images.")
-            return labels
+            class_labels = labels
+        condition = encoder(prompts=prompts, class_labels=class_labels, device=self.device, batch_size=num_images)
+        negative = encoder.null(num_images, self.device) if do_guidance else None
+        return num_images, condition, negative
+
+    def condition_for_images(self, num_images: int, prompt=None, class_labels=None) -> Condition | None:
+        """The condition for `num_images` given images (encode, likelihood): one prompt or label for all, or one
+        each; none means the null condition."""
+        prompts = None
+        if prompt is not None:
+            prompts, _ = self.check_inputs(prompt, 1, 1)
+            prompts = prompts * num_images if len(prompts) == 1 else prompts
+            if len(prompts) != num_images:
+                raise ValueError(
+                    f"Got {len(prompts)} prompts for {num_images} images: give one prompt, or one per image."
+                )
         if class_labels is not None:
-            raise ValueError("This model is not class-conditioned: do not pass `class_labels`.")
-        if condition_type == "text":
-            return self.encode_prompt(prompts if prompts is not None else [""] * num_images)
-        if prompts is not None:
-            self.encode_prompt(prompts)  # raises the "trained without text" error when there is no text encoder
-            raise ValueError(f"This {type(self).__name__}'s model is not conditioned: call it without `prompt`.")
-        return None
+            labels = (
+                self.condition_encoder.check_class_labels(class_labels) if self.condition_type == "class" else None
+            )
+            if labels is not None and labels.numel() == 1:
+                class_labels = labels.repeat(num_images)
+            elif labels is not None and labels.numel() != num_images:
+                raise ValueError(f"Got {labels.numel()} class labels for {num_images} images.")
+        return self.condition_encoder(
+            prompts=prompts, class_labels=class_labels, device=self.device, batch_size=num_images
+        )
+
+    # ----- sampling, shared by every family --------------------------------------------------------------------------
+    def prepare_latents(
+        self,
+        shape: tuple[int, ...],
+        dtype: torch.dtype,
+        device: torch.device,
+        generator: torch.Generator | list[torch.Generator] | None,
+        latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """diffusers' `prepare_latents`: noise of `shape` from `generator` (one, or one per image), or the given
+        `latents` checked and moved; scaled by the scheduler's `init_noise_sigma` when the pipeline has a scheduler."""
+        if isinstance(generator, list) and len(generator) != shape[0]:
+            raise ValueError(
+                f"You passed a list of {len(generator)} generators for {shape[0]} images: pass one generator, or one "
+                "per image."
+            )
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        else:
+            latents = torch.as_tensor(latents)
+            if tuple(latents.shape) != tuple(shape):
+                raise ValueError(f"latents must have shape {tuple(shape)}, got {tuple(latents.shape)}.")
+            if not latents.is_floating_point() or not torch.isfinite(latents).all():
+                raise ValueError("latents must be a finite floating-point tensor (no NaN or inf).")
+            latents = latents.to(device=device, dtype=dtype)
+        scheduler = getattr(self, "scheduler", None)
+        if scheduler is not None:
+            latents = latents * scheduler.init_noise_sigma
+        return latents
+
+    @staticmethod
+    def guide(unconditional: torch.Tensor, conditional: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+        """Classifier-free guidance (Ho & Salimans 2022, https://arxiv.org/abs/2207.12598, eq. 6): extrapolate from
+        the null condition's prediction through the condition's. `guidance_scale` 1 gives the conditional one."""
+        return unconditional + guidance_scale * (conditional - unconditional)
+
+    def check_callback(self, callback_on_step_end, callback_on_step_end_tensor_inputs: list[str]) -> None:
+        if callback_on_step_end is not None and not callable(callback_on_step_end):
+            raise ValueError("callback_on_step_end must be callable: f(pipeline, step, timestep, callback_kwargs).")
+        unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
+        if unknown:
+            raise ValueError(
+                f"callback_on_step_end_tensor_inputs {sorted(unknown)} are not available; this pipeline offers "
+                f"{self._callback_tensor_inputs}."
+            )
+
+    def step_callback(self, callback_on_step_end, tensor_inputs: list[str], step: int, timestep, values: dict):
+        """Calls `callback_on_step_end(self, step, timestep, {name: tensor})` and returns `values` with whatever
+        tensors the callback replaced (diffusers' convention)."""
+        if callback_on_step_end is None:
+            return values
+        outputs = callback_on_step_end(self, step, timestep, {name: values[name] for name in tensor_inputs}) or {}
+        return {**values, **{name: outputs[name] for name in tensor_inputs if name in outputs}}
+
+    @torch.no_grad()
+    def generate(
+        self,
+        num_images: int = 1,
+        prompt: str | list[str] | None = None,
+        class_labels=None,
+        seed: int = 0,
+        max_batch_size: int = 256,
+        output_type: str = "pt",
+        **call_kwargs,
+    ):
+        """The one sampling path that validation, the CLI, the Spaces and `hfgen.metrics` use.
+
+        `num_images` images for each prompt or class label (or in all, unconditionally), in batches of at most
+        `max_batch_size`, from one generator seeded with `seed` (the same seed gives the same set), with the family's
+        `default_sampling_kwargs` unless `call_kwargs` say otherwise. Returns a (n, c, h, w) tensor in [0, 1] for
+        `output_type="pt"`, else a list of PIL images or a numpy array.
+        """
+        if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
+            raise ValueError(f"num_images must be a positive int, got {num_images!r}.")
+        accepted = inspect.signature(self.__call__).parameters
+        kwargs = {k: v for k, v in self.default_sampling_kwargs.items() if k in accepted}
+        kwargs.update(call_kwargs)
+        generator = torch.Generator().manual_seed(seed)
+        if prompt is not None:
+            items, key = (
+                [p for p in ([prompt] if isinstance(prompt, str) else prompt) for _ in range(num_images)],
+                "prompt",
+            )
+        elif class_labels is not None:
+            labels = torch.as_tensor(class_labels).flatten().tolist()
+            items, key = [label for label in labels for _ in range(num_images)], "class_labels"
+        else:
+            items, key = [None] * num_images, None
+        batches = []
+        for first in range(0, len(items), max_batch_size):
+            chunk = items[first : first + max_batch_size]
+            chunk_kwargs = {key: chunk} if key else {"batch_size": len(chunk)}
+            output = self(**chunk_kwargs, generator=generator, output_type=output_type, **kwargs).images
+            batches.append(output)
+        if output_type == "pt":
+            return torch.cat(batches)
+        if output_type == "np":
+            return np.concatenate(batches)
+        return [image for batch in batches for image in batch]
+
+    def seed_latents(self, seed: int) -> torch.Tensor:
+        """The latent noise (one image's, without the batch dimension) that `seed` gives, drawn on the CPU so that a
+        seed means the same on any device; Spaces and interpolation walk between these."""
+        return torch.randn(self.latent_shape(1)[1:], generator=torch.Generator().manual_seed(seed))
+
+    def latent_shape(self, num_images: int) -> tuple[int, ...]:
+        """The shape of the noise that `__call__` starts from for `num_images` images."""
+        raise NotImplementedError(f"{type(self).__name__} does not define latent_shape.")
 
     def preprocess(self, images, sample_size: int, channels: int) -> torch.Tensor:
         """PIL image(s), a uint8/float numpy array (b, h, w, c) in [0, 1], or a tensor (b, c, h, w) in [-1, 1] ->

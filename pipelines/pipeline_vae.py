@@ -5,9 +5,10 @@ import math
 
 import torch
 from diffusers import ImagePipelineOutput
-from diffusers.utils.torch_utils import randn_tensor
+from diffusers.utils import replace_example_docstring
 from hfgen.pipelines.pipeline_utils import HFGenPipeline, LikelihoodOutput
 
+from hfgen.conditioning import Condition
 from hfgen.models.modeling_vae import VAEModel
 
 EXAMPLE_DOC_STRING = """
@@ -33,23 +34,34 @@ class VAEPipeline(HFGenPipeline):
     """
 
     model_cpu_offload_seq = "text_encoder->vae"
+    model_component = "vae"
+    family_capabilities = frozenset({"guidance", "interpolation", "likelihood", "encode"})
+    sampling_controls = {"temperature": (0.0, 1.5, 1.0, "Temperature (prior standard deviation)")}
 
     def __init__(self, vae: VAEModel, tokenizer=None, text_encoder=None):
         super().__init__()
         self.register_modules(vae=vae, tokenizer=tokenizer, text_encoder=text_encoder)
 
+    def latent_shape(self, num_images: int) -> tuple[int, int]:
+        return (num_images, self.vae.config.latent_dim)
+
     @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
         prompt: str | list[str] | None = None,
         batch_size: int = 1,
         num_images_per_prompt: int = 1,
         class_labels: int | list[int] | torch.Tensor | None = None,
+        guidance_scale: float = 1.0,
+        negative_prompt: str | list[str] | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         temperature: float = 1.0,
         output_type: str = "pil",
         return_dict: bool = True,
+        callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
     ):
         r"""
         Args:
@@ -57,31 +69,47 @@ class VAEPipeline(HFGenPipeline):
             batch_size (`int`, *optional*, defaults to 1): Number of images when no prompt is given.
             num_images_per_prompt (`int`, *optional*, defaults to 1): Images per prompt (or per batch entry).
             class_labels (`int` or `list[int]`, *optional*): Classes for a class-conditioned model.
+            guidance_scale (`float`, *optional*, defaults to 1.0): Classifier-free guidance on the decoder's output
+                distribution: params = null + scale * (conditional - null). 1 turns it off.
+            negative_prompt (`str` or `list[str]`, *optional*): What to guide away from (default: the empty prompt).
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): Makes sampling deterministic.
             latents (`torch.Tensor`, *optional*): z of shape (num_images, latent_dim), instead of sampling it.
             temperature (`float`, *optional*, defaults to 1.0): Scales the prior's standard deviation.
             output_type (`str`, *optional*, defaults to "pil"): "pil", "np" or "pt".
             return_dict (`bool`, *optional*, defaults to True): Return an [`ImagePipelineOutput`] or a tuple.
+            callback_on_step_end (`Callable`, *optional*): Called once after decoding (a VAE samples in one step) as
+                `callback_on_step_end(pipeline, 0, None, {"latents": z})`.
+            callback_on_step_end_tensor_inputs (`list[str]`, *optional*): The tensors passed to the callback.
 
         Examples:
         """
         # 1. How many images, and what they are conditioned on
-        prompts, num_images = self.check_inputs(prompt, batch_size, num_images_per_prompt, class_labels)
-        condition = self.prepare_condition(self.vae, prompts, num_images, class_labels)
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
+            raise ValueError(f"temperature must be a number >= 0, got {temperature!r}.")
+        self.check_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
+        num_images, condition, negative = self.prepare_condition(
+            prompt, class_labels, batch_size, num_images_per_prompt, guidance_scale, negative_prompt
+        )
 
-        # 2. z ~ N(0, temperature^2 I)
-        latent_shape = (num_images, self.vae.config.latent_dim)
-        if latents is None:
-            latents = randn_tensor(latent_shape, generator=generator, device=self.device, dtype=self.vae.dtype)
+        # 2. z ~ N(0, temperature^2 I), or the given latents
+        sampled = latents is None
+        latents = self.prepare_latents(self.latent_shape(num_images), self.vae.dtype, self.device, generator, latents)
+        if sampled:
             latents = latents * temperature
-        elif tuple(latents.shape) != latent_shape:
-            raise ValueError(f"latents must have shape {latent_shape}, got {tuple(latents.shape)}.")
 
-        # 3. x = the decoder's mean image for z
-        images = self.vae.decode(latents.to(self.device, self.vae.dtype), condition).sample
+        # 3. The decoder's distribution p(x | z, c), guided away from the null (or negative) condition
+        if negative is None:
+            params = self.vae.decode(latents, condition).params
+        else:
+            both = self.vae.decode(torch.cat([latents, latents]), Condition.cat([negative, condition])).params
+            params = self.guide(*both.chunk(2), guidance_scale)
+        latents = self.step_callback(
+            callback_on_step_end, callback_on_step_end_tensor_inputs, 0, None, {"latents": latents}
+        )["latents"]
 
-        # 4. Convert
-        images = self.postprocess(images, output_type)
+        # 4. Its mean image, converted
+        images = self.postprocess(self.vae.mean_image(params), output_type)
+        self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)
         return ImagePipelineOutput(images=images)
@@ -90,24 +118,16 @@ class VAEPipeline(HFGenPipeline):
     def _images(self, images) -> torch.Tensor:
         return self.preprocess(images, self.vae.config.sample_size, self.vae.config.in_channels)
 
-    def _condition_for(self, num_images: int, prompt=None, class_labels=None):
-        prompts, _ = self.check_inputs(prompt, 1, 1) if prompt is not None else (None, num_images)
-        if prompts is not None and len(prompts) == 1:
-            prompts = prompts * num_images
-        if prompts is not None and len(prompts) != num_images:
-            raise ValueError(f"Got {len(prompts)} prompts for {num_images} images: give one prompt, or one per image.")
-        return self.prepare_condition(self.vae, prompts, num_images, class_labels)
-
     @torch.no_grad()
     def encode(self, images, prompt=None, class_labels=None) -> torch.Tensor:
         """Images -> the mean of q(z | x), (b, latent_dim)."""
         images = self._images(images)
-        return self.vae.encode(images, self._condition_for(len(images), prompt, class_labels)).latent_mean
+        return self.vae.encode(images, self.condition_for_images(len(images), prompt, class_labels)).latent_mean
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, prompt=None, class_labels=None, output_type: str = "pil"):
         """z (b, latent_dim) -> images."""
-        condition = self._condition_for(len(latents), prompt, class_labels)
+        condition = self.condition_for_images(len(latents), prompt, class_labels)
         return self.postprocess(
             self.vae.decode(latents.to(self.device, self.vae.dtype), condition).sample, output_type
         )
@@ -119,13 +139,16 @@ class VAEPipeline(HFGenPipeline):
 
     @torch.no_grad()
     def interpolate(self, start, end, num_steps: int = 8, prompt=None, class_labels=None, output_type: str = "pil"):
-        """Decodes `num_steps` points on the straight line between two latents, or between the encodings of two
-        images. `start`/`end`: a latent (latent_dim,) or (1, latent_dim), or an image the model takes."""
+        """Decodes `num_steps` points on the straight line between two latents, the prior noise of two seeds, or the
+        encodings of two images. `start`/`end`: a seed (`int`), a latent (latent_dim,) or (1, latent_dim), or an image
+        the model takes."""
         if num_steps < 2:
             raise ValueError(f"num_steps must be at least 2, got {num_steps}.")
         ends = []
         for point in (start, end):
             latent_dim = self.vae.config.latent_dim
+            if isinstance(point, int) and not isinstance(point, bool):
+                point = self.seed_latents(point)
             if isinstance(point, torch.Tensor) and point.ndim <= 2 and point.numel() == point.shape[-1] == latent_dim:
                 ends.append(point.reshape(1, -1).to(self.device, self.vae.dtype))
             else:
@@ -142,7 +165,7 @@ class VAEPipeline(HFGenPipeline):
         if num_samples < 1:
             raise ValueError(f"num_samples must be at least 1, got {num_samples}.")
         images = self._images(images)
-        condition = self._condition_for(len(images), prompt, class_labels)
+        condition = self.condition_for_images(len(images), prompt, class_labels)
         log_px = self.vae.importance_weighted_log_likelihood(images, num_samples, condition, generator).float()
         config = self.vae.config
         num_dims = images[0].numel()
@@ -165,8 +188,3 @@ class VAEPipeline(HFGenPipeline):
             kind=f"lower bound (IWAE, K={num_samples})",
             dequantization=dequantization,
         )
-
-
-VAEPipeline.__call__.__doc__ = VAEPipeline.__call__.__doc__.replace(
-    "Examples:\n", EXAMPLE_DOC_STRING.strip() + "\n", 1
-)

@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from testing_utils import ModelTesterMixin, PipelineTesterMixin, TrainerTesterMixin, free_port
 
 import hfgen
+from hfgen.conditioning import Condition
 from hfgen.metrics import load_feature_extractor
 from hfgen.models.modeling_gan import (
     GAN_LOSSES,
@@ -77,9 +78,9 @@ def tiny_generator(**overrides) -> hfgen.GANGenerator:
 
 def condition_for(config: dict, batch_size: int, generator: torch.Generator):
     if config.get("condition_type") == "text":
-        return torch.randn(batch_size, config["text_embed_dim"], generator=generator)
+        return Condition(text_embeds=torch.randn(batch_size, config["text_embed_dim"], generator=generator))
     if config.get("condition_type") == "class":
-        return torch.tensor([3, -1][:batch_size])
+        return Condition(class_labels=torch.tensor([3, config["num_classes"]][:batch_size]))  # and the null class
     return None
 
 
@@ -157,9 +158,16 @@ class TestGANPipeline(PipelineTesterMixin):
 
 class TestGANTrainer(TrainerTesterMixin):
     trainer_class = GANTrainer
+    supports_gradient_accumulation = False  # the two networks step batch by batch
 
     def get_args(self, output_dir) -> list[str]:
         return [*TINY_ARGS, "--output_dir", str(output_dir)]
+
+    def conditioned_loss(self, trainer, batch, condition):
+        """The generator's adversarial loss: G(z, c) scored by D(., c)."""
+        noise = torch.randn(len(batch["labels"]), trainer.config.noise_dim)
+        fakes = trainer.model(noise, condition).sample
+        return generator_loss(trainer.discriminator(fakes, condition).scores, trainer.config.gan_loss)
 
     def test_exact_resume(self, tmp_path):
         """The mixin's check (the saved generator and text encoder), then the discriminator and both optimizers and
@@ -472,7 +480,9 @@ def test_slerp_and_interpolate():
     pipeline = hfgen.GANPipeline(generator=tiny_generator())
     strip = pipeline.interpolate(3, 4, num_steps=4, output_type="pt")
     assert strip.shape == (4, 1, 8, 8)
-    ends = pipeline(batch_size=2, latents=torch.stack([pipeline.noise(3), pipeline.noise(4)]), output_type="pt").images
+    ends = pipeline(
+        batch_size=2, latents=torch.stack([pipeline.seed_latents(3), pipeline.seed_latents(4)]), output_type="pt"
+    ).images
     torch.testing.assert_close(strip[[0, -1]], ends)
     with pytest.raises(ValueError, match="num_steps"):
         pipeline.interpolate(0, 1, num_steps=1)

@@ -11,6 +11,7 @@ import torch
 from testing_utils import ModelTesterMixin, PipelineTesterMixin
 
 import hfgen
+from hfgen.conditioning import Condition
 from hfgen.data import make_digits_dataset
 from hfgen.layers import discretized_logistic_log_prob
 from hfgen.text import load_pretrained_text_encoder
@@ -69,9 +70,9 @@ class TestVAEModel(ModelTesterMixin):
         sample = torch.rand(shape, generator=generator) * 2 - 1
         condition = None
         if config.get("condition_type") == "text":
-            condition = torch.randn(2, config["text_embed_dim"], generator=generator)
+            condition = Condition(text_embeds=torch.randn(2, config["text_embed_dim"], generator=generator))
         elif config.get("condition_type") == "class":
-            condition = torch.tensor([3, -1])  # -1: no class
+            condition = Condition(class_labels=torch.tensor([3, config["num_classes"]]))  # and the null class
         return {"sample": sample, "condition": condition}
 
     def get_bad_init_dicts(self):
@@ -306,7 +307,7 @@ def test_interpolate_does_not_mistake_an_image_for_a_latent():
 
 def test_prompt_count_must_match_images():
     with pytest.raises(ValueError, match="2 prompts for 3 images"):
-        hfgen.VAEPipeline(vae=tiny_vae())._condition_for(3, prompt=["a", "b"])
+        hfgen.VAEPipeline(vae=tiny_vae()).condition_for_images(3, prompt=["a", "b"])
 
 
 def test_class_labels_and_batch_size_together_raise():

@@ -186,9 +186,16 @@ def saved_pipeline_tensors(output_dir) -> dict[str, torch.Tensor]:
 
 class TrainerTesterMixin:
     """Tests every family's trainer must pass: a family's test class sets `trainer_class` and defines
-    `get_args(output_dir)`, a tiny, fast configuration without --max_train_steps; each test trains it on the CPU."""
+    `get_args(output_dir)`, a tiny, fast, text-conditioned configuration without --max_train_steps; each test trains
+    it on the CPU. A family whose trainer refuses gradient accumulation sets `supports_gradient_accumulation = False`,
+    and one whose `training_step` does not go through `compute_loss` overrides `conditioned_loss`."""
 
     trainer_class = None
+    supports_gradient_accumulation = True
+
+    def conditioned_loss(self, trainer, batch: dict, condition) -> torch.Tensor:
+        """The family's training loss for `batch` under `condition` (the global RNG is seeded by the caller)."""
+        return trainer.compute_loss(batch, condition)["loss"]
 
     def get_args(self, output_dir) -> list[str]:
         """The family's tiny training arguments (command-line flags) for `output_dir`, without --max_train_steps."""
@@ -266,7 +273,8 @@ class TrainerTesterMixin:
         assert (tmp_path / "model_index.json").is_file()
         assert (tmp_path / "samples" / "final.png").is_file()
         pipeline = hfgen.load_pipeline(str(tmp_path))
-        assert isinstance(pipeline, self.trainer_class.pipeline_class)
+        assert isinstance(pipeline, hfgen.HFGenPipeline)
+        assert pipeline.capabilities >= {"prompt"}  # get_args trains a text-conditioned model
         first = pipeline(batch_size=2, generator=torch.Generator().manual_seed(0), output_type="np").images
         again = pipeline(batch_size=2, generator=torch.Generator().manual_seed(0), output_type="np").images
         assert len(first) == 2
@@ -275,6 +283,67 @@ class TrainerTesterMixin:
         card = ModelCard.load(tmp_path / "README.md")
         assert card.data.library_name == "hfgen"
         assert self.trainer_class.family in card.data.tags
+
+    def test_gradient_accumulation_accumulates(self, tmp_path):
+        """Parameters after one step accumulated over 2 micro-batches equal one step on the loss of both batches
+        together (the same examples and the same noise)."""
+        if not self.supports_gradient_accumulation:
+            with pytest.raises(ValueError, match="gradient_accumulation_steps"):
+                self.build_trainer(tmp_path, "--max_train_steps", "1", "--gradient_accumulation_steps", "2")
+            return
+        args = ("--max_train_steps", "1", "--gradient_accumulation_steps", "2")
+        trainer = self.build_trainer(tmp_path / "accumulated", *args)
+        micro_batches = []
+        training_step = trainer.training_step
+        trainer.training_step = lambda batch, step: (
+            micro_batches.append((torch.get_rng_state(), batch)) or training_step(batch, step)
+        )
+        trainer.train()
+        accumulated = dict(trainer.accelerator.unwrap_model(trainer.model).named_parameters())
+
+        reference = self.build_trainer(tmp_path / "reference", "--max_train_steps", "1")
+        assert len(micro_batches) == 2, "2 micro-batches should make one optimizer step"
+        total = 0
+        for rng_state, batch in micro_batches:
+            torch.set_rng_state(rng_state)
+            total = total + self.conditioned_loss(reference, batch, reference.condition_from_batch(batch)) / 2
+        total.backward()
+        reference.optimizer_step(reference.optimizer, reference.lr_scheduler)
+
+        model = reference.accelerator.unwrap_model(reference.model)
+        for name, parameter in model.named_parameters():
+            torch.testing.assert_close(accumulated[name], parameter, rtol=0, atol=1e-6, msg=name)
+
+    def test_mixed_precision_autocasts(self, tmp_path):
+        """With --mixed_precision bf16 the model's layers compute in bfloat16 during training."""
+        trainer = self.build_trainer(tmp_path, "--max_train_steps", "1", "--mixed_precision", "bf16")
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        layer = next(m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)))
+        dtypes = []
+        layer.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+
+        summary = trainer.train()
+
+        assert torch.bfloat16 in dtypes, f"{type(layer).__name__} computed in {set(dtypes)}, not bfloat16"
+        assert np.isfinite(summary["metrics"]["train_loss"])
+
+    @pytest.mark.parametrize("conditioning", ["text", "class"])
+    def test_condition_reaches_the_loss(self, tmp_path, conditioning):
+        """The same batch and noise with other captions (or labels) gives another loss: the trainer conditions on
+        what the batch says, not on the null condition."""
+        trainer = self.build_trainer(
+            tmp_path, "--max_train_steps", "1", "--conditioning", conditioning, "--caption_dropout", "0"
+        )
+        batch = next(iter(trainer.train_dataloader))
+        other = {**batch, "captions": batch["captions"][::-1], "labels": batch["labels"].flip(0)}
+        assert batch["captions"] != other["captions"] and not torch.equal(batch["labels"], other["labels"])
+        losses = []
+        with torch.no_grad():
+            for candidate in (batch, other, batch):
+                torch.manual_seed(0)
+                losses.append(self.conditioned_loss(trainer, candidate, trainer.condition_from_batch(candidate)))
+        assert losses[0] == losses[2], "the loss is not deterministic for a seed"
+        assert losses[0] != losses[1], "the loss does not depend on the batch's captions / labels"
 
 
 # ----- Spaces and servers --------------------------------------------------------------------------------------------

@@ -29,7 +29,9 @@ def parse_config(argv: list[str] | None = None):
     if known.recipe:
         with open(known.recipe) as f:
             recipe = yaml.safe_load(f) or {}
-    family = known.family or recipe.get("family", "vae")
+    family = known.family or recipe.get("family")
+    if family is None:
+        raise SystemExit(f"--family is required (or `family:` in the --recipe): one of {', '.join(sorted(TRAINERS))}.")
     if family not in TRAINERS:
         raise SystemExit(f"Unknown --family {family!r}; choose one of: {', '.join(sorted(TRAINERS))}.")
     trainer_class = TRAINERS[family]

@@ -1,15 +1,24 @@
 """The one training loop every hfgen family shares.
 
-Nothing in this file knows about any family. A family subclasses [`Trainer`] and adds its config fields, its model
-(`build_model`), its pipeline (`build_pipeline`) and its loss (`compute_loss`, returning a dict with "loss" and named
-terms), or overrides `training_step` when it needs several optimizers (networks besides the model, such as a GAN's
-discriminator, come from `prepare_auxiliary_models`).
+Nothing in this file knows about any family. A family subclasses [`Trainer`] and writes:
+- its config fields (a `TrainingConfig` subclass) and `build_model()`;
+- `compute_loss(batch, condition) -> {"loss": ..., named terms}`, where `condition` is a
+  [`~hfgen.conditioning.Condition`] (or None for an unconditional run);
+- `build_pipeline(model, tokenizer=None, text_encoder=None, **frozen_components)`;
+and, only when it needs them:
+- `build_frozen_components()`: frozen first stages (a latent model's autoencoder), loaded before `build_model` with
+  [`load_frozen_component`]; `preprocess_batch(batch)`: images -> latents or codes, once per batch, without gradients;
+- `prepare_auxiliary_models()`: networks trained besides the model (a GAN's discriminator), with their own
+  optimizers from `build_optimizer`; and `training_step` when it alternates several optimizers (each step through
+  `optimizer_step`).
 
-The loop owns: data loading, text conditioning (caption dropout), Accelerate (processes, mixed precision, gradient
-accumulation), the optimizer and learning-rate schedule, EMA, logging, atomic checkpoints and exact resume, NaN
-detection, validation grids, the final save with a model card, and the push to the Hub.
+The loop owns: data loading (per-epoch augmentation), conditioning (caption dropout to the null condition),
+Accelerate (processes, mixed precision, gradient accumulation), the optimizer and learning-rate schedule, EMA (also at
+validation), logging, atomic checkpoints and exact resume, NaN detection, validation grids through the pipeline's
+`generate`, the final save with a model card, and the push to the Hub.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -29,12 +38,13 @@ from hfgen.pipelines.pipeline_utils import image_grid
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+import hfgen
 from hfgen import hub
+from hfgen.conditioning import Condition, ConditionEncoder
 from hfgen.data import EMBEDDED_DATASETS, collate_fn, load_image_dataset
-from hfgen.metrics.evaluate import generate_images
 from hfgen.metrics.features import load_feature_extractor, shipped_extractors
 from hfgen.metrics.sample_quality import GaussianStatistics, fid
-from hfgen.text import build_clip_text_encoder, build_word_tokenizer, encode_prompts, load_pretrained_text_encoder
+from hfgen.text import build_clip_text_encoder, build_word_tokenizer, load_pretrained_text_encoder
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
@@ -44,7 +54,7 @@ class TrainingConfig:
     """Settings every family shares; flag names follow diffusers' training examples."""
 
     # ----- run -----
-    family: str = field(default="vae", metadata={"help": "Model family to train (see `hfgen train --help`)."})
+    family: str | None = field(default=None, metadata={"help": "Model family to train (required): vae, gan, ..."})
     recipe: str | None = field(default=None, metadata={"help": "YAML recipe with defaults; flags override it."})
     output_dir: str = field(default="out/run", metadata={"help": "Where checkpoints, samples and the model go."})
     seed: int = field(default=0, metadata={"help": "Seed for weights, data order and noise."})
@@ -66,6 +76,9 @@ class TrainingConfig:
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set."})
     test_size: float = field(
         default=0.1, metadata={"help": "Held-out fraction (or count) when there is no test split."}
+    )
+    dataloader_num_workers: int = field(
+        default=0, metadata={"help": "DataLoader worker processes decoding images (0: in the training process)."}
     )
 
     # ----- conditioning -----
@@ -124,6 +137,8 @@ class TrainingConfig:
             raise ValueError("--streaming data has no length: set --max_train_steps.")
         if not 0.0 <= self.caption_dropout < 1.0:
             raise ValueError(f"--caption_dropout must be in [0, 1), got {self.caption_dropout}.")
+        if self.dataloader_num_workers < 0:
+            raise ValueError(f"--dataloader_num_workers must be at least 0, got {self.dataloader_num_workers}.")
         if self.train_batch_size < 1 or self.gradient_accumulation_steps < 1:
             raise ValueError("--train_batch_size and --gradient_accumulation_steps must be at least 1.")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
@@ -135,13 +150,50 @@ class TrainingConfig:
             )
 
 
+def load_frozen_component(name_or_path: str, **kwargs) -> torch.nn.Module:
+    """A trained model to build on, from a local folder or a Hub id: an hfgen pipeline (its conditioned model, e.g. a
+    `VAEPipeline`'s `vae`), an hfgen model folder, or a diffusers model such as `AutoencoderKL` or `VQModel`. Loaded
+    from safetensors only."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+
+    def config_file(name: str) -> str | None:
+        if os.path.isdir(name_or_path):
+            path = os.path.join(name_or_path, name)
+            return path if os.path.isfile(path) else None
+        try:
+            return hf_hub_download(name_or_path, name, **kwargs)
+        except EntryNotFoundError:
+            return None
+        except RepositoryNotFoundError as error:
+            raise OSError(f"No model at {name_or_path!r}: not a local folder and not a Hub repo.") from error
+
+    if config_file("model_index.json"):
+        return hfgen.load_pipeline(name_or_path, **kwargs).conditioned_model
+    path = config_file("config.json")
+    if path is None:
+        raise OSError(
+            f"{name_or_path!r} holds neither a pipeline (model_index.json) nor a model (config.json): give the folder "
+            "or Hub id of a saved hfgen pipeline or model, or of a diffusers AutoencoderKL / VQModel."
+        )
+    with open(path) as f:
+        class_name = json.load(f).get("_class_name")
+    import diffusers
+
+    model_class = getattr(hfgen, class_name or "", None) or getattr(diffusers, class_name or "", None)
+    if not (isinstance(model_class, type) and issubclass(model_class, diffusers.ModelMixin)):
+        raise ValueError(
+            f"{path} names the model class {class_name!r}, which is neither an hfgen nor a diffusers model."
+        )
+    return model_class.from_pretrained(name_or_path, use_safetensors=True, **kwargs)
+
+
 class Trainer:
-    """The shared Accelerate loop. Subclasses set `family`, `config_class`, `pipeline_class` and implement
-    `build_model`, `compute_loss` and `build_pipeline`."""
+    """The shared Accelerate loop. Subclasses set `family` and `config_class` and implement `build_model`,
+    `compute_loss` and `build_pipeline` (see the module docstring for the optional hooks)."""
 
     family: str = ""
     config_class = TrainingConfig
-    pipeline_class = None
     pipeline_tag_unconditional = "unconditional-image-generation"
 
     def __init__(self, config: TrainingConfig):
@@ -178,12 +230,19 @@ class Trainer:
             streaming=config.streaming,
             max_train_samples=config.max_train_samples,
         )
-        first = next(iter(self.splits["train"]))
-        self.image_shape = tuple(first["pixel_values"].shape)  # (c, h, w)
+        self.example_batch = collate_fn([next(iter(self.splits["train"]))])  # one example, for shapes
+        self.image_shape = tuple(self.example_batch["pixel_values"].shape[1:])  # (c, h, w)
 
-        # 2. Conditioning components, then the family's model.
+        # 2. Conditioning components, frozen first stages, then the family's model.
         self.tokenizer, self.text_encoder, self.train_text_encoder = self.build_text_components()
         self.num_classes = self.count_classes() if config.conditioning == "class" else None
+        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
+        self.frozen_components = {}
+        for name, module in self.build_frozen_components().items():
+            # Frozen: no gradients, eval mode (no dropout, fixed norms), in the compute dtype; never prepared, so it
+            # stays out of the optimizer and the checkpoints, and goes into the final pipeline as it is.
+            module.requires_grad_(False).eval()
+            self.frozen_components[name] = module.to(self.accelerator.device, dtype=self.weight_dtype)
         self.model = self.build_model()
 
         # 3. Data loader, optimizer, schedule, and everything through Accelerate.
@@ -193,6 +252,7 @@ class Trainer:
             shuffle=not config.streaming,
             collate_fn=collate_fn,
             drop_last=True,
+            num_workers=config.dataloader_num_workers,
             # Each new iterator draws a seed from this generator, not from the global RNG that a resumed run restores.
             generator=torch.Generator().manual_seed(config.seed),
         )
@@ -212,6 +272,12 @@ class Trainer:
             self.text_encoder = self.accelerator.prepare(self.text_encoder)
         elif self.text_encoder is not None:
             self.text_encoder.to(self.accelerator.device)
+        self.condition_encoder = ConditionEncoder(
+            None if config.conditioning == "none" else config.conditioning,
+            self.tokenizer,
+            self.text_encoder,
+            self.num_classes,
+        )
         self.ema = None
         if config.use_ema:
             model = self.accelerator.unwrap_model(self.model)
@@ -226,12 +292,24 @@ class Trainer:
     def build_model(self) -> torch.nn.Module:
         raise NotImplementedError
 
-    def compute_loss(self, batch: dict, condition: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def compute_loss(self, batch: dict, condition: Condition | None) -> dict[str, torch.Tensor]:
         """The family's loss on one batch: a dict with "loss" (to minimise) and any named terms to log."""
         raise NotImplementedError
 
-    def build_pipeline(self, model, tokenizer, text_encoder):
+    def build_pipeline(self, model, tokenizer=None, text_encoder=None, **frozen_components):
+        """The family's pipeline from the trained model, the text components and the frozen stages."""
         raise NotImplementedError
+
+    def build_frozen_components(self) -> dict[str, torch.nn.Module]:
+        """Frozen stages the model builds on, by pipeline component name (e.g. {"vae": load_frozen_component(path)}).
+        They run in eval mode without gradients, in the mixed-precision dtype, outside the optimizer and the
+        checkpoints, and are saved into the final pipeline. Runs before `build_model`."""
+        return {}
+
+    def preprocess_batch(self, batch: dict) -> dict:
+        """What the model trains on, from a batch (e.g. images -> a frozen autoencoder's latents). Called once per
+        batch, under `torch.no_grad()`; `self.example_batch` gives the shapes to `build_model`."""
+        return batch
 
     def prepare_auxiliary_models(self):
         """Builds and prepares the networks a family trains besides `self.model` (a GAN's discriminator), each with
@@ -292,43 +370,51 @@ class Trainer:
         return tokenizer, text_encoder, True
 
     def all_captions(self) -> list[str]:
-        train = self.splits["train"]
-        if self.config.streaming:  # the vocabulary comes from a bounded look at the stream
-            return [example["captions"] for example in train.take(10_000)]
-        return [example["captions"] for example in train]
+        # Read from the caption column alone; a stream gives the vocabulary from a bounded look.
+        return self.splits.captions_and_labels("train", limit=10_000 if self.config.streaming else None)[0]
 
     def count_classes(self) -> int:
-        labels = [example["labels"] for example in self.splits["train"]]
-        if min(labels) < 0:
+        labels = self.splits.captions_and_labels("train", limit=10_000 if self.config.streaming else None)[1]
+        if not labels or min(labels) < 0:
             raise ValueError("--conditioning class needs class labels: pass --label_column.")
         return max(labels) + 1
 
-    def condition_from_batch(self, batch: dict) -> torch.Tensor | None:
-        """Text embeddings or class labels for a batch, with caption dropout: a fraction of examples train on the
-        empty prompt (or "no class"), so one model serves both prompted and unconditional generation."""
+    def condition_from_batch(self, batch: dict) -> Condition | None:
+        """The batch's [`Condition`] (its captions or class labels), with caption dropout: a fraction of examples
+        train on the null condition (empty prompt, null class), so one model serves prompted and unconditional
+        generation, and classifier-free guidance has the null condition to extrapolate from."""
         conditioning = self.config.conditioning
         if conditioning == "none":
             return None
         drop = torch.rand(len(batch["labels"])) < self.config.caption_dropout
-        if conditioning == "class":
-            return torch.where(drop.to(batch["labels"].device), -1, batch["labels"])
-        captions = ["" if dropped else caption for caption, dropped in zip(batch["captions"], drop.tolist())]
         # A caller's torch.no_grad() wins: a family may need a step's condition without training the encoder on it.
         with torch.set_grad_enabled(self.train_text_encoder and torch.is_grad_enabled()):
-            return encode_prompts(self.tokenizer, self.text_encoder, captions, device=self.accelerator.device)
+            return self.condition_encoder(
+                prompts=batch["captions"] if conditioning == "text" else None,
+                class_labels=batch["labels"] if conditioning == "class" else None,
+                drop=drop,
+                device=self.accelerator.device,
+            )
 
     # ----- one optimisation step -------------------------------------------------------------------------------------
     def training_step(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
-        """Forward, NaN check, backward, clip, step. Families with several optimizers override this."""
+        """Forward, NaN check, backward, one optimizer step. Families with several optimizers override this."""
         losses = self.compute_loss(batch, self.condition_from_batch(batch))
         self.check_finite(losses, step)
         self.accelerator.backward(losses["loss"])
-        if self.accelerator.sync_gradients and self.config.max_grad_norm > 0:
-            self.accelerator.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.config.max_grad_norm)
-        self.optimizer.step()
-        self.lr_scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer_step(self.optimizer, self.lr_scheduler)
         return losses
+
+    def optimizer_step(self, optimizer, lr_scheduler=None):
+        """Clip the gradients of every parameter group (the model's and a trained text encoder's) when they are
+        synchronised, step, advance the schedule, zero the gradients: the one optimizer step of every family."""
+        if self.accelerator.sync_gradients and self.config.max_grad_norm > 0:
+            parameters = [p for group in optimizer.param_groups for p in group["params"]]
+            self.accelerator.clip_grad_norm_(parameters, self.config.max_grad_norm)
+        optimizer.step()
+        if lr_scheduler is not None:
+            lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
 
     def check_finite(self, losses: dict[str, torch.Tensor], step: int):
         if torch.isfinite(losses["loss"]).all():
@@ -363,12 +449,15 @@ class Trainer:
         self.model.train()
         while global_step < self.max_train_steps:
             self.train_dataloader.set_epoch(epoch)
+            self.splits.set_epoch(epoch)
             dataloader = self.train_dataloader
             if steps_per_epoch and global_step % steps_per_epoch:  # resuming mid-epoch: skip what was seen
                 skip = (global_step % steps_per_epoch) * config.gradient_accumulation_steps
                 dataloader = accelerator.skip_first_batches(self.train_dataloader, skip)
                 dataloader.set_epoch(epoch)
             for batch in dataloader:
+                with torch.no_grad():
+                    batch = self.preprocess_batch(batch)
                 with accelerator.accumulate(self.model, *([self.text_encoder] if self.train_text_encoder else [])):
                     losses = self.training_step(batch, global_step + 1)
                 for name, value in losses.items():
@@ -451,10 +540,29 @@ class Trainer:
 
     # ----- validation and the end of the run ------------------------------------------------------------------------
     def pipeline(self):
-        """The pipeline of the current weights (EMA weights when --use_ema), on the training device."""
-        model = self.accelerator.unwrap_model(self.model)
-        text_encoder = self.accelerator.unwrap_model(self.text_encoder) if self.text_encoder is not None else None
-        return self.build_pipeline(model, self.tokenizer, text_encoder)
+        """The pipeline of the model's current weights, on the training device (see `ema_weights`)."""
+        unwrap = self.accelerator.unwrap_model
+        return self.build_pipeline(
+            unwrap(self.model),
+            tokenizer=self.tokenizer,
+            text_encoder=unwrap(self.text_encoder) if self.text_encoder is not None else None,
+            **self.frozen_components,
+        )
+
+    @contextlib.contextmanager
+    def ema_weights(self):
+        """With --use_ema, the EMA weights are in the model inside the block and the trained ones come back after it
+        (diffusers' store / copy_to / restore); otherwise nothing changes."""
+        if self.ema is None:
+            yield
+            return
+        parameters = list(self.accelerator.unwrap_model(self.model).parameters())
+        self.ema.store(parameters)
+        self.ema.copy_to(parameters)
+        try:
+            yield
+        finally:
+            self.ema.restore(parameters)
 
     def validation_prompts(self) -> list[str] | None:
         if self.config.conditioning != "text":
@@ -470,15 +578,20 @@ class Trainer:
 
     @torch.no_grad()
     def sample_grid(self, pipeline, path: str):
-        """Writes a grid of validation samples (fixed seed, so grids are comparable across steps) and returns it."""
-        prompts, n = self.validation_prompts(), self.config.num_validation_images
-        generator = torch.Generator().manual_seed(self.config.seed)  # never reseed the global RNG mid-run
-        if prompts:  # one row per prompt
-            per_prompt = max(1, n // len(prompts))
-            images = pipeline(prompt=prompts, num_images_per_prompt=per_prompt, generator=generator).images
-            grid = image_grid(images, cols=per_prompt)
+        """Writes a grid of validation samples (fixed seed, so grids are comparable across steps; one row per
+        validation prompt or per class) through the pipeline's `generate`, with its validation defaults."""
+        prompts, n, seed = self.validation_prompts(), self.config.num_validation_images, self.config.seed
+        # `generate` seeds its own generator: the global RNG, which resume restores, is never touched.
+        if prompts:
+            per_row = max(1, n // len(prompts))
+            grid = image_grid(pipeline.generate(per_row, prompt=prompts, seed=seed, output_type="pil"), cols=per_row)
+        elif self.num_classes:
+            classes = list(range(min(4, self.num_classes)))
+            per_row = max(1, n // len(classes))
+            images = pipeline.generate(per_row, class_labels=classes, seed=seed, output_type="pil")
+            grid = image_grid(images, cols=per_row)
         else:
-            grid = image_grid(pipeline(batch_size=n, generator=generator).images)
+            grid = image_grid(pipeline.generate(n, seed=seed, output_type="pil"))
         os.makedirs(os.path.dirname(path), exist_ok=True)
         grid.save(path)
         return grid
@@ -487,10 +600,12 @@ class Trainer:
         if not self.accelerator.is_main_process:
             return
         self.model.eval()
-        pipeline = self.pipeline()
-        grid = self.sample_grid(pipeline, os.path.join(self.config.output_dir, "samples", f"step-{step:06d}.png"))
-        if self.config.validation_fid:
-            self.accelerator.log({"validation_fid": self.validation_fid(pipeline)}, step=step)
+        with self.ema_weights():
+            pipeline = self.pipeline()
+            path = os.path.join(self.config.output_dir, "samples", f"step-{step:06d}.png")
+            grid = self.sample_grid(pipeline, path)
+            if self.config.validation_fid:
+                self.accelerator.log({"validation_fid": self.validation_fid(pipeline)}, step=step)
         for tracker in self.accelerator.trackers:
             if tracker.name == "tensorboard":
                 tracker.writer.add_image("validation", np.asarray(grid.convert("RGB")), step, dataformats="HWC")
@@ -508,7 +623,7 @@ class Trainer:
                 statistics.update(extractor.features(batch["pixel_values"]))
             self.fid_reference = (extractor, statistics)
         extractor, real = self.fid_reference
-        fake, _ = generate_images(pipeline, self.config.validation_fid_samples, seed=self.config.seed)
+        fake = pipeline.generate(self.config.validation_fid_samples, seed=self.config.seed) * 2 - 1  # [-1, 1]
         return fid(real, extractor.features(fake))
 
     def finish(self, global_step: int, logged: dict) -> dict:

@@ -23,6 +23,7 @@ from hfgen.pipelines.pipeline_gan import GANPipeline
 from hfgen.pipelines.pipeline_vae import VAEPipeline
 from hfgen.training.trainer import Trainer, TrainingConfig
 
+from hfgen.conditioning import Condition
 from hfgen.metrics.features import load_feature_extractor
 from hfgen.metrics.sample_quality import fid
 from hfgen.models.modeling_gan import (
@@ -141,7 +142,6 @@ class GANTrainingConfig(TrainingConfig):
 class GANTrainer(Trainer):
     family = "gan"
     config_class = GANTrainingConfig
-    pipeline_class = GANPipeline
 
     # ----- the two networks ------------------------------------------------------------------------------------------
     def build_model(self) -> GANGenerator | VAEModel:
@@ -198,7 +198,7 @@ class GANTrainer(Trainer):
         if config.mode_collapse_samples and config.dataset_name == "digits" and self.image_shape == (1, 8, 8):
             self.digit_classifier = load_feature_extractor("digits")  # hfgen's shipped digit classifier
 
-    def build_pipeline(self, model, tokenizer, text_encoder) -> GANPipeline | VAEPipeline:
+    def build_pipeline(self, model, tokenizer=None, text_encoder=None) -> GANPipeline | VAEPipeline:
         if isinstance(model, VAEModel):
             return VAEPipeline(vae=model, tokenizer=tokenizer, text_encoder=text_encoder)
         return GANPipeline(generator=model, tokenizer=tokenizer, text_encoder=text_encoder)
@@ -221,7 +221,7 @@ class GANTrainer(Trainer):
             self.model.train()
         return losses
 
-    def fake_images(self, real: torch.Tensor, condition: torch.Tensor | None):
+    def fake_images(self, real: torch.Tensor, condition: Condition | None):
         """(images, condition for them, VAE losses): G(z) for z ~ N(0, I); a VAE-GAN's fakes are its
         reconstructions of `real` followed by decoded prior samples."""
         noise = torch.randn(real.shape[0], self.config.noise_dim, device=real.device, dtype=real.dtype)
@@ -230,9 +230,9 @@ class GANTrainer(Trainer):
         output = self.model(real, condition)
         prior_samples = self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=True).decode(noise, condition)
         images = torch.cat([output.sample, prior_samples.sample])
-        return images, _repeat(condition, 2), {"vae_loss": output.loss, "kl": output.kl}
+        return images, Condition.cat([condition, condition]), {"vae_loss": output.loss, "kl": output.kl}
 
-    def discriminator_step(self, real: torch.Tensor, condition: torch.Tensor | None, step: int) -> dict:
+    def discriminator_step(self, real: torch.Tensor, condition: Condition | None, step: int) -> dict:
         config = self.config
         with torch.no_grad():
             fakes, fake_condition, _ = self.fake_images(real, condition)
@@ -243,7 +243,7 @@ class GANTrainer(Trainer):
             conditions.append(condition)
         # One forward pass over real, generated (and interpolated) images, as BigGAN does: DistributedDataParallel
         # expects one forward per backward.
-        scores = self.discriminator(torch.cat(images), _cat(conditions)).scores
+        scores = self.discriminator(torch.cat(images), Condition.cat(conditions)).scores
         real_scores, fake_scores = scores[: len(real)], scores[len(real) : len(real) + len(fakes)]
         loss = discriminator_loss(real_scores, fake_scores, config.gan_loss)
         losses = {"d_real": real_scores.detach().mean(), "d_fake": fake_scores.detach().mean()}
@@ -254,7 +254,7 @@ class GANTrainer(Trainer):
         losses["loss"] = losses["d_loss"] = loss
         self.check_finite(losses, step)
         self.accelerator.backward(loss)
-        self.update(self.discriminator, self.d_optimizer, self.d_lr_scheduler)
+        self.optimizer_step(self.d_optimizer, self.d_lr_scheduler)
         if config.gan_loss == "wgan":  # keeps the critic (roughly) Lipschitz
             with torch.no_grad():
                 for parameter in self.discriminator.parameters():
@@ -263,7 +263,7 @@ class GANTrainer(Trainer):
             losses["d_accuracy"] = self.check_divergence(real_scores.detach(), fake_scores.detach(), step)
         return losses
 
-    def generator_step(self, real: torch.Tensor, condition: torch.Tensor | None, step: int) -> dict:
+    def generator_step(self, real: torch.Tensor, condition: Condition | None, step: int) -> dict:
         config, discriminator = self.config, self.frozen_discriminator
         discriminator.requires_grad_(False)
         try:
@@ -285,19 +285,10 @@ class GANTrainer(Trainer):
                 losses["g_total"] = loss
             self.check_finite({"loss": loss}, step)
             self.accelerator.backward(loss)
-            self.update(self.model, self.optimizer)
+            self.optimizer_step(self.optimizer)  # the generator and a jointly trained text encoder, clipped together
         finally:
             discriminator.requires_grad_(True)
         return {name: value.detach() for name, value in losses.items()}
-
-    def update(self, network, optimizer, lr_scheduler=None):
-        """Clip (if asked), step, zero the gradients: one network's optimizer step."""
-        if self.config.max_grad_norm > 0:
-            self.accelerator.clip_grad_norm_(network.parameters(), self.config.max_grad_norm)
-        optimizer.step()
-        if lr_scheduler is not None:
-            lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
 
     # ----- diagnostics -----------------------------------------------------------------------------------------------
     def check_divergence(self, real_scores: torch.Tensor, fake_scores: torch.Tensor, step: int) -> torch.Tensor:
@@ -324,8 +315,7 @@ class GANTrainer(Trainer):
     def mode_collapse_entropy(self, pipeline) -> float:
         """Entropy (nats) of the digit classifier's predicted classes over unconditional samples: log 10 = 2.30 when
         all ten digits are drawn equally often, 0 when the generator has collapsed to one."""
-        generator = torch.Generator().manual_seed(self.config.seed)  # never the global RNG that resume restores
-        images = pipeline(batch_size=self.config.mode_collapse_samples, generator=generator, output_type="pt").images
+        images = pipeline.generate(self.config.mode_collapse_samples, seed=self.config.seed)  # its own generator
         classifier = self.digit_classifier.to(images.device)
         return class_histogram_entropy(classifier.class_probabilities(images * 2 - 1))
 
@@ -338,18 +328,9 @@ class GANTrainer(Trainer):
         metrics = {"sample_class_entropy": self.mode_collapse_entropy(pipeline), "max_class_entropy": math.log(10)}
         test = self.splits["test"]
         real = torch.stack([test[i]["pixel_values"] for i in range(len(test))])
-        generator = torch.Generator().manual_seed(self.config.seed + 1)
-        fake = pipeline(batch_size=len(real), generator=generator, output_type="pt").images * 2 - 1
+        fake = pipeline.generate(len(real), seed=self.config.seed + 1) * 2 - 1
         classifier = self.digit_classifier
         metrics[f"fid{len(real)}_digit_features"] = fid(
             classifier.features(real.to(fake.device)).cpu().numpy(), classifier.features(fake).cpu().numpy()
         )
         return metrics
-
-
-def _repeat(condition: torch.Tensor | None, times: int) -> torch.Tensor | None:
-    return None if condition is None else torch.cat([condition] * times)
-
-
-def _cat(conditions: list) -> torch.Tensor | None:
-    return None if conditions[0] is None else torch.cat(conditions)

@@ -10,6 +10,7 @@ import torch
 from hfgen.pipelines.pipeline_vae import VAEPipeline
 from hfgen.training.trainer import Trainer, TrainingConfig
 
+from hfgen.conditioning import Condition
 from hfgen.models.modeling_vae import VAEModel
 
 
@@ -39,7 +40,6 @@ class VAETrainingConfig(TrainingConfig):
 class VAETrainer(Trainer):
     family = "vae"
     config_class = VAETrainingConfig
-    pipeline_class = VAEPipeline
 
     def build_model(self) -> VAEModel:
         channels, height, width = self.image_shape
@@ -60,7 +60,7 @@ class VAETrainer(Trainer):
             **self.condition_kwargs(),
         )
 
-    def compute_loss(self, batch: dict, condition: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def compute_loss(self, batch: dict, condition: Condition | None) -> dict[str, torch.Tensor]:
         output = self.model(batch["pixel_values"], condition)
         num_dims = batch["pixel_values"][0].numel()
         return {
@@ -71,7 +71,7 @@ class VAETrainer(Trainer):
             "elbo_bits_per_dim": (output.reconstruction_loss + output.kl).detach() / (num_dims * math.log(2)),
         }
 
-    def build_pipeline(self, model, tokenizer, text_encoder) -> VAEPipeline:
+    def build_pipeline(self, model, tokenizer=None, text_encoder=None) -> VAEPipeline:
         return VAEPipeline(vae=model, tokenizer=tokenizer, text_encoder=text_encoder)
 
     @torch.no_grad()

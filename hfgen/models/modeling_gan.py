@@ -23,6 +23,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as spectral_normalize
 
+from hfgen.conditioning import Condition
 from hfgen.layers import check_condition_config, condition_embedding, embed_condition
 
 GAN_LOSSES = ("non-saturating", "minimax", "wgan", "wgan-gp", "hinge")
@@ -99,7 +100,7 @@ class GANGenerator(ModelMixin, ConfigMixin):
         self.blocks = nn.Sequential(*blocks)
         self.conv_out = nn.ConvTranspose2d(widths[-1], out_channels, 4, 2, 1)
 
-    def forward(self, noise: torch.Tensor, condition: torch.Tensor | None = None, return_dict: bool = True):
+    def forward(self, noise: torch.Tensor, condition: Condition | None = None, return_dict: bool = True):
         """(b, noise_dim) noise and an optional condition -> (b, c, s, s) images in [-1, 1]."""
         if noise.ndim != 2 or noise.shape[1] != self.config.noise_dim:
             raise ValueError(f"Expected noise of shape (batch, {self.config.noise_dim}), got {tuple(noise.shape)}.")
@@ -174,7 +175,7 @@ class GANDiscriminator(ModelMixin, ConfigMixin):
                 if isinstance(module, (nn.Conv2d, nn.Linear)):
                     spectral_normalize(module)
 
-    def forward(self, sample: torch.Tensor, condition: torch.Tensor | None = None, return_dict: bool = True):
+    def forward(self, sample: torch.Tensor, condition: Condition | None = None, return_dict: bool = True):
         """(b, c, s, s) images in [-1, 1] and an optional condition -> scores (b,) and features (b, f)."""
         size, channels = self.config.sample_size, self.config.in_channels
         if sample.shape[1:] != (channels, size, size):

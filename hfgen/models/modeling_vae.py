@@ -22,6 +22,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
 from torch import nn
 
+from hfgen.conditioning import Condition
 from hfgen.layers import (
     ConvDecoder,
     ConvEncoder,
@@ -135,12 +136,12 @@ class VAEModel(ModelMixin, ConfigMixin):
             self.log_scale = nn.Parameter(torch.zeros(in_channels))
 
     # ----- conditioning -------------------------------------------------------------------------------------------
-    def embed_condition(self, condition: torch.Tensor | None, batch_size: int) -> torch.Tensor | None:
-        """Class labels (b,) with -1 for "no class", or pooled text embeddings (b, text_embed_dim) -> (b, cond)."""
+    def embed_condition(self, condition: Condition | None, batch_size: int) -> torch.Tensor | None:
+        """A [`Condition`] (class labels or pooled text embeddings) -> (b, condition_dim); None if unconditional."""
         return embed_condition(self, condition, batch_size)
 
     # ----- q(z | x) and p(x | z) ----------------------------------------------------------------------------------
-    def encode(self, sample: torch.Tensor, condition: torch.Tensor | None = None, return_dict: bool = True):
+    def encode(self, sample: torch.Tensor, condition: Condition | None = None, return_dict: bool = True):
         """(b, c, s, s) in [-1, 1] -> q(z | x) as mean and log-variance, each (b, latent_dim)."""
         size = self.config.sample_size
         if sample.shape[1:] != (self.config.in_channels, size, size):
@@ -157,7 +158,7 @@ class VAEModel(ModelMixin, ConfigMixin):
         logvar = logvar.clamp(-30.0, 20.0)
         return VAEEncoderOutput(mean, logvar) if return_dict else (mean, logvar)
 
-    def decode(self, latents: torch.Tensor, condition: torch.Tensor | None = None, return_dict: bool = True):
+    def decode(self, latents: torch.Tensor, condition: Condition | None = None, return_dict: bool = True):
         """(b, latent_dim) -> the mean image (b, c, s, s) in [-1, 1] and the parameters of p(x | z)."""
         c = self.embed_condition(condition, latents.shape[0])
         if c is not None:
@@ -194,7 +195,7 @@ class VAEModel(ModelMixin, ConfigMixin):
     def forward(
         self,
         sample: torch.Tensor,
-        condition: torch.Tensor | None = None,
+        condition: Condition | None = None,
         generator: torch.Generator | None = None,
         return_dict: bool = True,
     ):
@@ -217,7 +218,7 @@ class VAEModel(ModelMixin, ConfigMixin):
         self,
         sample: torch.Tensor,
         num_samples: int,
-        condition: torch.Tensor | None = None,
+        condition: Condition | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         r"""The IWAE bound log (1/K) sum_k p(x, z_k) / q(z_k | x), z_k ~ q(z | x): (b,) nats, a lower bound on

@@ -1,0 +1,161 @@
+"""The conditioning contract every hfgen family shares.
+
+A model is conditioned on a [`Condition`]: class labels, and/or a prompt's per-token hidden states with their attention
+mask and its pooled embedding. A family's model reads the fields it needs: a vector model (the VAE, a DCGAN) the pooled
+`text_embeds` or `class_labels`, a diffusers `UNet2DConditionModel` the `text_hidden_states` and
+`text_attention_mask` for cross-attention, a `UNet2DModel` the `class_labels`.
+
+One rule makes the *null* condition, the "no condition" that caption dropout trains and that classifier-free guidance
+subtracts: the empty prompt `""` for text, the extra class index `num_classes` for classes (a model's class table has
+`num_classes + 1` rows). [`ConditionEncoder`] applies that rule for the trainer (caption dropout) and for the pipelines
+(unconditional samples, `negative_prompt`, guidance), so both sides always agree.
+"""
+
+from dataclasses import dataclass, fields
+
+import torch
+from diffusers.utils import BaseOutput
+
+
+@dataclass
+class Condition(BaseOutput):
+    r"""What a model is conditioned on, for a batch of b images. Unused fields stay None.
+
+    Args:
+        class_labels (`torch.LongTensor`, *optional*): (b,) class indices in [0, num_classes]; `num_classes` is the
+            null class ("no class"). Never negative.
+        text_embeds (`torch.Tensor`, *optional*): (b, d) one pooled embedding per prompt.
+        text_hidden_states (`torch.Tensor`, *optional*): (b, t, d) the text encoder's last hidden states per token.
+        text_attention_mask (`torch.LongTensor`, *optional*): (b, t) 1 for tokens, 0 for padding.
+    """
+
+    class_labels: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
+    text_hidden_states: torch.Tensor | None = None
+    text_attention_mask: torch.Tensor | None = None
+
+    def _map(self, function) -> "Condition":
+        return Condition(**{f.name: _apply(function, getattr(self, f.name)) for f in fields(self)})
+
+    @property
+    def batch_size(self) -> int:
+        return next(len(getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None)
+
+    def to(self, device=None, dtype=None) -> "Condition":
+        """Moves every tensor to `device`; `dtype` applies to the floating-point ones (embeddings), not to labels or
+        masks."""
+        return self._map(lambda t: t.to(device=device, dtype=dtype if t.is_floating_point() else None))
+
+    def detach(self) -> "Condition":
+        return self._map(torch.Tensor.detach)
+
+    def repeat_interleave(self, repeats: int) -> "Condition":
+        """Each image's condition `repeats` times in a row (diffusers' `num_images_per_prompt`)."""
+        return self._map(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def select(self, index) -> "Condition":
+        """A part of the batch: `condition.select(slice(0, 2))`, `condition.select(mask)`."""
+        return self._map(lambda t: t[index])
+
+    @staticmethod
+    def cat(conditions: list["Condition | None"]) -> "Condition | None":
+        """Concatenates conditions along the batch (e.g. [negative, positive] for classifier-free guidance). Text
+        states of different lengths are right-padded with masked zeros."""
+        if conditions[0] is None:
+            if any(c is not None for c in conditions):
+                raise ValueError("Cannot concatenate a condition with no condition.")
+            return None
+        values = {}
+        for f in fields(Condition):
+            parts = [getattr(c, f.name) for c in conditions]
+            if all(p is None for p in parts):
+                values[f.name] = None
+                continue
+            if any(p is None for p in parts):
+                raise ValueError(f"Cannot concatenate conditions where only some have {f.name}.")
+            if f.name in ("text_hidden_states", "text_attention_mask"):
+                length = max(p.shape[1] for p in parts)
+                parts = [torch.nn.functional.pad(p, (0, 0) * (p.ndim - 2) + (0, length - p.shape[1])) for p in parts]
+            values[f.name] = torch.cat(parts)
+        return Condition(**values)
+
+
+def _apply(function, value):
+    return None if value is None else function(value)
+
+
+class ConditionEncoder:
+    r"""Prompts or class labels -> a [`Condition`], with the one null rule (empty prompt, class index `num_classes`).
+
+    The trainer builds one from its tokenizer, text encoder and class count and calls it with caption dropout's mask;
+    a pipeline builds one from its components and its model's config.
+
+    Args:
+        condition_type (`str`, *optional*): None (unconditional), "class" or "text".
+        tokenizer, text_encoder: The text components, for "text".
+        num_classes (`int`, *optional*): The number of real classes, for "class"; the null class is `num_classes`.
+    """
+
+    def __init__(self, condition_type: str | None, tokenizer=None, text_encoder=None, num_classes: int | None = None):
+        if condition_type not in (None, "class", "text"):
+            raise ValueError(f"condition_type must be None, 'class' or 'text', got {condition_type!r}.")
+        if condition_type == "text" and (tokenizer is None or text_encoder is None):
+            raise ValueError("A text-conditioned model needs a tokenizer and a text encoder.")
+        if condition_type == "class" and not num_classes:
+            raise ValueError("A class-conditioned model needs num_classes.")
+        self.condition_type = condition_type
+        self.tokenizer, self.text_encoder, self.num_classes = tokenizer, text_encoder, num_classes
+
+    def __call__(
+        self,
+        prompts: list[str] | None = None,
+        class_labels: torch.Tensor | None = None,
+        drop: torch.Tensor | None = None,
+        device: torch.device | None = None,
+        batch_size: int | None = None,
+    ) -> Condition | None:
+        """The condition of a batch. `drop` (b,) bool replaces chosen entries by the null condition (caption dropout);
+        missing prompts / labels mean the null condition for all `batch_size` images."""
+        if self.condition_type != "class" and class_labels is not None:
+            raise ValueError("This model is not class-conditioned: do not pass `class_labels`.")
+        if self.condition_type is None:
+            if prompts is not None:
+                raise ValueError(
+                    "This model was trained without text, so it has no text encoder: call it without `prompt` for "
+                    "unconditional samples."
+                )
+            return None
+        if self.condition_type == "class":
+            if prompts is not None:
+                raise ValueError("This model is conditioned on class labels, not text: pass `class_labels`.")
+            if class_labels is None:
+                class_labels = torch.full((batch_size,), self.num_classes, dtype=torch.long)
+            labels = self.check_class_labels(class_labels).to(device)
+            if drop is not None:
+                labels = torch.where(drop.to(labels.device), self.num_classes, labels)
+            return Condition(class_labels=labels)
+        prompts = [""] * batch_size if prompts is None else list(prompts)
+        if drop is not None:
+            prompts = ["" if dropped else prompt for prompt, dropped in zip(prompts, drop.tolist())]
+        from hfgen.text import encode_text  # here: hfgen.text imports transformers, which models never need
+
+        return encode_text(self.tokenizer, self.text_encoder, prompts, device=device)
+
+    def null(self, batch_size: int, device: torch.device | None = None) -> Condition | None:
+        """The null condition ("no condition") for `batch_size` images."""
+        return self(batch_size=batch_size, device=device)
+
+    def check_class_labels(self, class_labels) -> torch.Tensor:
+        """(b,) long labels in [0, num_classes] (the last is the null class), or a ValueError saying what is
+        allowed."""
+        labels = torch.as_tensor(class_labels)
+        if labels.is_floating_point() or labels.dtype == torch.bool:
+            raise ValueError(f"class_labels must be integers, got dtype {labels.dtype}.")
+        labels = labels.long().flatten()
+        if labels.numel() and (labels.min() < 0 or labels.max() > self.num_classes):
+            raise ValueError(
+                f"class_labels must be in [0, {self.num_classes - 1}] ({self.num_classes} classes), got "
+                f"{labels.tolist()}. For unconditional samples pass no class_labels (the null class is "
+                f"{self.num_classes})."
+            )
+        return labels

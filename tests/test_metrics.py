@@ -158,6 +158,6 @@ def test_out_of_distribution_images_sit_on_the_digit_grey_levels(kind):
 
 def test_validation_fid_needs_validation_steps_and_an_extractor():
     with pytest.raises(ValueError, match="--validation_steps"):
-        parse_config(["--validation_fid"])
+        parse_config(["--family", "vae", "--validation_fid"])
     with pytest.raises(ValueError, match="shipped feature extractor"):
-        parse_config(["--validation_fid", "--validation_steps", "5", "--dataset_name", "/data/cats"])
+        parse_config(["--family", "vae", "--validation_fid", "--validation_steps", "5", "--dataset_name", "/data/cats"])

@@ -1,11 +1,14 @@
-"""Throughput of the shared hfgen trainer against a plain PyTorch loop on the same VAE and data.
+"""Throughput of the shared hfgen trainer against a plain PyTorch loop on the same model and data: the VAE (one
+optimizer) and the GAN (two optimizers, alternating).
 
-    python benchmarks/trainer_overhead.py                      # 300 steps, batch 64, 3 runs each
-    python benchmarks/trainer_overhead.py --steps 600 --num_threads 2 --json trainer_overhead.json
+    python benchmarks/trainer_overhead.py                      # both families, 300 steps, batch 64, 3 runs each
+    python benchmarks/trainer_overhead.py --families gan --steps 600 --num_threads 2 --json trainer_overhead.json
 
-Both loops train the same `VAEModel` (the config the trainer builds, rebuilt with `VAEModel.from_config`) on the
-embedded digits with `--conditioning none`, the same batch size, number of steps and optimizer (AdamW, lr 1e-3,
-gradient clipping 1.0), in one CPU process with the same `torch.set_num_threads`. Only the step loops are timed: the
+Both loops train the same models (the configs the trainer builds, rebuilt with `from_config`) on the embedded digits
+with `--conditioning none`, the same batch size, number of steps and optimizers (AdamW, gradient clipping), in one CPU
+process with the same `torch.set_num_threads`. The plain GAN loop does what `GANTrainer` does with `--n_critic 1`: a
+discriminator step on real and generated images, then a generator step through the frozen discriminator
+(non-saturating loss). Only the step loops are timed: the
 set-up of either loop is not, and for the trainer the time spent in `Trainer.finish` (final checkpoint, pipeline save,
 sample grid, IWAE evaluation, model card) is measured separately and subtracted from `trainer.train()`.
 
@@ -26,13 +29,21 @@ from hfgen.training.train import parse_config
 from torch.utils.data import DataLoader
 
 from hfgen.data import collate_fn, load_image_dataset
+from hfgen.models.modeling_gan import GANDiscriminator, GANGenerator, discriminator_loss, generator_loss
 from hfgen.models.modeling_vae import VAEModel
+
+FAMILY_ARGS = {
+    "vae": ["--family", "vae"],
+    # No per-log sampling (mode-collapse number) and no divergence stop: only the two optimizers' steps are timed.
+    "gan": ["--family", "gan", "--mode_collapse_samples", "0", "--divergence_patience", "0"],
+}
 
 TARGET_RATIO = 0.95
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--families", default="vae,gan", help="Comma-separated: vae, gan.")
     parser.add_argument("--steps", type=int, default=300, help="Timed optimizer steps per loop.")
     parser.add_argument("--warmup_steps", type=int, default=20, help="Untimed steps each loop runs first.")
     parser.add_argument("--batch_size", type=int, default=64, help="Batch size of both loops.")
@@ -48,11 +59,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ----- the hfgen trainer ---------------------------------------------------------------------------------------------
-def build_trainer(args: argparse.Namespace, steps: int, output_dir: str):
-    """A VAE trainer on the digits, unconditional, with no checkpoint before the end and no tracker."""
+def build_trainer(args: argparse.Namespace, family: str, steps: int, output_dir: str):
+    """A trainer of `family` on the digits, unconditional, with no checkpoint before the end and no tracker."""
     trainer_class, config = parse_config(
         [
-            "--family", "vae",
+            *FAMILY_ARGS[family],
             "--dataset_name", "digits",
             "--conditioning", "none",
             "--output_dir", output_dir,
@@ -94,17 +105,51 @@ def time_trainer(trainer, num_threads: int) -> dict:
 
 
 # ----- the plain PyTorch loop ----------------------------------------------------------------------------------------
-def build_plain_loop(args: argparse.Namespace, trainer) -> tuple[VAEModel, torch.optim.Optimizer, DataLoader]:
-    """The trainer's model config and data, with a bare model, optimizer and DataLoader."""
+def build_plain_loop(args: argparse.Namespace, trainer):
+    """The trainer's model config(s) and data with bare models, optimizers and a DataLoader: (step function,
+    DataLoader). The step function runs one optimizer step (both networks' for the GAN) on a batch."""
     config = trainer.config
     torch.manual_seed(args.seed)
-    model = VAEModel.from_config(trainer.accelerator.unwrap_model(trainer.model).config)
-    optimizer = torch.optim.AdamW(
-        model.parameters(),
-        lr=args.learning_rate,
-        betas=(config.adam_beta1, config.adam_beta2),
-        weight_decay=config.adam_weight_decay,
-    )
+
+    def adamw(parameters, learning_rate):
+        betas = (config.adam_beta1, config.adam_beta2)
+        return torch.optim.AdamW(parameters, lr=learning_rate, betas=betas, weight_decay=config.adam_weight_decay)
+
+    def update(loss, parameters, optimizer):
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, args.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    if config.family == "vae":
+        model = VAEModel.from_config(trainer.accelerator.unwrap_model(trainer.model).config).train()
+        optimizer = adamw(model.parameters(), args.learning_rate)
+
+        def step(batch):
+            update(model(batch["pixel_values"]).loss, list(model.parameters()), optimizer)
+
+    else:
+        generator = GANGenerator.from_config(trainer.accelerator.unwrap_model(trainer.model).config).train()
+        discriminator = GANDiscriminator.from_config(
+            trainer.accelerator.unwrap_model(trainer.discriminator).config
+        ).train()
+        g_optimizer = adamw(generator.parameters(), args.learning_rate)
+        d_optimizer = adamw(discriminator.parameters(), args.learning_rate)
+
+        def step(batch):
+            real = batch["pixel_values"]
+            noise = torch.randn(len(real), config.noise_dim)
+            with torch.no_grad():
+                fakes = generator(noise).sample
+            scores = discriminator(torch.cat([real, fakes])).scores
+            d_loss = discriminator_loss(scores[: len(real)], scores[len(real) :], config.gan_loss)
+            update(d_loss, list(discriminator.parameters()), d_optimizer)
+            discriminator.requires_grad_(False)
+            noise = torch.randn(len(real), config.noise_dim)
+            g_loss = generator_loss(discriminator(generator(noise).sample).scores, config.gan_loss)
+            update(g_loss, list(generator.parameters()), g_optimizer)
+            discriminator.requires_grad_(True)
+
     splits = load_image_dataset(
         "digits",
         caption_column=config.caption_column,
@@ -120,28 +165,23 @@ def build_plain_loop(args: argparse.Namespace, trainer) -> tuple[VAEModel, torch
         drop_last=True,
         generator=torch.Generator().manual_seed(args.seed),
     )
-    return model, optimizer, dataloader
+    return step, dataloader
 
 
-def run_plain_loop(model, optimizer, dataloader, steps: int, max_grad_norm: float):
-    model.train()
-    step = 0
-    while step < steps:
+def run_plain_loop(step, dataloader, steps: int):
+    done = 0
+    while done < steps:
         for batch in dataloader:
-            loss = model(batch["pixel_values"]).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if step >= steps:
+            step(batch)
+            done += 1
+            if done >= steps:
                 break
 
 
-def time_plain_loop(model, optimizer, dataloader, steps: int, max_grad_norm: float, num_threads: int) -> dict:
+def time_plain_loop(step, dataloader, steps: int, num_threads: int) -> dict:
     torch.set_num_threads(num_threads)
     start = time.perf_counter()
-    run_plain_loop(model, optimizer, dataloader, steps, max_grad_norm)
+    run_plain_loop(step, dataloader, steps)
     return {"seconds": time.perf_counter() - start}
 
 
@@ -154,36 +194,42 @@ def summarize(runs: list[dict], samples: int) -> dict:
     return {**best, "runs": runs}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    torch.set_num_threads(args.num_threads)
+def compare(args: argparse.Namespace, family: str, tmp: str) -> dict:
+    """The trainer against the plain loop for one family: the best of `repeats` runs each, in turns."""
     plain_runs, trainer_runs = [], []
-    with tempfile.TemporaryDirectory(prefix="hfgen-bench-") as tmp:
-        # Warm-up: a throw-away trainer (no final save) and a throw-away plain model.
-        if args.warmup_steps > 0:
-            warmup_trainer = build_trainer(args, args.warmup_steps, os.path.join(tmp, "warmup"))
-            warmup_trainer.run_finish = False
-            time_trainer(warmup_trainer, args.num_threads)
-            model, optimizer, dataloader = build_plain_loop(args, warmup_trainer)
-            run_plain_loop(model, optimizer, dataloader, args.warmup_steps, args.max_grad_norm)
-            del warmup_trainer, model, optimizer, dataloader
-
-        # The two loops take turns, so a burst of load from elsewhere does not hit only one of them.
-        for repeat in range(args.repeats):
-            trainer = build_trainer(args, args.steps, os.path.join(tmp, f"trainer-{repeat}"))
-            model, optimizer, dataloader = build_plain_loop(args, trainer)
-            plain_runs.append(
-                time_plain_loop(model, optimizer, dataloader, args.steps, args.max_grad_norm, args.num_threads)
-            )
-            trainer_runs.append(time_trainer(trainer, args.num_threads))
-            del trainer, model, optimizer, dataloader
-
+    # Warm-up: a throw-away trainer (no final save) and a throw-away plain loop.
+    if args.warmup_steps > 0:
+        warmup_trainer = build_trainer(args, family, args.warmup_steps, os.path.join(tmp, f"{family}-warmup"))
+        warmup_trainer.run_finish = False
+        time_trainer(warmup_trainer, args.num_threads)
+        run_plain_loop(*build_plain_loop(args, warmup_trainer), args.warmup_steps)
+        del warmup_trainer
+    # The two loops take turns, so a burst of load from elsewhere does not hit only one of them.
+    for repeat in range(args.repeats):
+        trainer = build_trainer(args, family, args.steps, os.path.join(tmp, f"{family}-trainer-{repeat}"))
+        step, dataloader = build_plain_loop(args, trainer)
+        plain_runs.append(time_plain_loop(step, dataloader, args.steps, args.num_threads))
+        trainer_runs.append(time_trainer(trainer, args.num_threads))
+        del trainer, step, dataloader
     samples = args.steps * args.batch_size
     plain, hfgen = summarize(plain_runs, samples), summarize(trainer_runs, samples)
     ratio = hfgen["samples_per_second"] / plain["samples_per_second"]
+    return {"plain": plain, "trainer": hfgen, "ratio": ratio, "passed": ratio >= TARGET_RATIO}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    torch.set_num_threads(args.num_threads)
+    families = [family.strip() for family in args.families.split(",") if family.strip()]
+    unknown = set(families) - set(FAMILY_ARGS)
+    if not families or unknown:
+        raise SystemExit(f"--families takes a list of {', '.join(FAMILY_ARGS)}, got {args.families!r}.")
+    with tempfile.TemporaryDirectory(prefix="hfgen-bench-") as tmp:
+        per_family = {family: compare(args, family, tmp) for family in families}
     results = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "settings": {
+            "families": families,
             "steps": args.steps,
             "warmup_steps": args.warmup_steps,
             "repeats": args.repeats,
@@ -199,23 +245,25 @@ def main(argv: list[str] | None = None) -> dict:
             "cpu_count": os.cpu_count(),
             "load_average": os.getloadavg(),
         },
-        "plain": plain,
-        "trainer": hfgen,
-        "ratio": ratio,
+        "families": per_family,
         "target": TARGET_RATIO,
-        "passed": ratio >= TARGET_RATIO,
+        "passed": all(result["passed"] for result in per_family.values()),
     }
 
-    print(f"\n{'loop':<8} {'steps':>6} {'seconds':>8} {'samples/s':>10}   all runs (samples/s)")
-    for name, result in (("plain", plain), ("trainer", hfgen)):
-        runs = ", ".join(f"{run['samples_per_second']:.1f}" for run in result["runs"])
-        print(f"{name:<8} {args.steps:>6} {result['seconds']:>8.2f} {result['samples_per_second']:>10.1f}   {runs}")
-    print(
-        f"trainer.train() {hfgen['train_seconds']:.2f} s, of which finish() {hfgen['finish_seconds']:.2f} s "
-        "(excluded above)"
-    )
-    print(f"ratio trainer/plain (best runs): {ratio:.3f}")
-    print(f"target >= {TARGET_RATIO}: {'PASS' if results['passed'] else 'FAIL'}")
+    print(f"\n{'family':<7} {'loop':<8} {'steps':>6} {'seconds':>8} {'samples/s':>10}   all runs (samples/s)")
+    for family, result in per_family.items():
+        for name in ("plain", "trainer"):
+            runs = ", ".join(f"{run['samples_per_second']:.1f}" for run in result[name]["runs"])
+            best = result[name]
+            print(
+                f"{family:<7} {name:<8} {args.steps:>6} {best['seconds']:>8.2f} {best['samples_per_second']:>10.1f}"
+                f"   {runs}"
+            )
+        print(
+            f"{family}: trainer.train() {result['trainer']['train_seconds']:.2f} s, of which finish() "
+            f"{result['trainer']['finish_seconds']:.2f} s (excluded above); ratio trainer/plain (best runs): "
+            f"{result['ratio']:.3f} -> {'PASS' if result['passed'] else 'FAIL'} (target >= {TARGET_RATIO})"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 
 import torch
 from diffusers.utils import BaseOutput
+from transformers import CLIPTextModel
 
 
 @dataclass
@@ -84,6 +85,28 @@ def _apply(function, value):
     return None if value is None else function(value)
 
 
+def encode_text(tokenizer, text_encoder, prompts: list[str], device: torch.device | None = None) -> Condition:
+    """Prompts -> a [`Condition`] with `text_hidden_states` (b, t, d), `text_attention_mask` (b, t) and the pooled
+    `text_embeds` (b, d).
+
+    CLIP text models pool at the [EOS] token (their `pooler_output`); other encoders (BERT-like sentence encoders)
+    are mean-pooled over the non-padding tokens, as sentence-transformers does.
+    """
+    device = device or next(text_encoder.parameters()).device
+    # Pad to the longest prompt only: pretrained tokenizers report model_max_length=512, and padding is wasted work.
+    max_length = min(tokenizer.model_max_length, 77)
+    inputs = tokenizer(prompts, padding=True, max_length=max_length, truncation=True, return_tensors="pt").to(device)
+    output = text_encoder(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask)
+    hidden_states = output.last_hidden_state  # (b, t, d)
+    # During training the encoder may be wrapped (DistributedDataParallel): call the wrapper, inspect the module.
+    if isinstance(getattr(text_encoder, "module", text_encoder), CLIPTextModel):
+        pooled = output.pooler_output
+    else:
+        mask = inputs.attention_mask.unsqueeze(-1).to(hidden_states.dtype)  # (b, t, 1)
+        pooled = (hidden_states * mask).sum(1) / mask.sum(1).clamp(min=1)
+    return Condition(text_embeds=pooled, text_hidden_states=hidden_states, text_attention_mask=inputs.attention_mask)
+
+
 class ConditionEncoder:
     r"""Prompts or class labels -> a [`Condition`], with the one null rule (empty prompt, class index `num_classes`).
 
@@ -137,8 +160,6 @@ class ConditionEncoder:
         prompts = [""] * batch_size if prompts is None else list(prompts)
         if drop is not None:
             prompts = ["" if dropped else prompt for prompt, dropped in zip(prompts, drop.tolist())]
-        from hfgen.text import encode_text  # here: hfgen.text imports transformers, which models never need
-
         return encode_text(self.tokenizer, self.text_encoder, prompts, device=device)
 
     def null(self, batch_size: int, device: torch.device | None = None) -> Condition | None:

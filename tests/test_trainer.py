@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 from hfgen.training.train import parse_config
+from hfgen.training.trainer import load_frozen_component
 from hfgen.training.trainer_vae import VAETrainer, VAETrainingConfig
 from safetensors.torch import load_file
 from testing_utils import TrainerTesterMixin, free_port
@@ -159,6 +160,12 @@ class TestVAETrainer(TrainerTesterMixin):
         for column in ("image", "label", "text"):
             assert repr(column) in str(error.value)
 
+    def test_family_is_required_and_unknown_families_are_listed(self):
+        with pytest.raises(SystemExit, match="--family is required.*gan.*vae"):
+            parse_config(["--dataset_name", "digits"])
+        with pytest.raises(SystemExit, match="Unknown --family 'vea'.*gan.*vae"):
+            parse_config(["--family", "vea"])
+
     def test_recipe_gives_defaults_and_flags_win(self, tmp_path):
         recipe = tmp_path / "recipe.yaml"
         recipe.write_text("max_train_steps: 3\nlatent_dim: 3\n")
@@ -213,6 +220,33 @@ class TestVAETrainer(TrainerTesterMixin):
         assert any(not torch.equal(saved[name], raw[name]) for name in names), "the EMA equals the raw weights"
         assert (tmp_path / "checkpoint-3" / "custom_checkpoint_0.pkl").is_file(), "the EMA is not checkpointed"
 
+    def test_validation_samples_the_ema_weights_and_training_continues_on_the_raw_ones(self, tmp_path):
+        trainer = self.build_trainer(
+            tmp_path, "--max_train_steps", "4", "--use_ema", "--ema_decay", "0.5", "--validation_steps", "2"
+        )
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        raw_before, sampled, raw_after = [], [], []
+        validate, sample_grid = trainer.validate, trainer.sample_grid
+
+        def recording_validate(step):
+            raw_before.append([p.detach().clone() for p in model.parameters()])
+            validate(step)
+            raw_after.append([p.detach().clone() for p in model.parameters()])
+
+        def recording_sample_grid(pipeline, path):
+            shadow = [s.detach().clone() for s in trainer.ema.shadow_params]
+            sampled.append(([p.detach().clone() for p in pipeline.vae.parameters()], shadow))
+            return sample_grid(pipeline, path)
+
+        trainer.validate, trainer.sample_grid = recording_validate, recording_sample_grid
+        trainer.train()
+
+        assert len(raw_before) == 2 and len(sampled) == 3  # validation at steps 2 and 4, then the final grid
+        for (weights, shadow), before, after in zip(sampled, raw_before, raw_after):
+            assert all(torch.equal(w, s) for w, s in zip(weights, shadow)), "validation sampled the raw weights"
+            assert any(not torch.equal(w, b) for w, b in zip(weights, before)), "the EMA equals the raw weights"
+            assert all(torch.equal(b, a) for b, a in zip(before, after)), "the raw weights were not restored"
+
     # ----- conditioning ----------------------------------------------------------------------------------------------
     def test_unconditional(self, tmp_path):
         self.build_trainer(tmp_path, "--max_train_steps", "2", "--conditioning", "none").train()
@@ -253,3 +287,147 @@ class TestVAETrainer(TrainerTesterMixin):
             assert torch.equal(before[name], parameter.detach()), f"the frozen encoder's {name} changed"
         pipeline = hfgen.load_pipeline(str(tmp_path))
         assert len(pipeline(prompt="a handwritten digit seven", generator=torch.Generator().manual_seed(0)).images)
+
+
+# ----- frozen first stages -------------------------------------------------------------------------------------------
+class LatentVAEPipeline(hfgen.VAEPipeline):
+    """A VAE over the latents of a frozen autoencoder (a two-stage model in miniature, for the trainer's hooks)."""
+
+    def __init__(self, vae, first_stage, tokenizer=None, text_encoder=None):
+        super().__init__(vae=vae, tokenizer=tokenizer, text_encoder=text_encoder)
+        self.register_modules(first_stage=first_stage)
+
+
+class LatentVAETrainer(VAETrainer):
+    first_stage_path = None
+    preprocess_grad_modes = []
+
+    def build_frozen_components(self):
+        return {"first_stage": load_frozen_component(self.first_stage_path)}
+
+    def preprocess_batch(self, batch):
+        LatentVAETrainer.preprocess_grad_modes.append(torch.is_grad_enabled())
+        latents = self.frozen_components["first_stage"].encode(batch["pixel_values"]).latent_dist.mode()
+        return {**batch, "pixel_values": latents}
+
+    def build_model(self):
+        latents = self.preprocess_batch(self.example_batch)["pixel_values"]
+        self.image_shape = tuple(latents.shape[1:])  # the model is trained on (2, 4, 4) latents
+        return super().build_model()
+
+    def evaluate(self, pipeline):
+        return {}  # the VAE's IWAE figure is on pixels; this model's likelihood is of latents
+
+    def build_pipeline(self, model, tokenizer=None, text_encoder=None, first_stage=None):
+        return LatentVAEPipeline(vae=model, first_stage=first_stage, tokenizer=tokenizer, text_encoder=text_encoder)
+
+
+@pytest.fixture(scope="module")
+def tiny_autoencoder_kl(tmp_path_factory):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    autoencoder = AutoencoderKL(
+        in_channels=1, out_channels=1, latent_channels=2, block_out_channels=(8, 8), norm_num_groups=4,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+    )  # fmt: skip
+    path = tmp_path_factory.mktemp("autoencoder")
+    autoencoder.save_pretrained(path)
+    return path
+
+
+def test_frozen_first_stage_is_loaded_frozen_kept_out_and_saved(tmp_path, tiny_autoencoder_kl):
+    from diffusers import AutoencoderKL
+
+    LatentVAETrainer.first_stage_path = str(tiny_autoencoder_kl)
+    LatentVAETrainer.preprocess_grad_modes = []
+    _, config = parse_config(tiny_args(tmp_path, "--max_train_steps", "3", "--conditioning", "none"))
+    config.norm_num_groups, config.block_out_channels = 4, [8]  # a 4x4 latent grid: one halving
+    trainer = LatentVAETrainer(config)
+    first_stage = trainer.frozen_components["first_stage"]
+    before = {name: p.detach().clone() for name, p in first_stage.named_parameters()}
+
+    trainer.train()
+
+    assert not first_stage.training and not any(p.requires_grad for p in first_stage.parameters())
+    for name, parameter in first_stage.named_parameters():
+        assert torch.equal(before[name], parameter), f"the frozen {name} changed"
+    optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert not optimized & {id(p) for p in first_stage.parameters()}, "the frozen stage is in the optimizer"
+    assert LatentVAETrainer.preprocess_grad_modes[1:] == [False] * 3  # once per batch, without gradients
+    checkpointed = {}
+    for name in os.listdir(tmp_path / "checkpoint-3"):
+        if name.endswith(".safetensors"):
+            checkpointed.update(load_file(tmp_path / "checkpoint-3" / name))
+    vae = trainer.accelerator.unwrap_model(trainer.model)
+    assert checkpointed.keys() == vae.state_dict().keys(), "the checkpoint holds more than the trained model"
+
+    saved = AutoencoderKL.from_pretrained(tmp_path / "first_stage")  # in the pipeline, loadable by diffusers
+    for name, parameter in saved.named_parameters():
+        assert torch.equal(parameter, before[name])
+    assert type(hfgen.load_pipeline(str(tmp_path))) is LatentVAEPipeline
+
+    # The loader takes an hfgen pipeline (its conditioned model) and says what it needs otherwise.
+    assert isinstance(load_frozen_component(str(tmp_path)), hfgen.VAEModel)
+    with pytest.raises(OSError, match="neither a pipeline"):
+        load_frozen_component(str(tmp_path / "samples"))
+
+
+# ----- data: per-epoch augmentation, columns without images, workers -------------------------------------------------
+def test_augmentation_changes_per_epoch_and_repeats_per_seed():
+    from hfgen.data import load_image_dataset
+
+    def first_images(splits, epoch):
+        splits.set_epoch(epoch)
+        return torch.stack([splits["train"][i]["pixel_values"] for i in range(16)])
+
+    splits = load_image_dataset("shapes", resolution=24, random_flip=True)
+    epoch_0, epoch_1 = first_images(splits, 0), first_images(splits, 1)
+    assert not torch.equal(epoch_0, epoch_1), "every epoch saw the same crops and flips"
+    assert torch.equal(first_images(splits, 0), epoch_0)  # (image, seed, epoch) decide: resume stays exact
+
+
+def test_captions_and_labels_are_read_without_decoding_images(tmp_path):
+    import datasets
+    from PIL import Image
+
+    from hfgen.data import load_image_dataset
+
+    images = [Image.new("L", (8, 8), 255)] * 4
+    dataset = datasets.Dataset.from_dict(
+        {"image": images, "text": ["a", "b", "c", "d"], "label": [0, 1, 0, 1]},
+        features=datasets.Features(
+            {"image": datasets.Image(), "text": datasets.Value("string"), "label": datasets.Value("int64")}
+        ),
+    )
+    # Break every stored image: reading captions must not touch them.
+    broken = dataset.cast_column("image", datasets.Image(decode=False)).map(
+        lambda row: {"image": {"bytes": b"not an image", "path": None}}
+    )
+    broken = broken.cast_column("image", datasets.Image())
+    broken.save_to_disk(tmp_path / "data")
+
+    splits = load_image_dataset(str(tmp_path / "data"), caption_column="text", label_column="label", test_size=1)
+    captions, labels = splits.captions_and_labels("train")
+
+    assert len(captions) == 3 and set(captions) <= {"a", "b", "c", "d"}
+    assert labels == [{"a": 0, "b": 1, "c": 0, "d": 1}[caption] for caption in captions]
+    with pytest.raises(Exception):  # the images really are broken: decoding one fails
+        splits["train"][0]
+
+
+def test_dataloader_workers_give_the_same_training(tmp_path):
+    runs = {}
+    for workers in ("0", "1"):
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+        trainer_class, config = parse_config(
+            tiny_args(tmp_path / workers, "--max_train_steps", "2", "--dataloader_num_workers", workers)
+        )
+        trainer = trainer_class(config)
+        trainer.train()
+        runs[workers] = trainer.accelerator.unwrap_model(trainer.model).state_dict()
+    for name, tensor in runs["0"].items():
+        assert torch.equal(tensor, runs["1"][name]), f"{name} differs with a DataLoader worker"

@@ -242,7 +242,10 @@ class Trainer:
             # Frozen: no gradients, eval mode (no dropout, fixed norms), in the compute dtype; never prepared, so it
             # stays out of the optimizer and the checkpoints, and goes into the final pipeline as it is.
             module.requires_grad_(False).eval()
-            self.frozen_components[name] = module.to(self.accelerator.device, dtype=self.weight_dtype)
+            module.to(self.accelerator.device)
+            if self.weight_dtype != torch.float32:
+                module.to(dtype=self.weight_dtype)
+            self.frozen_components[name] = module
         self.model = self.build_model()
 
         # 3. Data loader, optimizer, schedule, and everything through Accelerate.

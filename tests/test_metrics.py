@@ -160,4 +160,6 @@ def test_validation_fid_needs_validation_steps_and_an_extractor():
     with pytest.raises(ValueError, match="--validation_steps"):
         parse_config(["--family", "vae", "--validation_fid"])
     with pytest.raises(ValueError, match="shipped feature extractor"):
-        parse_config(["--family", "vae", "--validation_fid", "--validation_steps", "5", "--dataset_name", "/data/cats"])
+        parse_config(
+            ["--family", "vae", "--validation_fid", "--validation_steps", "5", "--dataset_name", "/data/cats"]
+        )

@@ -17,6 +17,7 @@ saved as a `VAEPipeline`.
 import math
 import warnings
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from hfgen.pipelines.pipeline_gan import GANPipeline
@@ -115,6 +116,28 @@ class GANTrainingConfig(TrainingConfig):
     mode_collapse_samples: int = field(
         default=256, metadata={"help": "Samples for the mode-collapse number on digits, at each log (0: off)."}
     )
+
+    ranges: ClassVar[dict[str, str]] = {
+        "n_critic": "[1, 100]",
+        "clip_value": "(0, inf)",
+        "lambda_gp": "[0, inf)",
+        "noise_dim": "[1, 4096]",
+        "condition_dim": "[1, 4096]",
+        "beta": "[0, inf)",
+        "norm_num_groups": "[1, 1024]",
+        "reconstruction_weight": "[0, inf)",
+        "feature_matching_weight": "[0, inf)",
+        "adversarial_weight": "[0, inf)",
+        "discriminator_learning_rate": "(0, 1]",
+        "discriminator_adam_beta1": "[0, 1)",
+        "discriminator_adam_beta2": "[0, 1)",
+        "divergence_patience": "[0, inf)",
+        "mode_collapse_samples": "[0, inf)",
+    }
+    model_settings: ClassVar[tuple[str, ...]] = (
+        "generator_type", "noise_dim", "block_out_channels", "discriminator_norm", "spectral_norm",
+        "discriminator_conditioning", "condition_dim", "norm_num_groups",
+    )  # fmt: skip
 
     def __post_init__(self):
         super().__post_init__()

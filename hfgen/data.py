@@ -107,6 +107,9 @@ def export_dataset(name: str, path: str) -> str:
     """Build an embedded data set and `save_to_disk` it, so that `load_image_dataset(path)` reads it back."""
     if name not in EMBEDDED_DATASETS:
         raise ValueError(f"Unknown embedded data set {name!r}; choose one of {sorted(EMBEDDED_DATASETS)}.")
+    if os.path.isdir(path) and os.listdir(path):
+        what = "a saved pipeline" if os.path.isfile(os.path.join(path, "model_index.json")) else "files"
+        raise FileExistsError(f"{path} already holds {what}: export into a new or empty folder (nothing was written).")
     EMBEDDED_DATASETS[name]().save_to_disk(path)
     return path
 

@@ -18,8 +18,11 @@ from hfgen.training import checks
 from hfgen.training.train import parse_config
 from hfgen.training.trainer_vae import VAETrainer
 from PIL import Image
+from safetensors.torch import load_file, save_file
 from test_trainer import checkpoint_names, record_logs, tiny_args
 
+import hfgen
+from hfgen.cli import main as hfgen_main
 from hfgen.data import load_image_dataset
 
 
@@ -451,3 +454,122 @@ def test_resolution_far_above_a_folders_images_is_refused(tmp_path):
     with pytest.raises(ValueError, match="at most 8x") as error:
         load_image_dataset(train_data_dir=folder, resolution=1000)
     assert "a.png (8x8)" in str(error.value)
+
+
+# ----- loading checks weights ----------------------------------------------------------------------------------------
+@pytest.fixture
+def saved_pipeline(tmp_path):
+    """A tiny saved VAEPipeline (digits-sized) and its weights file."""
+    torch.manual_seed(0)
+    vae = hfgen.VAEModel(sample_size=8, in_channels=1, latent_dim=4, block_out_channels=(8, 16), norm_num_groups=4)
+    hfgen.VAEPipeline(vae=vae).save_pretrained(tmp_path / "pipe")
+    return tmp_path / "pipe", tmp_path / "pipe" / "vae" / "diffusion_pytorch_model.safetensors"
+
+
+def test_weights_file_missing_a_tensor_is_named(saved_pipeline):
+    folder, weights = saved_pipeline
+    tensors = load_file(weights)
+    del tensors["decoder.blocks.0.conv.bias"]
+    save_file(tensors, weights, metadata={"format": "pt"})
+
+    with pytest.raises(ValueError, match="lacks 1 tensor") as error:
+        hfgen.load_pipeline(str(folder))
+    assert str(weights) in str(error.value) and "decoder.blocks.0.conv.bias" in str(error.value)
+
+
+def test_nan_weights_are_named(saved_pipeline):
+    folder, weights = saved_pipeline
+    tensors = load_file(weights)
+    tensors["encoder.conv_in.weight"][0] = float("nan")
+    save_file(tensors, weights, metadata={"format": "pt"})
+
+    with pytest.raises(ValueError, match="NaN") as error:
+        hfgen.load_pipeline(str(folder))
+    assert "encoder.conv_in.weight" in str(error.value) and str(folder / "vae") in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("latent_dim", "four", "latent_dim is 'four', but VAEModel takes int"),
+        ("latent_dim", -3, "latent_dim is -3; sizes and counts must be at least 1"),
+        ("block_out_channels", [8, "16"], "block_out_channels is [8, '16']"),
+        ("likelihood", "poisson", "does not describe a valid VAEModel: likelihood must be one of"),
+    ],
+)
+def test_config_value_of_the_wrong_type_or_range_is_named(saved_pipeline, key, value, expected):
+    folder, _ = saved_pipeline
+    config_path = folder / "vae" / "config.json"
+    config = json.loads(config_path.read_text())
+    config[key] = value
+    config_path.write_text(json.dumps(config))
+
+    with pytest.raises(ValueError) as error:
+        hfgen.load_pipeline(str(folder))
+    assert str(config_path) in str(error.value) and expected in str(error.value)
+
+
+def test_model_index_naming_a_pipeline_whose_components_are_missing(saved_pipeline):
+    folder, _ = saved_pipeline
+    index_path = folder / "model_index.json"
+    index = json.loads(index_path.read_text())
+
+    index_path.write_text(json.dumps({**index, "_class_name": "GANPipeline"}))
+    with pytest.raises(ValueError, match=r"needs the component\(s\) \['generator'\]") as error:
+        hfgen.load_pipeline(str(folder))
+    assert str(index_path) in str(error.value)
+
+    index_path.write_text(json.dumps(index))
+    shutil.rmtree(folder / "vae")
+    with pytest.raises(FileNotFoundError, match="its folder .*vae is missing"):
+        hfgen.load_pipeline(str(folder))
+
+
+# ----- the CLI: clear errors, no tracebacks, nothing overwritten -----------------------------------------------------
+@pytest.mark.parametrize("output, expected", [("missing/grid.png", "does not exist"), ("grid.xyz", ".xyz is not")])
+def test_generate_checks_the_output_before_sampling(saved_pipeline, tmp_path, output, expected):
+    folder, _ = saved_pipeline
+
+    with pytest.raises(SystemExit, match=expected):
+        hfgen_main(["generate", str(folder), "-o", str(tmp_path / output)])
+    assert not (tmp_path / output).exists()
+
+
+def test_info_on_a_folder_that_is_not_a_pipeline(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(SystemExit, match="no model_index.json"):
+        hfgen_main(["info", str(tmp_path)])
+    with pytest.raises(SystemExit, match="not a saved pipeline folder"):
+        hfgen_main(["info", str(tmp_path / "nowhere")])
+
+
+def test_evaluate_num_samples_zero(saved_pipeline):
+    with pytest.raises(SystemExit, match=r"--num_samples must be at least 10 .*, got 0"):
+        hfgen_main(["evaluate", str(saved_pipeline[0]), "--num_samples", "0"])
+
+
+def test_evaluate_nll_on_a_gan_says_it_is_skipped_and_why(tmp_path, capsys):
+    generator = hfgen.GANGenerator(sample_size=8, out_channels=1, noise_dim=4, block_out_channels=(8, 16))
+    hfgen.GANPipeline(generator=generator).save_pretrained(tmp_path / "gan")
+
+    with pytest.raises(SystemExit, match="Nothing to evaluate"):
+        hfgen_main(["evaluate", str(tmp_path / "gan"), "--metrics", "nll"])
+    assert "nll skipped: a GANPipeline defines no likelihood" in capsys.readouterr().err
+
+
+def test_datasets_export_into_a_model_folder_overwrites_nothing(saved_pipeline):
+    folder, weights = saved_pipeline
+    before = sorted(os.listdir(folder)), weights.read_bytes()
+
+    with pytest.raises(SystemExit, match="already holds a saved pipeline"):
+        hfgen_main(["datasets", "export", "digits", str(folder)])
+    assert (sorted(os.listdir(folder)), weights.read_bytes()) == before
+
+
+def test_errors_reach_the_user_without_a_traceback(saved_pipeline, tmp_path):
+    folder, weights = saved_pipeline
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(SystemExit, match="hfgen generate: error: .*corrupt"):
+        hfgen_main(["generate", str(folder), "-o", str(tmp_path / "grid.png")])
+    with pytest.raises(SystemExit, match="hfgen train: error: --learning_rate must be in"):
+        hfgen_main(["train", *tiny_args(tmp_path / "run", "--learning_rate", "-1")])

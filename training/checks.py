@@ -234,8 +234,9 @@ def apply_learning_rates(accelerator, wanted: list[list[float]], print_fn=print)
         inner = scheduler.scheduler
         if list(inner.base_lrs) == new_lrs:
             continue
-        for group, old, new in zip(inner.optimizer.param_groups, inner.base_lrs, new_lrs):
-            group["lr"] = group["lr"] * new / old
+        lambdas = getattr(inner, "lr_lambdas", None)  # diffusers' schedules are LambdaLR: base lr x factor(step)
+        for i, (group, old, new) in enumerate(zip(inner.optimizer.param_groups, inner.base_lrs, new_lrs)):
+            group["lr"] = new * lambdas[i](inner.last_epoch) if lambdas else group["lr"] * new / old
             group["initial_lr"] = new
         print_fn(
             f"Learning rate of schedule {index}: {inner.base_lrs[0]:g} in the checkpoint, {new_lrs[0]:g} from the "

@@ -134,7 +134,7 @@ class TrainingConfig:
         "num_epochs": "[1, inf)",
         "max_train_steps": "[1, inf)",
         "gradient_accumulation_steps": "[1, inf)",
-        "learning_rate": "(0, 1]",
+        "learning_rate": "[0, 1]",  # 0 freezes the model (a test of the GAN's divergence check does)
         "lr_warmup_steps": "[0, inf)",
         "adam_beta1": "[0, 1)",
         "adam_beta2": "[0, 1)",
@@ -144,7 +144,7 @@ class TrainingConfig:
         "checkpointing_steps": "[1, inf)",
         "checkpoints_total_limit": "[1, inf)",
         "logging_steps": "[1, inf)",
-        "validation_steps": "[1, inf)",
+        "validation_steps": "[0, inf)",  # 0: no validation
         "num_validation_images": "[1, 1024]",
         "validation_fid_samples": "[2, inf)",
     }
@@ -574,6 +574,7 @@ class Trainer:
 
     def finish(self, global_step: int, logged: dict) -> dict:
         """Saves a last checkpoint, then the pipeline (EMA weights if kept), samples, model card; pushes if asked."""
+        checks.restore_interrupt_handler()
         accelerator, config = self.accelerator, self.config
         if global_step % config.checkpointing_steps != 0:
             self.save_checkpoint(global_step)

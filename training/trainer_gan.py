@@ -128,7 +128,7 @@ class GANTrainingConfig(TrainingConfig):
         "reconstruction_weight": "[0, inf)",
         "feature_matching_weight": "[0, inf)",
         "adversarial_weight": "[0, inf)",
-        "discriminator_learning_rate": "(0, 1]",
+        "discriminator_learning_rate": "[0, 1]",
         "discriminator_adam_beta1": "[0, 1)",
         "discriminator_adam_beta2": "[0, 1)",
         "divergence_patience": "[0, inf)",

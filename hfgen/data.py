@@ -338,8 +338,8 @@ def _check_metadata(folder: str, files: set[str]) -> None:
         if missing:
             lines = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
             logger.warning(
-                f"{path}: {len(missing)} of {len(rows)} rows have no {column!r} (lines {lines}); they train with an "
-                "empty caption."
+                f"{path}: {len(missing)} of {len(rows)} rows have no {column!r} (lines {lines}); as the "
+                "--caption_column, that is an empty caption."
             )
     listed = {os.path.normpath(row["file_name"]) for _, row in rows}
     unlisted = sorted(files - listed)

@@ -60,11 +60,12 @@ def build(output_dir, *extra_args: str, trainer_class=VAETrainer):
         ("--train_batch_size", "0", "[1, 65536]"),
         ("--adam_beta2", "1", "[0, 1)"),
         ("--latent_dim", "0", "[1, 4096]"),  # a family's own table
+        ("--block_out_channels", "8 0", "[1, 4096]"),  # each entry of a list
     ],
 )
 def test_out_of_range_flag_is_refused_with_its_range(tmp_path, flag, value, expected):
     with pytest.raises(ValueError) as error:
-        parse_config(tiny_args(tmp_path, flag, value))
+        parse_config(tiny_args(tmp_path, flag, *value.split()))
 
     assert flag in str(error.value)
     assert expected in str(error.value)

@@ -24,8 +24,8 @@ INTERVAL = re.compile(r"^([\[(])\s*(\S+)\s*,\s*(\S+)\s*([\])])$")
 # ----- settings ------------------------------------------------------------------------------------------------------
 def check_ranges(config) -> None:
     """Checks every field named in the `ranges` tables of `config`'s class and its bases: each maps a field to an
-    interval such as "[1, inf)" or "(0, 1]"; `None` (an unset optional flag) passes. Raises a ValueError naming the
-    flag, the value and the valid range."""
+    interval such as "[1, inf)" or "(0, 1]" (for a list: of each entry); `None` (an unset optional flag) passes.
+    Raises a ValueError naming the flag, the value and the valid range."""
     ranges = {}
     for cls in reversed(type(config).__mro__):
         ranges.update(vars(cls).get("ranges", {}))
@@ -35,12 +35,13 @@ def check_ranges(config) -> None:
             continue
         low_bracket, low, high, high_bracket = INTERVAL.match(interval).groups()
         low, high = float(low), float(high)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-            raise ValueError(f"--{name} must be a number in {interval}, got {value!r}.")
-        above = value > low if low_bracket == "(" else value >= low
-        below = value < high if high_bracket == ")" else value <= high
-        if not (above and below):
-            raise ValueError(f"--{name} must be in {interval}, got {value}.")
+        for number in value if isinstance(value, (list, tuple)) else [value]:  # a list: each entry
+            if isinstance(number, bool) or not isinstance(number, (int, float)) or math.isnan(number):
+                raise ValueError(f"--{name} must be a number in {interval}, got {value!r}.")
+            above = number > low if low_bracket == "(" else number >= low
+            below = number < high if high_bracket == ")" else number <= high
+            if not (above and below):
+                raise ValueError(f"--{name} must be in {interval}, got {value}.")
 
 
 def check_test_size(test_size: float) -> None:

@@ -130,6 +130,7 @@ class TrainingConfig:
         "max_train_samples": "[1, inf)",
         "text_hidden_size": "[1, 4096]",
         "text_num_layers": "[1, 48]",
+        "caption_dropout": "[0, 1)",
         "train_batch_size": "[1, 65536]",
         "num_epochs": "[1, inf)",
         "max_train_steps": "[1, inf)",
@@ -170,10 +171,6 @@ class TrainingConfig:
             raise ValueError(f"--conditioning must be none, text or class, got {self.conditioning!r}.")
         if self.streaming and self.max_train_steps is None:
             raise ValueError("--streaming data has no length: set --max_train_steps.")
-        if not 0.0 <= self.caption_dropout < 1.0:
-            raise ValueError(f"--caption_dropout must be in [0, 1), got {self.caption_dropout}.")
-        if self.train_batch_size < 1 or self.gradient_accumulation_steps < 1:
-            raise ValueError("--train_batch_size and --gradient_accumulation_steps must be at least 1.")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"--mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}.")
         if self.validation_fid and not (self.validation_steps and self.dataset_name in shipped_extractors()):

@@ -122,6 +122,7 @@ class GANTrainingConfig(TrainingConfig):
         "clip_value": "(0, inf)",
         "lambda_gp": "[0, inf)",
         "noise_dim": "[1, 4096]",
+        "block_out_channels": "[1, 4096]",
         "condition_dim": "[1, 4096]",
         "beta": "[0, inf)",
         "norm_num_groups": "[1, 1024]",
@@ -145,8 +146,6 @@ class GANTrainingConfig(TrainingConfig):
             raise ValueError(f"--gan_loss must be one of {GAN_LOSSES}, got {self.gan_loss!r}.")
         if self.generator_type not in ("dcgan", "vae"):
             raise ValueError(f"--generator_type must be dcgan or vae, got {self.generator_type!r}.")
-        if self.n_critic < 1:
-            raise ValueError(f"--n_critic must be at least 1, got {self.n_critic}.")
         if self.gradient_accumulation_steps != 1:
             raise ValueError(
                 "GAN training alternates the two networks' optimizer steps batch by batch, so it does not accumulate "
@@ -157,8 +156,6 @@ class GANTrainingConfig(TrainingConfig):
                 "--gan_loss wgan-gp penalises each image's gradient, which batch norm couples across the batch: use "
                 "--discriminator_norm layer (Gulrajani et al. 2017, section 4) or none."
             )
-        if self.clip_value <= 0 or self.lambda_gp < 0:
-            raise ValueError("--clip_value must be positive and --lambda_gp at least 0.")
 
 
 class GANTrainer(Trainer):

@@ -33,6 +33,7 @@ class VAETrainingConfig(TrainingConfig):
 
     ranges: ClassVar[dict[str, str]] = {
         "latent_dim": "[1, 4096]",
+        "block_out_channels": "[1, 4096]",
         "layers_per_block": "[1, 16]",
         "norm_num_groups": "[1, 1024]",
         "num_bins": "[2, 65536]",

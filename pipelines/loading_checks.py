@@ -46,7 +46,11 @@ def check_pipeline_folder(folder: str, pipeline_class) -> None:
                 "missing."
             )
         model_class = next(
-            (t for t in _signature_types(pipeline_class, name) if isinstance(t, type) and issubclass(t, ModelMixin)),
+            (
+                t
+                for t in _signature_types(pipeline_class, name)
+                if isinstance(t, type) and issubclass(t, ModelMixin) and t.__name__ == value[1]
+            ),
             None,
         )
         if model_class is not None:
@@ -127,7 +131,8 @@ def check_loaded_weights(pipeline, folder: str | None) -> None:
                 raise ValueError(
                     f"{', '.join(weights)} lacks {len(missing)} tensor(s) of the {name} "
                     f"({type(component).__name__}): {missing[:10]}{' ...' if len(missing) > 10 else ''}. They would "
-                    "be random (diffusers only logs this) and the images NaN: re-save it with `save_pretrained`."
+                    "be random (the loader only logs this) and the images wrong or NaN: re-save it with "
+                    "`save_pretrained`."
                 )
         on_meta = sorted(k for k, t in tensors.items() if t.is_meta)
         if on_meta:

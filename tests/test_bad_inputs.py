@@ -478,6 +478,18 @@ def test_weights_file_missing_a_tensor_is_named(saved_pipeline):
     assert str(weights) in str(error.value) and "decoder.blocks.0.conv.bias" in str(error.value)
 
 
+def test_text_encoder_missing_a_tensor_is_named(tmp_path, repo_root):
+    folder = tmp_path / "vae-text"
+    shutil.copytree(repo_root / "tests" / "fixtures" / "legacy_pipelines" / "vae-text", folder)
+    weights = folder / "text_encoder" / "model.safetensors"
+    tensors = load_file(weights)
+    del tensors["encoder.layers.0.layer_norm1.weight"]
+    save_file(tensors, weights, metadata={"format": "pt"})
+
+    with pytest.raises(ValueError, match="lacks 1 tensor.*CLIPTextModel.*encoder.layers.0.layer_norm1.weight"):
+        hfgen.load_pipeline(str(folder))
+
+
 def test_nan_weights_are_named(saved_pipeline):
     folder, weights = saved_pipeline
     tensors = load_file(weights)

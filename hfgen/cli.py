@@ -18,6 +18,7 @@ def cmd_generate(args, rest: list[str]):
 
     if args.num_images < 1:
         raise SystemExit("-n/--num_images must be at least 1.")
+    check_image_output(args.output)
     pipeline = load_pipeline(args.path)
     sampling = {"guidance_scale": args.guidance_scale, "num_inference_steps": args.num_inference_steps}
     sampling = {name: value for name, value in sampling.items() if value is not None}
@@ -31,6 +32,29 @@ def cmd_generate(args, rest: list[str]):
     )
     image_grid(images).save(args.output)
     print(f"Wrote {len(images)} images as a grid to {args.output}")
+
+
+def check_image_output(path: str):
+    """Before any work: the grid's folder exists and its extension is an image format PIL writes."""
+    from PIL import Image
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise SystemExit(f"-o {path}: the folder {folder} does not exist; create it first.")
+    extension = os.path.splitext(path)[1].lower()
+    formats = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
+    if extension not in formats:
+        raise SystemExit(
+            f"-o {path}: {extension or 'no extension'} is not an image format; use .png (lossless), .jpg or .webp."
+        )
+
+
+def check_pipeline_path(path: str):
+    """A local folder must hold a saved pipeline; anything else that is not a folder is taken as a Hub id."""
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "model_index.json")):
+        raise SystemExit(f"{path} is not a saved pipeline (no model_index.json): give a training --output_dir.")
+    if not os.path.isdir(path) and (os.path.exists(path) or path.startswith((".", "/", "~")) or path.count("/") > 1):
+        raise SystemExit(f"{path} is not a saved pipeline folder (nor a Hub id, namespace/name).")
 
 
 def _metric_list(text: str) -> tuple[str, ...]:
@@ -47,11 +71,26 @@ def cmd_evaluate(args, rest: list[str]):
     from hfgen import hub, load_pipeline
     from hfgen.metrics.evaluate import evaluate_pipeline, format_table
 
+    metrics = _metric_list(args.metrics)
+    if set(metrics) - {"nll"} and args.num_samples < 10:
+        raise SystemExit(
+            f"--num_samples must be at least 10 (the Inception Score's 10 splits), got {args.num_samples}."
+        )
+    check_pipeline_path(args.path)
     pipeline = load_pipeline(args.path)
+    if "nll" in metrics and not hasattr(pipeline, "log_likelihood"):
+        print(
+            f"nll skipped: a {type(pipeline).__name__} defines no likelihood (it samples without a density), so only "
+            "the sample-quality metrics apply.",
+            file=sys.stderr,
+        )
+        metrics = tuple(m for m in metrics if m != "nll")
+        if not metrics:
+            raise SystemExit("Nothing to evaluate: ask for fid, kid, is or pr with --metrics.")
     results = evaluate_pipeline(
         pipeline,
         args.dataset,
-        _metric_list(args.metrics),
+        metrics,
         args.num_samples,
         seed=args.seed,
         extractor=args.feature_extractor,
@@ -131,6 +170,7 @@ def cmd_space_deploy(args, rest: list[str]):
 def cmd_info(args, rest: list[str]):
     from diffusers import DiffusionPipeline
 
+    check_pipeline_path(args.path)
     index = DiffusionPipeline.load_config(args.path)
     print(f"{args.path}: {index['_class_name']} (saved with diffusers {index.get('_diffusers_version')})")
     for name, value in sorted(index.items()):
@@ -246,7 +286,15 @@ def main(argv: list[str] | None = None):
     args, rest = parser.parse_known_args(argv)
     if rest and args.command != "train":
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    args.func(args, rest)
+    try:
+        args.func(args, rest)
+    except KeyboardInterrupt as error:  # a training run's says which checkpoint holds it
+        print(f"hfgen {args.command}: {error or 'interrupted'}", file=sys.stderr)
+        raise SystemExit(130) from None
+    except (ValueError, OSError, FloatingPointError) as error:  # hfgen's errors say what to do: no traceback
+        if os.environ.get("HFGEN_TRACEBACK"):
+            raise
+        raise SystemExit(f"hfgen {args.command}: error: {error}") from None
 
 
 if __name__ == "__main__":

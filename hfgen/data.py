@@ -6,7 +6,10 @@ in `[-1, 1]`), `"captions"` (str, `""` when there is no caption) and `"labels"` 
 """
 
 import hashlib
+import json
+import logging
 import os
+from dataclasses import dataclass, field
 from typing import Callable
 
 import datasets
@@ -31,6 +34,13 @@ POSITIONS = {
     "bottom right": (0.75, 0.75),
     "center": (0.5, 0.5),
 }
+logger = logging.getLogger(__name__)
+
+# Modes that hold one grey channel (with alpha, or 16-bit): they become "L".
+GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N")
+# `--resolution` may upscale the images by at most this factor (8x8 digits: up to 64x64): beyond it the model learns
+# interpolation blur at great cost (--resolution 1000 on the digits used 23.5 GB before it was killed).
+MAX_UPSCALE = 8
 # A streamed data set has no known length, so its test split is its first `test_size` examples when `test_size >= 1`,
 # else this many.
 STREAMING_TEST_EXAMPLES = 1000
@@ -97,6 +107,9 @@ def export_dataset(name: str, path: str) -> str:
     """Build an embedded data set and `save_to_disk` it, so that `load_image_dataset(path)` reads it back."""
     if name not in EMBEDDED_DATASETS:
         raise ValueError(f"Unknown embedded data set {name!r}; choose one of {sorted(EMBEDDED_DATASETS)}.")
+    if os.path.isdir(path) and os.listdir(path):
+        what = "a saved pipeline" if os.path.isfile(os.path.join(path, "model_index.json")) else "files"
+        raise FileExistsError(f"{path} already holds {what}: export into a new or empty folder (nothing was written).")
     EMBEDDED_DATASETS[name]().save_to_disk(path)
     return path
 
@@ -107,6 +120,17 @@ def _example_rng(image: Image.Image, seed: int, epoch: int) -> np.random.Generat
     # pixels, and each epoch sees new crops and flips.
     digest = hashlib.blake2b(image.tobytes(), digest_size=8, key=f"{seed}:{epoch}".encode()).digest()
     return np.random.default_rng(int.from_bytes(digest, "little"))
+
+
+def to_8_bit(image: Image.Image) -> Image.Image:
+    """A 16-bit greyscale image (mode I;16, as 16-bit PNGs open, or I) scaled to 8-bit "L" (65535 -> 255); PIL's own
+    convert("L") clips instead, turning almost every pixel white. Mode I with values <= 255 is taken as 8-bit."""
+    if not (image.mode.startswith("I;16") or image.mode == "I"):
+        return image
+    array = np.asarray(image, dtype=np.float64)
+    if image.mode.startswith("I;16") or array.max() > 255:
+        array = array / 257.0
+    return Image.fromarray(np.round(array).clip(0, 255).astype(np.uint8), mode="L")
 
 
 def preprocess_image(
@@ -120,9 +144,11 @@ def preprocess_image(
 ) -> torch.Tensor:
     """PIL image -> float32 `(C, H, W)` tensor in `[-1, 1]`; random crops and flips depend on (image, seed, epoch).
 
-    `image_mode=None` keeps "L" images "L" and converts every other mode (P, LA, RGBA, CMYK, ...) to "RGB".
+    `image_mode=None` makes greyscale images (`GREY_MODES`: L, LA, 16-bit, ...) "L" and every other mode (P, RGBA,
+    CMYK, ...) "RGB"; an image folder passes the one mode of all its images. 16-bit images are scaled to 8 bits.
     """
-    mode = image_mode or ("L" if image.mode == "L" else "RGB")
+    image = to_8_bit(image)
+    mode = image_mode or ("L" if image.mode in GREY_MODES else "RGB")
     image = image.convert(mode) if image.mode != mode else image
     needs_crop = resolution is not None and image.size != (resolution, resolution)
     # Hashing costs a pass over the pixels, so only do it when a random crop or flip needs it.
@@ -166,18 +192,180 @@ def _check_columns(dataset, image_column: str, caption_column: str | None, label
             )
 
 
-def _load_source(dataset_name, train_data_dir, dataset_config_name, streaming):
+def _load_source(
+    dataset_name, train_data_dir, dataset_config_name, streaming, image_column="image", resolution=None, skip=False
+):
+    """(the source data set, the image mode its folder's images share or None)."""
     if (dataset_name is None) == (train_data_dir is None):
         raise ValueError("Give exactly one of `dataset_name` and `train_data_dir`.")
     if train_data_dir is not None:
+        scan = scan_image_folder(train_data_dir, resolution, skip_bad_images=skip)
         # imagefolder picks up metadata.jsonl / metadata.csv captions itself.
-        return datasets.load_dataset("imagefolder", data_dir=train_data_dir, streaming=streaming)
+        source = datasets.load_dataset("imagefolder", data_dir=train_data_dir, streaming=streaming)
+        return _drop_files(source, set(scan.bad)) if scan.bad else source, scan.mode
     saved = ("dataset_info.json", "dataset_dict.json", "state.json")
     if os.path.isdir(dataset_name) and any(os.path.exists(os.path.join(dataset_name, f)) for f in saved):
-        return datasets.load_from_disk(dataset_name)
-    if dataset_name in EMBEDDED_DATASETS:
-        return EMBEDDED_DATASETS[dataset_name]()
-    return datasets.load_dataset(dataset_name, dataset_config_name, streaming=streaming)
+        source = datasets.load_from_disk(dataset_name)
+    elif dataset_name in EMBEDDED_DATASETS:
+        source = EMBEDDED_DATASETS[dataset_name]()
+    else:
+        source = datasets.load_dataset(dataset_name, dataset_config_name, streaming=streaming)
+    first_split = source[next(iter(source))] if isinstance(source, datasets.DatasetDict) else source
+    if resolution is not None and isinstance(first_split, datasets.Dataset) and image_column in first_split.features:
+        image = first_split[0][image_column]
+        if isinstance(image, Image.Image):
+            check_resolution({image.size: f"the first image of {dataset_name}"}, resolution)
+    return source, None
+
+
+# ----- image folders -------------------------------------------------------------------------------------------------
+@dataclass
+class FolderScan:
+    """What `scan_image_folder` found: the images' sizes (each with one file that has it), modes, unreadable files."""
+
+    sizes: dict[tuple[int, int], str] = field(default_factory=dict)
+    modes: set[str] = field(default_factory=set)
+    bad: dict[str, str] = field(default_factory=dict)  # path -> what is wrong
+    num_images: int = 0
+
+    @property
+    def mode(self) -> str | None:
+        """The one mode every image is converted to: L when all are greyscale, else RGB."""
+        return None if not self.modes else "L" if self.modes <= set(GREY_MODES) else "RGB"
+
+
+def _readable_image(path: str) -> tuple[tuple[int, int], str]:
+    """(size, mode) of an image file after a cheap integrity check: PIL's `verify` (the header, and for PNG every
+    chunk's checksum, without decoding the pixels); JPEG's `verify` checks nothing, so its end-of-image marker is."""
+    with Image.open(path) as image:
+        size, mode, kind = image.size, image.mode, image.format
+        image.verify()
+    if kind == "JPEG":
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - 2))
+            if f.read() != b"\xff\xd9":
+                raise OSError("the JPEG file is truncated (no end-of-image marker)")
+    return size, mode
+
+
+def scan_image_folder(folder: str, resolution: int | None = None, skip_bad_images: bool = False) -> FolderScan:
+    """Checks an image folder before any training: every image file opens and verifies (unreadable ones are an error
+    naming them, or skipped and counted with `skip_bad_images`), the sizes agree unless `resolution` is given, and
+    metadata.jsonl parses (a bad line is named) with a caption in every row (rows without one are counted)."""
+    from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
+
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"--train_data_dir {folder} is not a folder.")
+    extensions = {e.lower() for e in ImageFolder.EXTENSIONS}
+    scan, files = FolderScan(), set()
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(names):
+            if name.startswith(".") or os.path.splitext(name)[1].lower() not in extensions:
+                continue
+            path = os.path.join(root, name)
+            files.add(os.path.relpath(path, folder))
+            try:
+                size, mode = _readable_image(path)
+            except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, ...
+                scan.bad[path] = f"{type(error).__name__}: {error}"
+                continue
+            scan.num_images += 1
+            scan.sizes.setdefault(size, path)
+            scan.modes.add(mode)
+    if scan.bad:
+        listed = "\n".join(f"  {path}: {reason}" for path, reason in list(scan.bad.items())[:10])
+        more = f"\n  ... and {len(scan.bad) - 10} more" if len(scan.bad) > 10 else ""
+        if not skip_bad_images:
+            raise ValueError(
+                f"{len(scan.bad)} file(s) in {folder} are not readable images:\n{listed}{more}\nRemove or replace "
+                "them, or pass --skip_bad_images to train without them."
+            )
+        logger.warning(
+            f"Skipping {len(scan.bad)} unreadable image(s) in {folder} (--skip_bad_images):\n{listed}{more}"
+        )
+    if scan.num_images == 0:
+        raise ValueError(
+            f"--train_data_dir {folder} holds no readable images ({', '.join(sorted(extensions)[:8])}, ...)."
+        )
+    if len(scan.sizes) > 1 and resolution is None:
+        examples = ", ".join(f"{os.path.relpath(p, folder)} is {w}x{h}" for (w, h), p in list(scan.sizes.items())[:3])
+        raise ValueError(
+            f"The images in {folder} have {len(scan.sizes)} different sizes ({examples}): pass --resolution to "
+            "resize and crop them all to one square size."
+        )
+    check_resolution(scan.sizes, resolution)
+    _check_metadata(folder, files)
+    return scan
+
+
+def check_resolution(sizes: dict[tuple[int, int], str], resolution: int | None) -> None:
+    """Refuses a --resolution that upscales the smallest image by more than `MAX_UPSCALE`."""
+    if resolution is None:
+        return
+    (width, height), where = min(sizes.items(), key=lambda item: min(item[0]))
+    side = min(width, height)
+    if resolution > MAX_UPSCALE * side:
+        raise ValueError(
+            f"--resolution {resolution} would upscale {where} ({width}x{height}) {resolution / side:.0f} times; "
+            f"hfgen allows at most {MAX_UPSCALE}x (here --resolution {MAX_UPSCALE * side}), "
+            "since the upscaled images add only blur and cost memory as the square of the size."
+        )
+
+
+def _check_metadata(folder: str, files: set[str]) -> None:
+    """metadata.jsonl: a malformed line is an error naming it; rows without a caption, rows naming no image, and
+    images without a row (imagefolder drops them) are counted and reported."""
+    path = os.path.join(folder, "metadata.jsonl")
+    if not os.path.isfile(path):
+        return
+    rows = []
+    with open(path) as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(
+                    f"{path}, line {number}, is not valid JSON ({error}): {line.strip()[:80]!r}"
+                ) from None
+            if not isinstance(row, dict) or not isinstance(row.get("file_name"), str):
+                raise ValueError(f'{path}, line {number}, has no "file_name": {line.strip()[:80]!r}')
+            rows.append((number, row))
+    columns = {key for _, row in rows for key in row} - {"file_name"}
+    for column in sorted(columns):
+        missing = [number for number, row in rows if row.get(column) in (None, "", [])]
+        if missing:
+            lines = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
+            logger.warning(
+                f"{path}: {len(missing)} of {len(rows)} rows have no {column!r} (lines {lines}); as the "
+                "--caption_column, that is an empty caption."
+            )
+    listed = {os.path.normpath(row["file_name"]) for _, row in rows}
+    unlisted = sorted(files - listed)
+    if unlisted:
+        logger.warning(
+            f"{len(unlisted)} image(s) in {folder} have no row in metadata.jsonl and are left out: "
+            f"{', '.join(unlisted[:5])}{', ...' if len(unlisted) > 5 else ''}"
+        )
+    absent = sorted(listed - files)
+    if absent:
+        raise ValueError(
+            f"{path} names {len(absent)} image(s) that are not in the folder: {', '.join(absent[:5])}"
+            f"{', ...' if len(absent) > 5 else ''}."
+        )
+
+
+def _drop_files(source, paths: set[str]):
+    """`source` (an imagefolder data set) without the images at `paths`."""
+
+    def keep(example):
+        return os.path.abspath(example["image"]["path"]) not in paths
+
+    paths = {os.path.abspath(p) for p in paths}
+    source = source.cast_column("image", datasets.Image(decode=False)).filter(keep)
+    return source.cast_column("image", datasets.Image())
 
 
 def load_image_dataset(
@@ -196,6 +384,7 @@ def load_image_dataset(
     seed: int = 0,
     streaming: bool = False,
     max_train_samples: int | None = None,
+    skip_bad_images: bool = False,
 ) -> dict[str, datasets.Dataset | datasets.IterableDataset]:
     """Load an image data set as transformed `"train"` and `"test"` splits.
 
@@ -205,7 +394,10 @@ def load_image_dataset(
     turned into `IterableDataset`s when `streaming=True`; a source that is already streamed has its first `test_size`
     (when >= 1, else `STREAMING_TEST_EXAMPLES`) examples as test and the rest as train.
     """
-    source = _load_source(dataset_name, train_data_dir, dataset_config_name, streaming)
+    source, folder_mode = _load_source(
+        dataset_name, train_data_dir, dataset_config_name, streaming, image_column, resolution, skip_bad_images
+    )
+    image_mode = image_mode or folder_mode  # an image folder's images all get one mode
     if isinstance(source, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         if "train" not in source and len(source) != 1:
             raise ValueError(f"The data set has no 'train' split, only {list(source)}.")

@@ -9,6 +9,7 @@ import importlib.util
 import inspect
 import json
 import math
+import os
 from dataclasses import dataclass
 
 import diffusers.pipelines
@@ -20,6 +21,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_loading_utils import LOADABLE_CLASSES
 from diffusers.utils import BaseOutput, make_image_grid
 from diffusers.utils.torch_utils import randn_tensor
+from hfgen.pipelines.loading_checks import check_loaded_weights, check_pipeline_folder
 from huggingface_hub import snapshot_download
 
 from hfgen.conditioning import Condition, ConditionEncoder
@@ -86,6 +88,9 @@ class HFGenPipeline(DiffusionPipeline):
             return PIPELINE_CLASSES[name].from_pretrained(pretrained_model_name_or_path, **kwargs)
         # Loading never unpickles: weights come from safetensors files only.
         kwargs.setdefault("use_safetensors", True)
+        folder = str(pretrained_model_name_or_path) if os.path.isdir(pretrained_model_name_or_path) else None
+        if folder is not None:  # components present, configs of the right types (a Hub repo: after the download)
+            check_pipeline_folder(folder, cls)
         try:
             pipeline = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         except (OSError, json.JSONDecodeError) as error:
@@ -101,6 +106,7 @@ class HFGenPipeline(DiffusionPipeline):
                 f"Could not load {cls.__name__} from {pretrained_model_name_or_path}: a safetensors weights file is "
                 f"corrupt ({error}). Re-save it with `save_pretrained`, or re-download it with `force_download=True`."
             ) from error
+        check_loaded_weights(pipeline, folder or cls._downloaded_folder(pretrained_model_name_or_path, kwargs))
         # diffusers loads safetensors weights as views into the file's buffer, at whatever alignment the file gives:
         # vectorised kernels then round differently in the last bit from run to run. Owned, aligned copies make a
         # loaded pipeline generate the same images every time.
@@ -109,6 +115,14 @@ class HFGenPipeline(DiffusionPipeline):
                 for tensor in [*component.parameters(), *component.buffers()]:
                     tensor.data = tensor.data.clone()
         return pipeline
+
+    @classmethod
+    def _downloaded_folder(cls, repo_id: str, kwargs: dict) -> str | None:
+        """The local snapshot a Hub repo was loaded from, for `check_loaded_weights` (None if it cannot be found)."""
+        try:
+            return cls.download(repo_id, **{**kwargs, "local_files_only": True, "force_download": False})
+        except Exception:
+            return None
 
     @classmethod
     def load_config(cls, pretrained_model_name_or_path, *args, **kwargs):

@@ -22,11 +22,11 @@ import contextlib
 import json
 import math
 import os
-import re
 import shutil
 import sys
 import time
 from dataclasses import dataclass, field, fields
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from hfgen.pipelines.pipeline_utils import image_grid
+from hfgen.training import checks
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -46,7 +47,7 @@ from hfgen.metrics.features import load_feature_extractor, shipped_extractors
 from hfgen.metrics.sample_quality import GaussianStatistics, fid
 from hfgen.text import build_clip_text_encoder, build_word_tokenizer, load_pretrained_text_encoder
 
-CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+CHECKPOINT_PATTERN = checks.CHECKPOINT_PATTERN
 
 
 @dataclass
@@ -57,11 +58,15 @@ class TrainingConfig:
     family: str | None = field(default=None, metadata={"help": "Model family to train (required): vae, gan, ..."})
     recipe: str | None = field(default=None, metadata={"help": "YAML recipe with defaults; flags override it."})
     output_dir: str = field(default="out/run", metadata={"help": "Where checkpoints, samples and the model go."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Train into a folder holding another run (its checkpoints are deleted)."}
+    )
     seed: int = field(default=0, metadata={"help": "Seed for weights, data order and noise."})
 
     # ----- data -----
     dataset_name: str | None = field(
-        default="digits", metadata={"help": "Hub id, a `save_to_disk` folder, or an embedded set: digits, shapes."}
+        default=None,
+        metadata={"help": "Hub id, a `save_to_disk` folder, or an embedded set: digits (default), shapes."},
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Config of a Hub data set."})
     train_data_dir: str | None = field(default=None, metadata={"help": "An imagefolder (metadata.jsonl captions)."})
@@ -71,7 +76,12 @@ class TrainingConfig:
     resolution: int | None = field(default=None, metadata={"help": "Resize and crop images to this size."})
     center_crop: bool = field(default=False, metadata={"help": "Center crop (default: random crop)."})
     random_flip: bool = field(default=False, metadata={"help": "Random horizontal flips."})
-    image_mode: str | None = field(default=None, metadata={"help": "L, RGB or RGBA (default: L stays L, else RGB)."})
+    image_mode: str | None = field(
+        default=None, metadata={"help": "L, RGB or RGBA (default: L if every image is greyscale, else RGB)."}
+    )
+    skip_bad_images: bool = field(
+        default=False, metadata={"help": "--train_data_dir: skip unreadable images (counted) instead of stopping."}
+    )
     streaming: bool = field(default=False, metadata={"help": "Stream the data set (needs --max_train_steps)."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set."})
     test_size: float = field(
@@ -126,7 +136,47 @@ class TrainingConfig:
     hub_model_id: str | None = field(default=None, metadata={"help": "Repo id (default: output_dir's name)."})
     hub_token: str | None = field(default=None, metadata={"help": "Token (default: HF_TOKEN / hf auth login)."})
 
+    # The valid range of each numeric flag, checked in __post_init__ ("[1, inf)": at least 1; None passes).
+    ranges: ClassVar[dict[str, str]] = {
+        "seed": "[0, 4294967295]",  # what numpy's seeding accepts
+        "resolution": "[1, 1024]",
+        "max_train_samples": "[1, inf)",
+        "dataloader_num_workers": "[0, 64]",
+        "text_hidden_size": "[1, 4096]",
+        "text_num_layers": "[1, 48]",
+        "caption_dropout": "[0, 1)",
+        "train_batch_size": "[1, 65536]",
+        "num_epochs": "[1, inf)",
+        "max_train_steps": "[1, inf)",
+        "gradient_accumulation_steps": "[1, inf)",
+        "learning_rate": "[0, 1]",  # 0 freezes the model (a test of the GAN's divergence check does)
+        "lr_warmup_steps": "[0, inf)",
+        "adam_beta1": "[0, 1)",
+        "adam_beta2": "[0, 1)",
+        "adam_weight_decay": "[0, inf)",
+        "max_grad_norm": "[0, inf)",
+        "ema_decay": "[0, 1]",
+        "checkpointing_steps": "[1, inf)",
+        "checkpoints_total_limit": "[1, inf)",
+        "logging_steps": "[1, inf)",
+        "validation_steps": "[0, inf)",  # 0: no validation
+        "num_validation_images": "[1, 1024]",
+        "validation_fid_samples": "[2, inf)",
+    }
+    # Settings that shape the model: resuming a checkpoint with other values is refused (see checks.py).
+    model_settings: ClassVar[tuple[str, ...]] = (
+        "family", "conditioning", "resolution", "image_mode", "text_encoder_name_or_path", "text_hidden_size",
+        "text_num_layers",
+    )  # fmt: skip
+
     def __post_init__(self):
+        checks.check_ranges(self)
+        checks.check_test_size(self.test_size)
+        checks.check_mixed_precision(self.mixed_precision)
+        if self.train_data_dir is None and self.dataset_name is None:
+            self.dataset_name = "digits"
+        if self.train_data_dir is not None and self.dataset_name is not None:
+            raise ValueError("Give --dataset_name or --train_data_dir, not both.")
         # The embedded data sets know their columns, so `--dataset_name digits` works without column flags.
         if self.dataset_name in EMBEDDED_DATASETS and self.caption_column is None and self.label_column is None:
             self.caption_column = "text"
@@ -135,12 +185,6 @@ class TrainingConfig:
             raise ValueError(f"--conditioning must be none, text or class, got {self.conditioning!r}.")
         if self.streaming and self.max_train_steps is None:
             raise ValueError("--streaming data has no length: set --max_train_steps.")
-        if not 0.0 <= self.caption_dropout < 1.0:
-            raise ValueError(f"--caption_dropout must be in [0, 1), got {self.caption_dropout}.")
-        if self.dataloader_num_workers < 0:
-            raise ValueError(f"--dataloader_num_workers must be at least 0, got {self.dataloader_num_workers}.")
-        if self.train_batch_size < 1 or self.gradient_accumulation_steps < 1:
-            raise ValueError("--train_batch_size and --gradient_accumulation_steps must be at least 1.")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"--mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}.")
         if self.validation_fid and not (self.validation_steps and self.dataset_name in shipped_extractors()):
@@ -197,6 +241,7 @@ class Trainer:
     pipeline_tag_unconditional = "unconditional-image-generation"
 
     def __init__(self, config: TrainingConfig):
+        checks.check_output_dir(config, is_main_process=int(os.environ.get("RANK", "0")) == 0)
         self.config = config
         self.accelerator = Accelerator(
             # Without a GPU, Accelerate forms a multi-process (gloo) group under torchrun only when told it is on CPU.
@@ -229,6 +274,7 @@ class Trainer:
             seed=config.seed,
             streaming=config.streaming,
             max_train_samples=config.max_train_samples,
+            skip_bad_images=config.skip_bad_images,
         )
         self.example_batch = collate_fn([next(iter(self.splits["train"]))])  # one example, for shapes
         self.image_shape = tuple(self.example_batch["pixel_values"].shape[1:])  # (c, h, w)
@@ -431,6 +477,7 @@ class Trainer:
 
     # ----- the loop --------------------------------------------------------------------------------------------------
     def train(self) -> dict:
+        checks.before_training(self)  # a split without a full batch is refused; Ctrl-C writes a checkpoint
         config, accelerator = self.config, self.accelerator
         self.start_time = time.perf_counter()
         if config.report_to != "none":
@@ -490,41 +537,41 @@ class Trainer:
 
     # ----- checkpoints -----------------------------------------------------------------------------------------------
     def checkpoints(self) -> list[tuple[int, str]]:
-        if not os.path.isdir(self.config.output_dir):
-            return []
-        found = [
-            (int(m.group(1)), name)
-            for name in os.listdir(self.config.output_dir)
-            if (m := CHECKPOINT_PATTERN.match(name))
-        ]
-        return [(step, os.path.join(self.config.output_dir, name)) for step, name in sorted(found)]
+        return checks.checkpoints_in(self.config.output_dir)
 
     def latest_checkpoint(self) -> str | None:
         found = self.checkpoints()
         return found[-1][1] if found else None
 
     def save_checkpoint(self, step: int):
-        """Writes the full training state to a temporary folder and renames it: a killed run never leaves a half
-        checkpoint that `--resume_from_checkpoint latest` would pick."""
+        """Writes the full training state (and the settings) to a temporary folder and renames it: a killed run never
+        leaves a half checkpoint that `--resume_from_checkpoint latest` would pick. Old checkpoints beyond
+        --checkpoints_total_limit are removed only once the new one is complete; on a full disk the new one is
+        removed and the previous ones kept."""
         accelerator, output_dir = self.accelerator, self.config.output_dir
         final = os.path.join(output_dir, f"checkpoint-{step}")
         temporary = os.path.join(output_dir, f".checkpoint-{step}.tmp")
+        latest = self.latest_checkpoint()
         if accelerator.is_main_process:
             shutil.rmtree(temporary, ignore_errors=True)
-            limit = self.config.checkpoints_total_limit
-            if limit is not None:
-                for _, path in self.checkpoints()[: max(0, len(self.checkpoints()) - limit + 1)]:
-                    shutil.rmtree(path)
         accelerator.wait_for_everyone()
-        accelerator.save_state(temporary)
+        with checks.explain_write_errors(f"checkpoint-{step} in {output_dir}", latest, cleanup=temporary):
+            accelerator.save_state(temporary)
+            if accelerator.is_main_process:
+                checks.save_training_config(self.config, temporary)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             shutil.rmtree(final, ignore_errors=True)
             os.replace(temporary, final)
+            limit = self.config.checkpoints_total_limit
+            if limit is not None:
+                for _, path in self.checkpoints()[:-limit]:
+                    shutil.rmtree(path)
         accelerator.wait_for_everyone()
 
     def resume(self) -> int:
-        """Loads model, optimizer, scheduler, EMA and RNG states; returns the step to continue from."""
+        """Loads model, optimizer, scheduler, EMA and RNG states; returns the step to continue from. Every state file
+        is checked first, and so are the model settings; a changed --learning_rate applies from the resumed step."""
         path = self.config.resume_from_checkpoint
         if path == "latest":
             path = self.latest_checkpoint()
@@ -537,9 +584,19 @@ class Trainer:
                 f"--resume_from_checkpoint {path!r} is not a checkpoint-<step> folder. Use 'latest' or one of: "
                 f"{[p for _, p in self.checkpoints()] or 'none in ' + self.config.output_dir}."
             )
+        step = int(match.group(1))
+        if step > self.max_train_steps:
+            raise ValueError(
+                f"{path} is at step {step}, past the {self.max_train_steps} steps this run is set to train: raise "
+                "--max_train_steps (or --num_epochs) to continue it."
+            )
+        checks.compare_training_config(self.config, path, print_fn=self.accelerator.print)
+        checks.check_checkpoint_files(self.accelerator, path)
         self.accelerator.print(f"Resuming from {path}")
+        learning_rates = checks.scheduled_learning_rates(self.accelerator)
         self.accelerator.load_state(path)
-        return int(match.group(1))
+        checks.apply_learning_rates(self.accelerator, learning_rates, print_fn=self.accelerator.print)
+        return step
 
     # ----- validation and the end of the run ------------------------------------------------------------------------
     def pipeline(self):
@@ -631,6 +688,7 @@ class Trainer:
 
     def finish(self, global_step: int, logged: dict) -> dict:
         """Saves a last checkpoint, then the pipeline (EMA weights if kept), samples, model card; pushes if asked."""
+        checks.restore_interrupt_handler()
         accelerator, config = self.accelerator, self.config
         if global_step % config.checkpointing_steps != 0:
             self.save_checkpoint(global_step)
@@ -644,8 +702,11 @@ class Trainer:
                 self.ema.copy_to(model.parameters())
             model.eval()
             pipeline = self.pipeline()
-            pipeline.save_pretrained(config.output_dir)
-            self.sample_grid(pipeline, os.path.join(config.output_dir, "samples", "final.png"))
+            # The pipeline goes to a temporary folder first: a full disk leaves the output folder as it was.
+            writing = checks.explain_write_errors(f"the final model in {config.output_dir}", self.latest_checkpoint())
+            with writing:
+                checks.save_pipeline(pipeline, config.output_dir)
+                self.sample_grid(pipeline, os.path.join(config.output_dir, "samples", "final.png"))
             metrics = {f"train_{k}": v for k, v in logged.items() if k != "lr"}
             metrics["train_wall_seconds"] = time.perf_counter() - self.start_time  # this session's, if resumed
             metrics.update(self.evaluate(pipeline))
@@ -657,20 +718,21 @@ class Trainer:
                 "rank_weight_checksums": checksums,
                 "metrics": metrics,
             }
-            with open(os.path.join(config.output_dir, "train_summary.json"), "w") as f:
-                json.dump(summary, f, indent=2)
             repo_id = hub.repo_id_for(config.output_dir, config.hub_model_id)
-            hub.write_model_card(
-                config.output_dir,
-                family=self.family,
-                pipeline_class=type(pipeline).__name__,
-                pipeline_tag="text-to-image" if self.tokenizer is not None else self.pipeline_tag_unconditional,
-                dataset=config.dataset_name or config.train_data_dir,
-                settings={**self.tracker_config(), "command": " ".join(sys.argv)},
-                metrics=metrics,
-                sample_grid="samples/final.png",
-                repo_id=repo_id if config.push_to_hub else None,
-            )
+            with writing:
+                with open(os.path.join(config.output_dir, "train_summary.json"), "w") as f:
+                    json.dump(summary, f, indent=2)
+                hub.write_model_card(
+                    config.output_dir,
+                    family=self.family,
+                    pipeline_class=type(pipeline).__name__,
+                    pipeline_tag="text-to-image" if self.tokenizer is not None else self.pipeline_tag_unconditional,
+                    dataset=config.dataset_name or config.train_data_dir,
+                    settings={**self.tracker_config(), "command": " ".join(sys.argv)},
+                    metrics=metrics,
+                    sample_grid="samples/final.png",
+                    repo_id=repo_id if config.push_to_hub else None,
+                )
             if config.push_to_hub:
                 summary["commit_url"] = hub.push_to_hub(config.output_dir, repo_id, token=config.hub_token)
         accelerator.wait_for_everyone()

@@ -17,6 +17,7 @@ saved as a `VAEPipeline`.
 import math
 import warnings
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from hfgen.pipelines.pipeline_gan import GANPipeline
@@ -117,14 +118,35 @@ class GANTrainingConfig(TrainingConfig):
         default=256, metadata={"help": "Samples for the mode-collapse number on digits, at each log (0: off)."}
     )
 
+    ranges: ClassVar[dict[str, str]] = {
+        "n_critic": "[1, 100]",
+        "clip_value": "(0, inf)",
+        "lambda_gp": "[0, inf)",
+        "noise_dim": "[1, 4096]",
+        "block_out_channels": "[1, 4096]",
+        "condition_dim": "[1, 4096]",
+        "beta": "[0, inf)",
+        "norm_num_groups": "[1, 1024]",
+        "reconstruction_weight": "[0, inf)",
+        "feature_matching_weight": "[0, inf)",
+        "adversarial_weight": "[0, inf)",
+        "discriminator_learning_rate": "[0, 1]",
+        "discriminator_adam_beta1": "[0, 1)",
+        "discriminator_adam_beta2": "[0, 1)",
+        "divergence_patience": "[0, inf)",
+        "mode_collapse_samples": "[0, inf)",
+    }
+    model_settings: ClassVar[tuple[str, ...]] = (
+        "generator_type", "noise_dim", "block_out_channels", "discriminator_norm", "spectral_norm",
+        "discriminator_conditioning", "condition_dim", "norm_num_groups",
+    )  # fmt: skip
+
     def __post_init__(self):
         super().__post_init__()
         if self.gan_loss not in GAN_LOSSES:
             raise ValueError(f"--gan_loss must be one of {GAN_LOSSES}, got {self.gan_loss!r}.")
         if self.generator_type not in ("dcgan", "vae"):
             raise ValueError(f"--generator_type must be dcgan or vae, got {self.generator_type!r}.")
-        if self.n_critic < 1:
-            raise ValueError(f"--n_critic must be at least 1, got {self.n_critic}.")
         if self.gradient_accumulation_steps != 1:
             raise ValueError(
                 "GAN training alternates the two networks' optimizer steps batch by batch, so it does not accumulate "
@@ -135,8 +157,6 @@ class GANTrainingConfig(TrainingConfig):
                 "--gan_loss wgan-gp penalises each image's gradient, which batch norm couples across the batch: use "
                 "--discriminator_norm layer (Gulrajani et al. 2017, section 4) or none."
             )
-        if self.clip_value <= 0 or self.lambda_gp < 0:
-            raise ValueError("--clip_value must be positive and --lambda_gp at least 0.")
 
 
 class GANTrainer(Trainer):

@@ -5,6 +5,7 @@ accelerate launch training/train.py --family vae --dataset_name digits --output_
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from hfgen.pipelines.pipeline_vae import VAEPipeline
@@ -30,6 +31,22 @@ class VAETrainingConfig(TrainingConfig):
     condition_dim: int = field(default=32, metadata={"help": "Size the condition is projected to."})
     eval_num_samples: int = field(default=50, metadata={"help": "K of the IWAE bound reported on the test split."})
     eval_max_images: int = field(default=256, metadata={"help": "Test images used for the final IWAE bound."})
+
+    ranges: ClassVar[dict[str, str]] = {
+        "latent_dim": "[1, 4096]",
+        "block_out_channels": "[1, 4096]",
+        "layers_per_block": "[1, 16]",
+        "norm_num_groups": "[1, 1024]",
+        "num_bins": "[2, 65536]",
+        "beta": "[0, inf)",
+        "condition_dim": "[1, 4096]",
+        "eval_num_samples": "[1, 10000]",
+        "eval_max_images": "[0, inf)",
+    }
+    model_settings: ClassVar[tuple[str, ...]] = (
+        "latent_dim", "block_out_channels", "layers_per_block", "norm_num_groups", "likelihood", "num_bins", "beta",
+        "condition_dim",
+    )  # fmt: skip
 
     def __post_init__(self):
         super().__post_init__()

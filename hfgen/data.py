@@ -262,7 +262,8 @@ def load_image_dataset(
 ) -> dict[str, datasets.Dataset | datasets.IterableDataset]:
     """Load an image data set as transformed `"train"` and `"test"` splits.
 
-    The source is, in this order: `train_data_dir` (an image folder), a `save_to_disk` folder, an embedded data set
+    The source is, in this order: `train_data_dir` (an image folder, whose `metadata.jsonl` "text" column gives the
+    captions unless `caption_column` says otherwise), a `save_to_disk` folder, an embedded data set
     (`EMBEDDED_DATASETS`) or a Hub id. A source without a "test" (or "validation") split has one split off "train"
     with `test_size` (a fraction, or a count when >= 1); a source with one (mnist) keeps it. Map-style sources stay
     map-style until split and are then turned into `IterableDataset`s when `streaming=True`; a source that is already
@@ -277,6 +278,8 @@ def load_image_dataset(
         test = source.get("test", source.get("validation"))
     else:
         train, test = source, None
+    if train_data_dir is not None and caption_column is None and "text" in _column_names(train):
+        caption_column = "text"  # an imagefolder's metadata.jsonl captions, without a flag
     _check_columns(train, image_column, caption_column, label_column)
 
     if test is None and isinstance(train, datasets.IterableDataset):

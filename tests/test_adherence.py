@@ -1,6 +1,7 @@
 """hfgen.metrics.adherence: real test images with their own captions score near 1, shuffled captions near chance,
 paraphrases parse to the training template's targets, unknown words warn, and images in [-1, 1] are refused."""
 
+import json
 import random
 import warnings
 
@@ -193,3 +194,28 @@ def test_a_real_pipeline_is_seeded_and_an_unconditional_one_refused(digit_captio
     with pytest.raises(ValueError, match="text-conditioned"):
         prompt_adherence(hfgen.VAEPipeline(vae=hfgen.VAEModel(sample_size=8, block_out_channels=(8,))), "digits")
     assert np.isfinite(first["seen"]["all"])
+
+
+def test_evaluate_and_compare_commands_report_adherence(digit_captions, tmp_path, capsys):
+    from hfgen.cli import main as hfgen_main
+
+    tokenizer, text_encoder = make_tiny_text_components(digit_captions)
+    torch.manual_seed(0)
+    vae = hfgen.VAEModel(
+        sample_size=8, latent_dim=4, block_out_channels=(8, 16), norm_num_groups=4, num_bins=17,
+        condition_type="text", text_embed_dim=32,
+    )  # fmt: skip
+    path = str(tmp_path / "text-vae")
+    hfgen.VAEPipeline(vae=vae.eval(), tokenizer=tokenizer, text_encoder=text_encoder).save_pretrained(path)
+    output = tmp_path / "results.json"
+    hfgen_main(["evaluate", path, "--metrics", "adherence", "--num_samples", "40", "-o", str(output)])
+    printed = capsys.readouterr().out
+    assert "| seen | 40 |" in printed and "| paraphrase | 40 |" in printed and "| adherence_seen |" in printed
+    results = json.loads(output.read_text())
+    assert results["adherence_seen"] == results["adherence"]["seen"]["all"]
+    assert set(results["adherence"]["paraphrase"]["per_class"]["digit"]) == set(DIGIT_NAMES)
+    hfgen_main(["compare", path, "--metrics", "adherence", "--num_samples", "20", "--output_dir", str(tmp_path / "c")])
+    rows = json.loads((tmp_path / "c" / "compare.json").read_text())
+    assert 0 <= rows[0]["adherence_paraphrase"] <= 1 and "adherence (paraphrases)" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="adherence is measured on"):
+        hfgen_main(["evaluate", path, "--metrics", "adherence", "--dataset", "cifar10"])

@@ -24,6 +24,8 @@ def parse_config(argv: list[str] | None = None):
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--family")
     pre.add_argument("--recipe")
+    pre.add_argument("--dataset_name")
+    pre.add_argument("--train_data_dir")
     known, _ = pre.parse_known_args(argv)
     recipe = {}
     if known.recipe:
@@ -38,6 +40,8 @@ def parse_config(argv: list[str] | None = None):
     if unknown:
         raise SystemExit(f"{known.recipe}: unknown settings {sorted(unknown)} for family {family!r}.")
     parser.set_defaults(**recipe)
+    if (known.train_data_dir or recipe.get("train_data_dir")) and not (known.dataset_name or "dataset_name" in recipe):
+        parser.set_defaults(dataset_name=None)  # an image folder alone replaces the default data set (digits)
     (config,) = parser.parse_args_into_dataclasses(args=argv)
     config.family = family
     return trainer_class, config

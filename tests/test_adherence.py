@@ -2,6 +2,7 @@
 paraphrases parse to the training template's targets, unknown words warn, and images in [-1, 1] are refused."""
 
 import json
+import os
 import random
 import warnings
 
@@ -24,6 +25,7 @@ from hfgen.metrics.adherence import (
     summary,
     template_prompt,
 )
+from hfgen.metrics.features import EXTRACTORS_DIR
 
 
 @pytest.fixture(scope="module", params=["digits", "mnist", "shapes"])
@@ -41,9 +43,15 @@ def test_real_images_with_their_own_captions_score_near_one(real_test):
     assert set(results) == {"dataset", "chance", "seen"}  # training captions are all "seen"
     seen = results["seen"]
     assert seen["num_images"] == len(images)
-    # Measured: digits 0.983, mnist 0.991, shapes: shape 0.995, colour, size and position 1.000.
+    # Measured: digits 0.983, mnist 0.9595, shapes: shape 0.995, colour, size and position 1.000. On real test
+    # images a classifier-judged attribute scores exactly the classifier's stated test accuracy; the shipped mnist
+    # classifier's is 0.9595, so mnist cannot reach 0.98 until a better one ships.
+    with open(os.path.join(EXTRACTORS_DIR, "shapes" if dataset == "shapes" else dataset, "results.json")) as f:
+        classifier_accuracy = json.load(f)["test_accuracy"]
+    if dataset != "shapes":
+        assert seen["digit"] == pytest.approx(classifier_accuracy, abs=1e-9)
     for attribute in ("all", *ATTRIBUTES[dataset]):
-        assert seen[attribute] >= 0.98, (attribute, seen[attribute])
+        assert seen[attribute] >= min(0.98, classifier_accuracy), (attribute, seen[attribute])
     assert set(seen["per_class"][ATTRIBUTES[dataset][0]]) == set(
         DIGIT_NAMES if dataset != "shapes" else ["circle", "square", "triangle"]
     )
@@ -72,7 +80,10 @@ def test_paraphrased_captions_score_like_the_template(real_test):
         prompts.append(paraphrase.format(i=DIGIT_NAMES.index(name) if name else "", name=name, **targets))
     results = prompt_adherence(images, dataset, prompts=prompts)
     assert "seen" not in results and results["paraphrase"]["num_images"] == len(images)
-    assert results["paraphrase"]["all"] >= 0.98
+    if dataset == "shapes":
+        assert results["paraphrase"]["all"] >= 0.98
+    else:  # the same targets as the captions: the same figure as with the template
+        assert results["paraphrase"]["all"] == prompt_adherence(images, dataset, prompts=captions)["seen"]["all"]
     if dataset == "shapes":  # only the attributes the prompt names are scored
         assert "size" not in results["paraphrase"] and results["paraphrase"]["chance_all"] == pytest.approx(1 / 15)
 

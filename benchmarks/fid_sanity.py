@@ -2,13 +2,15 @@
 
     python benchmarks/fid_sanity.py                  # digits (the shipped extractor)
     python benchmarks/fid_sanity.py --dataset shapes
+    python benchmarks/fid_sanity.py --dataset mnist
 
 The reference set is the training split (as `hfgen evaluate` uses it); each other set is compared with it in the
 features of the data set's shipped domain classifier, with KID and precision/recall beside FID:
 
 - real test: the held-out split (what a perfect model would score, up to sample size);
 - one class: training images of the single class `--one_class` (a fully mode-collapsed model with perfect samples);
-- shapes (grey) / noise: out-of-distribution images on the same grey levels (for digits), or noise (for shapes).
+- shapes (grey) / noise: out-of-distribution images on the same grey levels (digits: 17, mnist: 256), or noise (for
+  shapes).
 """
 
 import argparse
@@ -23,7 +25,9 @@ from hfgen.metrics.features import load_feature_extractor
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", default="digits", help="digits or shapes (a data set with a shipped extractor).")
+    parser.add_argument(
+        "--dataset", default="digits", help="digits, mnist or shapes (a data set with a shipped extractor)."
+    )
     parser.add_argument("--one_class", type=int, default=0, help="The class of the mode-collapsed set.")
     parser.add_argument("--json", default=None, help="Also write the rows here.")
     args = parser.parse_args(argv)
@@ -33,9 +37,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     predicted = extractor.class_probabilities(train).argmax(-1)
     sets = {"real test": test, "one class": train[predicted == args.one_class][: len(test)]}
     generator = torch.Generator().manual_seed(0)
-    if args.dataset == "digits":
-        sets["shapes (grey)"] = out_of_distribution_images("shapes", len(test))
-        sets["noise"] = out_of_distribution_images("noise", len(test))
+    if args.dataset in ("digits", "mnist"):
+        grey = dict(sample_size=test.shape[-1], num_levels=17 if args.dataset == "digits" else 256)
+        sets["shapes (grey)"] = out_of_distribution_images("shapes", len(test), **grey)
+        sets["noise"] = out_of_distribution_images("noise", len(test), **grey)
     else:
         sets["noise"] = torch.rand(len(test), *test.shape[1:], generator=generator) * 2 - 1
 

@@ -69,6 +69,7 @@ def _metric_list(text: str) -> tuple[str, ...]:
 
 def cmd_evaluate(args, rest: list[str]):
     from hfgen import hub, load_pipeline
+    from hfgen.metrics.adherence import format_adherence
     from hfgen.metrics.evaluate import evaluate_pipeline, format_table
 
     metrics = _metric_list(args.metrics)
@@ -87,16 +88,17 @@ def cmd_evaluate(args, rest: list[str]):
         metrics = tuple(m for m in metrics if m != "nll")
         if not metrics:
             raise SystemExit("Nothing to evaluate: ask for fid, kid, is or pr with --metrics.")
-    results = evaluate_pipeline(
-        pipeline,
-        args.dataset,
-        metrics,
-        args.num_samples,
-        seed=args.seed,
-        extractor=args.feature_extractor,
-    )
-    rows = [{"metric": k, "value": v} for k, v in results.items()]
+    try:
+        results = evaluate_pipeline(
+            pipeline, args.dataset, metrics, args.num_samples, seed=args.seed, extractor=args.feature_extractor
+        )
+    except ValueError as error:  # what cannot be measured, and how to make it measurable
+        raise SystemExit(str(error)) from None
+    rows = [{"metric": k, "value": v} for k, v in results.items() if not isinstance(v, dict)]
     print(format_table(rows, columns=[("metric", "metric"), ("value", "value")]))
+    if "adherence" in results:
+        print(f"\nPrompt adherence on {args.dataset} (fraction of samples showing what the prompt asks for):")
+        print(format_adherence(results["adherence"]))
     output = args.output
     if output is None and os.path.isdir(args.path):  # a Hub id has no local folder to write into
         output = os.path.join(args.path, "eval_results.json")
@@ -114,9 +116,12 @@ def cmd_evaluate(args, rest: list[str]):
 def cmd_compare(args, rest: list[str]):
     from hfgen.metrics.evaluate import compare_pipelines, format_table
 
-    rows = compare_pipelines(
-        args.paths, args.dataset, _metric_list(args.metrics), args.num_samples, args.seed, args.output_dir
-    )
+    try:
+        rows = compare_pipelines(
+            args.paths, args.dataset, _metric_list(args.metrics), args.num_samples, args.seed, args.output_dir
+        )
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     print(format_table(rows))
     print(f"Wrote {args.output_dir}/compare.json, compare.md and compare.png")
 
@@ -218,16 +223,24 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("-o", "--output", default="grid.png", help="Where to write the grid PNG.")
     generate.set_defaults(func=cmd_generate)
 
-    evaluate = commands.add_parser("evaluate", help="FID, KID, IS, precision/recall and NLL of a saved pipeline.")
+    evaluate = commands.add_parser(
+        "evaluate", help="FID, KID, IS, precision/recall, NLL and prompt adherence of a saved pipeline."
+    )
     evaluate.add_argument("path", help="Folder or Hub id of a saved hfgen pipeline.")
     evaluate.add_argument(
         "--dataset", default="digits", help="The data set it models (embedded name, folder, Hub id)."
     )
-    evaluate.add_argument("--metrics", default="fid,kid,is,pr,nll", help="Comma-separated: fid,kid,is,pr,nll.")
-    evaluate.add_argument("--num_samples", type=int, default=1000, help="Generated images for FID/KID/IS/PR.")
+    evaluate.add_argument(
+        "--metrics", default="fid,kid,is,pr,nll", help="Comma-separated: fid,kid,is,pr,nll,adherence."
+    )
+    evaluate.add_argument(
+        "--num_samples", type=int, default=1000, help="Generated images for FID/KID/IS/PR (and per adherence set)."
+    )
     evaluate.add_argument("--seed", type=int, default=0, help="Seed of the generated images.")
     evaluate.add_argument(
-        "--feature_extractor", default=None, help="Extractor folder (default: shipped for --dataset)."
+        "--feature_extractor",
+        default=None,
+        help="Extractor folder, e.g. from training/train_feature_extractor.py (default: shipped for --dataset).",
     )
     evaluate.add_argument("-o", "--output", default=None, help="JSON file (default: PATH/eval_results.json).")
     evaluate.add_argument(
@@ -238,7 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser("compare", help="Evaluate several saved pipelines of any families side by side.")
     compare.add_argument("paths", nargs="+", help="Folders or Hub ids of saved hfgen pipelines.")
     compare.add_argument("--dataset", default="digits", help="The data set they model.")
-    compare.add_argument("--metrics", default="fid,kid,is,pr,nll", help="Comma-separated: fid,kid,is,pr,nll.")
+    compare.add_argument(
+        "--metrics", default="fid,kid,is,pr,nll", help="Comma-separated: fid,kid,is,pr,nll,adherence."
+    )
     compare.add_argument("--num_samples", type=int, default=1000, help="Generated images per model.")
     compare.add_argument("--seed", type=int, default=0, help="Seed of the generated images.")
     compare.add_argument("--output_dir", default="out/compare", help="Where compare.json/.md/.png go.")
@@ -263,12 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.set_defaults(func=cmd_space_deploy)
 
     data = commands.add_parser("datasets", help="Embedded data sets.").add_subparsers(dest="action", required=True)
-    export = data.add_parser("export", help="Save an embedded data set (digits, shapes) with save_to_disk.")
-    export.add_argument("name", help="digits or shapes")
+    export = data.add_parser("export", help="Save an embedded data set with save_to_disk.")
+    export.add_argument("name", help="digits, shapes, mnist or mnist_binarized")
     export.add_argument("path", help="Target folder.")
     export.set_defaults(func=cmd_datasets_export)
     data_push = data.add_parser("push", help="Push an embedded data set to a Hub dataset repo.")
-    data_push.add_argument("name", help="digits or shapes")
+    data_push.add_argument("name", help="digits, shapes, mnist or mnist_binarized")
     data_push.add_argument("repo_id", help="Target dataset repo, namespace/name.")
     data_push.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN / hf auth login).")
     data_push.add_argument("--private", action="store_true", help="Create the repo as private.")

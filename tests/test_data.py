@@ -41,7 +41,7 @@ def image_folder(tmp_path):
 
 
 def test_embedded_registry():
-    assert set(EMBEDDED_DATASETS) == {"digits", "shapes"}
+    assert set(EMBEDDED_DATASETS) == {"digits", "shapes", "mnist", "mnist_binarized"}
 
 
 def test_digits(digits):
@@ -102,7 +102,7 @@ def test_export_round_trip(tmp_path, digits):
     assert len(splits["train"]) + len(splits["test"]) == 1797
     assert splits["test"][0]["pixel_values"].shape == (1, 16, 16)
     with pytest.raises(ValueError, match="Unknown embedded"):
-        export_dataset("mnist", str(tmp_path / "mnist"))
+        export_dataset("cifar10", str(tmp_path / "cifar10"))
 
 
 def test_image_folder_with_captions(image_folder):

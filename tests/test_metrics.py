@@ -40,7 +40,7 @@ def tiny_vae_dir(tmp_path_factory) -> str:
     return path
 
 
-@pytest.mark.parametrize("name", ["digits", "shapes"])
+@pytest.mark.parametrize("name", ["digits", "shapes", "mnist"])
 def test_shipped_extractor_reaches_its_stated_test_accuracy(name):
     assert name in shipped_extractors()
     folder = os.path.join(EXTRACTORS_DIR, name)
@@ -55,7 +55,7 @@ def test_shipped_extractor_reaches_its_stated_test_accuracy(name):
     predictions = extractor.class_probabilities(batch["pixel_values"]).argmax(-1)
     accuracy = (predictions == batch["labels"]).float().mean().item()
     assert accuracy == pytest.approx(stated["test_accuracy"], abs=1e-6)
-    assert accuracy > 0.95
+    assert accuracy > 0.95  # mnist: 0.9595, short of the 98.5% issue 9 aims at (see its model card)
 
 
 def test_extractor_errors_name_the_fix(digits_extractor):

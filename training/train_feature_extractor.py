@@ -3,10 +3,13 @@
     python training/train_feature_extractor.py --dataset_name digits --output_dir hfgen/metrics/extractors/digits
     python training/train_feature_extractor.py --dataset_name shapes --epochs 20 --block_out_channels 32 64 128 \
         --output_dir hfgen/metrics/extractors/shapes
+    python training/train_feature_extractor.py --dataset_name mnist --epochs 20 --block_out_channels 32 64 128 \
+        --output_dir hfgen/metrics/extractors/mnist
 
 The shipped extractors were made with exactly these commands (seed 0, defaults below) on the CPU. The split is the one
-every hfgen trainer uses (`load_image_dataset(..., test_size=0.1, seed=0)`), so the test accuracy in the written model
-card is measured on images that neither the classifier nor hfgen's generative models trained on.
+every hfgen trainer uses (`load_image_dataset(..., test_size=0.1, seed=0)`, which keeps a data set's own test split:
+for mnist the fixed stratified 8,000 / 2,000), so the test accuracy in the written model card is measured on images
+that neither the classifier nor hfgen's generative models trained on.
 
 This is a plain supervised loop, not the shared generative trainer: a classifier has no pipeline, samples or Hub card
 of a generative model, and it trains in seconds on one process.
@@ -38,7 +41,7 @@ and its softmax for the Inception Score (`hfgen.metrics.load_feature_extractor("
 
 | | |
 |---|---|
-| test accuracy | **{test_accuracy:.4f}** ({num_test} held-out images: split `test_size=0.1, seed=0`) |
+| test accuracy | **{test_accuracy:.4f}** ({num_test} held-out images: {split}) |
 | train accuracy | {train_accuracy:.4f} |
 | parameters | {num_parameters:,} |
 | epochs, batch size, learning rate, seed | {epochs}, {batch_size}, {learning_rate}, {seed} |
@@ -105,6 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
             loss.backward()
             optimizer.step()
         scheduler.step()
+        print(f"epoch {epoch + 1}/{args.epochs}: last batch loss {loss.item():.4f}", flush=True)
     model.eval()
     results = {
         "dataset": args.dataset_name,
@@ -120,6 +124,8 @@ def main(argv: list[str] | None = None) -> dict:
         **{k: v for k, v in vars(args).items() if k != "dataset_name"},
         num_classes=len(class_names),
         feature_dim=args.block_out_channels[-1],
+        split=f"{len(train):,} train / {len(test):,} test from `load_image_dataset(name, test_size=0.1, seed=0)`, "
+        "which keeps a data set's own test split",
         class_names=", ".join(class_names),
         command=command,
     )

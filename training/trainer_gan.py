@@ -112,7 +112,7 @@ class GANTrainingConfig(TrainingConfig):
 
     # ----- diagnostics -----
     divergence_patience: int = field(
-        default=200, metadata={"help": "Stop when D is 100% accurate this many steps in a row (0: never)."}
+        default=200, metadata={"help": "Stop when D is 100%% accurate this many steps in a row (0: never)."}
     )
     mode_collapse_samples: int = field(
         default=256, metadata={"help": "Samples for the mode-collapse number on digits, at each log (0: off)."}

@@ -1,12 +1,15 @@
 """`hfgen evaluate` and `hfgen compare`: saved pipelines of any family, measured on one data set with one extractor.
 
     hfgen evaluate out/vae-digits --dataset digits --metrics fid,kid,is,pr,nll --num_samples 1000
+    hfgen evaluate out/vae-digits --dataset digits --metrics adherence --num_samples 200
     hfgen compare out/vae-digits out/gan-digits --dataset digits --output_dir out/compare
 
 Sample quality (FID, KID, IS, precision/recall) compares `num_samples` generated images with the real training split in
 the feature space of the data set's domain classifier ([`load_feature_extractor`]); NLL is measured on the held-out
 test split through the pipeline's `log_likelihood` when the family has one. Both splits are the ones every hfgen
-trainer uses (`test_size=0.1, seed=0`).
+trainer uses (`test_size=0.1, seed=0`). Prompt adherence (text-conditioned pipelines on digits, mnist and shapes)
+samples `num_samples` images from the training template's prompts and as many from paraphrases, and reports the two
+separately ([`hfgen.metrics.adherence.prompt_adherence`]).
 """
 
 import functools
@@ -21,10 +24,12 @@ from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, HFValidationError
 
 from hfgen.data import load_image_dataset
-from hfgen.metrics.features import DomainClassifier, load_feature_extractor
+from hfgen.metrics.adherence import ATTRIBUTES, prompt_adherence, summary
+from hfgen.metrics.features import DomainClassifier, load_feature_extractor, shipped_extractors
 from hfgen.metrics.sample_quality import fid, inception_score, kid, precision_recall
 
-METRICS = ("fid", "kid", "is", "pr", "nll")
+METRICS = ("fid", "kid", "is", "pr", "nll", "adherence")
+SAMPLE_QUALITY_METRICS = ("fid", "kid", "is", "pr")  # the ones that need a feature extractor
 
 
 @functools.lru_cache(maxsize=4)
@@ -98,7 +103,7 @@ def count_parameters(pipeline) -> int:
 def evaluate_pipeline(
     pipeline,
     dataset: str = "digits",
-    metrics: tuple[str, ...] = METRICS,
+    metrics: tuple[str, ...] = METRICS[:5],
     num_samples: int = 1000,
     batch_size: int = 250,
     seed: int = 0,
@@ -109,7 +114,8 @@ def evaluate_pipeline(
     Args:
         pipeline ([`HFGenPipeline`]): A loaded pipeline of any family.
         dataset (`str`, *optional*, defaults to "digits"): The data set it models (embedded, folder, Hub id).
-        metrics (`tuple[str]`, *optional*): Any of "fid", "kid", "is", "pr", "nll".
+        metrics (`tuple[str]`, *optional*): Any of "fid", "kid", "is", "pr", "nll", "adherence" (default: all but
+            adherence).
         num_samples (`int`, *optional*, defaults to 1000): Generated images for the sample-quality metrics.
         batch_size (`int`, *optional*, defaults to 250): Images generated per pipeline call.
         seed (`int`, *optional*, defaults to 0): Seed of the generated set, KID subsets and likelihood estimates.
@@ -118,17 +124,37 @@ def evaluate_pipeline(
     unknown = set(metrics) - set(METRICS)
     if unknown:
         raise ValueError(f"Unknown metrics {sorted(unknown)}; choose from {', '.join(METRICS)}.")
+    if "adherence" in metrics and dataset not in ATTRIBUTES:
+        raise ValueError(f"Prompt adherence is measured on {sorted(ATTRIBUTES)}, not {dataset!r}.")
     results = {"dataset": dataset, "parameters": count_parameters(pipeline)}
-    quality = [m for m in metrics if m != "nll"]
+    quality = [m for m in metrics if m in SAMPLE_QUALITY_METRICS]
     if quality:
         if not isinstance(extractor, DomainClassifier):
-            extractor = load_feature_extractor(extractor or dataset)
+            extractor = quality_extractor(extractor, dataset)
         fake, results["seconds_per_image"] = generate_images(pipeline, num_samples, batch_size, seed)
         results["num_samples"] = num_samples
         results.update(sample_quality(extractor, real_images(dataset, "train"), fake, quality, seed))
     if "nll" in metrics and hasattr(pipeline, "log_likelihood"):
         results.update(likelihood(pipeline, real_images(dataset, "test"), seed=seed))
+    if "adherence" in metrics:
+        adherence = prompt_adherence(pipeline, dataset, num_samples=num_samples, seed=seed, batch_size=batch_size)
+        results.update(summary(adherence))
+        results["adherence"] = adherence
     return results
+
+
+def quality_extractor(extractor: str | None, dataset: str) -> DomainClassifier:
+    """The extractor for FID, KID, IS and precision/recall, or an error that says what can be measured without one."""
+    try:
+        return load_feature_extractor(extractor or dataset)
+    except ValueError as error:
+        raise ValueError(
+            f"{error}\nWithout a feature extractor, `hfgen evaluate` can still compute nll (`--metrics nll`, for "
+            f"families with a likelihood){' and adherence' if dataset in ATTRIBUTES else ''}. For fid, kid, is and "
+            f"pr, train an extractor on labelled images of the data set: `python training/train_feature_extractor.py "
+            f"--dataset_name {dataset} --label_column <column> --output_dir <dir>`, then pass `--feature_extractor "
+            f"<dir>`. hfgen ships extractors for {', '.join(shipped_extractors())}."
+        ) from None
 
 
 def training_seconds(path: str) -> float | None:
@@ -158,6 +184,8 @@ COMPARE_COLUMNS = [
     ("seconds_per_image", "s/image"),
     ("parameters", "params"),
     ("train_wall_seconds", "train s"),
+    ("adherence_seen", "adherence"),
+    ("adherence_paraphrase", "adherence (paraphrases)"),
 ]
 
 
@@ -203,7 +231,7 @@ def compare_figure(rows: list[dict], grids: list[PIL.Image.Image], path: str):
 def compare_pipelines(
     paths: list[str],
     dataset: str = "digits",
-    metrics: tuple[str, ...] = METRICS,
+    metrics: tuple[str, ...] = METRICS[:5],
     num_samples: int = 1000,
     seed: int = 0,
     output_dir: str | None = None,
@@ -212,7 +240,7 @@ def compare_pipelines(
     `compare.json`, `compare.md` (the table) and `compare.png` (sample grids and bar charts)."""
     from hfgen.pipelines.pipeline_utils import HFGenPipeline, image_grid
 
-    extractor = load_feature_extractor(dataset) if set(metrics) - {"nll"} else None
+    extractor = quality_extractor(None, dataset) if set(metrics) & set(SAMPLE_QUALITY_METRICS) else None
     rows, grids = [], []
     for path in paths:
         pipeline = HFGenPipeline.from_pretrained(path)

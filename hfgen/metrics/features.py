@@ -45,7 +45,7 @@ class DomainClassifier(ModelMixin, ConfigMixin):
     margins; the 32x32 shapes need three blocks to tell triangles from squares (47.5% test accuracy with two).
 
     Args:
-        sample_size (`int`, *optional*, defaults to 8): Height and width of the images.
+        sample_size (`int`, *optional*, defaults to 8): Height and width of the images (28 for mnist: 28 -> 14 -> 7).
         in_channels (`int`, *optional*, defaults to 1): Image channels.
         num_classes (`int`, *optional*, defaults to 10): Number of classes.
         block_out_channels (`tuple[int]`, *optional*, defaults to `(32, 64)`): Widths of the conv blocks; the
@@ -65,8 +65,8 @@ class DomainClassifier(ModelMixin, ConfigMixin):
         dataset: str | None = None,
     ):
         super().__init__()
-        if sample_size < 4 or sample_size & (sample_size - 1):
-            raise ValueError(f"sample_size must be a power of two >= 4, got {sample_size}.")
+        if sample_size < 4:
+            raise ValueError(f"sample_size must be at least 4, got {sample_size}.")
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"Got {len(class_names)} class_names for num_classes={num_classes}.")
         layers, channels, size = [], in_channels, sample_size
@@ -117,9 +117,11 @@ def load_feature_extractor(name_or_path: str = "digits", **kwargs) -> DomainClas
     """The shipped extractor of an embedded data set ("digits", "shapes"), or one saved with `save_pretrained` in a
     folder or a Hub repo. Safetensors only; returned in eval mode."""
     path = os.path.join(EXTRACTORS_DIR, name_or_path) if name_or_path in shipped_extractors() else name_or_path
-    if not os.path.isdir(path) and "/" not in name_or_path:
+    not_saved = os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json"))  # e.g. an image folder
+    if not_saved or (not os.path.isdir(path) and "/" not in name_or_path):
         raise ValueError(
-            f"No feature extractor for {name_or_path!r}: hfgen ships {shipped_extractors()}. For another data set, "
+            f"No feature extractor for {name_or_path!r}{' (a folder without config.json)' * not_saved}: hfgen ships "
+            f"{shipped_extractors()}. For another data set, "
             "train one with `python training/train_feature_extractor.py --dataset_name <data> --output_dir <dir>` "
             "and pass that folder."
         )

@@ -37,13 +37,13 @@ def main(argv: list[str] | None = None) -> dict:
         train(["--recipe", recipe, "--output_dir", args.output_dir, "--report_to", "none"])
         args.vae = args.output_dir
     pipeline = hfgen.load_pipeline(args.vae)
-    test = real_images("digits", "test")
+    test = (real_images("digits", "test") + 1) / 2  # pipelines take images in [0, 1], as they return them
     generator = torch.Generator().manual_seed(0)
     likelihood = pipeline.log_likelihood(test, num_samples=args.num_samples, generator=generator)
     results["vae"] = {"path": args.vae, "bits_per_dim": likelihood.bits_per_dim.mean().item(), "kind": likelihood.kind}
     results["vae_anomaly"] = {
         kind: anomaly_auroc(
-            pipeline, test, out_of_distribution_images(kind, len(test)), num_samples=args.num_samples,
+            pipeline, test, (out_of_distribution_images(kind, len(test)) + 1) / 2, num_samples=args.num_samples,
             generator=torch.Generator().manual_seed(0),
         )["auroc"]
         for kind in ("shapes", "noise")

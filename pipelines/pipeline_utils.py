@@ -27,6 +27,8 @@ from huggingface_hub import snapshot_download
 from hfgen.conditioning import Condition, ConditionEncoder
 
 PIPELINE_CLASSES: dict[str, type["HFGenPipeline"]] = {}
+# The most images one `__call__` makes: beyond it, memory runs out before an error could say why (`generate` batches).
+MAX_IMAGES_PER_CALL = 4096
 
 
 def image_grid(images: list[PIL.Image.Image], cols: int | None = None, min_side: int = 64) -> PIL.Image.Image:
@@ -239,14 +241,23 @@ class HFGenPipeline(DiffusionPipeline):
         if prompt is None:
             if batch_size < 1:
                 raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-            return None, batch_size * num_images_per_prompt
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts:
-            raise ValueError("prompt is an empty list: give at least one prompt, or None for unconditional samples.")
-        if not all(isinstance(p, str) for p in prompts):
-            raise ValueError("prompt must be a string or a list of strings.")
-        prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
-        return prompts, len(prompts)
+            prompts, num_images = None, batch_size * num_images_per_prompt
+        else:
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            if not prompts:
+                raise ValueError(
+                    "prompt is an empty list: give at least one prompt, or None for unconditional samples."
+                )
+            if not all(isinstance(p, str) for p in prompts):
+                raise ValueError("prompt must be a string or a list of strings.")
+            prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
+            num_images = len(prompts)
+        if num_images > MAX_IMAGES_PER_CALL:
+            raise ValueError(
+                f"{num_images} images in one call is more than the {MAX_IMAGES_PER_CALL} allowed: use "
+                "`pipeline.generate(num_images, ...)`, which samples in batches."
+            )
+        return prompts, num_images
 
     def encode_prompt(
         self,
@@ -295,7 +306,7 @@ class HFGenPipeline(DiffusionPipeline):
         No prompt means the empty prompt and no class labels the null class: the unconditional samples caption
         dropout trained. Class labels are one image each (times `num_images_per_prompt`)."""
         prompts, num_images = self.check_inputs(prompt, batch_size, num_images_per_prompt, class_labels)
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or guidance_scale < 1:
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not guidance_scale >= 1:
             raise ValueError(f"guidance_scale must be a number >= 1 (1 turns guidance off), got {guidance_scale!r}.")
         do_guidance = guidance_scale > 1
         if do_guidance and "guidance" not in self.capabilities:
@@ -457,31 +468,71 @@ class HFGenPipeline(DiffusionPipeline):
         raise NotImplementedError(f"{type(self).__name__} does not define latent_shape.")
 
     def preprocess(self, images, sample_size: int, channels: int) -> torch.Tensor:
-        """PIL image(s), a uint8/float numpy array (b, h, w, c) in [0, 1], or a tensor (b, c, h, w) in [-1, 1] ->
-        a tensor (b, c, h, w) in [-1, 1] on the pipeline's device, with a clear error for the wrong size."""
+        """Images as a user has them -> a tensor (b, c, h, w) in [-1, 1] (the models' scale) on the pipeline's device.
+
+        Takes what the pipelines return, in diffusers' convention: PIL images; numpy arrays (b, h, w, c) or (h, w, c)
+        in [0, 1] (or uint8 in 0..255); tensors (b, c, h, w) or (c, h, w) in [0, 1], as `output_type="pt"` returns
+        them; or a list of any one of these. Anything else (values outside [0, 1], uint8 or integer tensors, NaN, the
+        wrong size) is a ValueError that names the form expected."""
         if not isinstance(images, (torch.Tensor, np.ndarray, PIL.Image.Image)):
-            images = list(images)  # a tuple, or a `datasets` column of images
-        if isinstance(images, (PIL.Image.Image, np.ndarray)) or (
-            isinstance(images, list) and images and isinstance(images[0], PIL.Image.Image)
-        ):
-            images = images if isinstance(images, list) else [images]
-            if isinstance(images[0], PIL.Image.Image):
-                mode = {1: "L", 3: "RGB", 4: "RGBA"}[channels]
-                images = np.stack([np.asarray(image.convert(mode), dtype=np.float32) / 255.0 for image in images])
+            images = list(images)  # a tuple, a list, or a `datasets` column of images
+            if not images:
+                raise ValueError("Got no images: pass at least one.")
+            kinds = {type(image) for image in images}
+            if all(isinstance(image, PIL.Image.Image) for image in images):
+                pass
+            elif kinds <= {torch.Tensor}:
+                images = torch.cat([image if image.ndim == 4 else image.unsqueeze(0) for image in images])
+            elif kinds <= {np.ndarray}:
+                images = np.concatenate([image if image.ndim == 4 else image[None] for image in images])
             else:
-                images = np.concatenate(images) if images[0].ndim == 4 else np.stack(images)
-                images = images.astype(np.float32) / (255.0 if images.dtype == np.uint8 else 1.0)
+                raise ValueError(f"Images must be all PIL images, all numpy arrays or all tensors, got {kinds}.")
+        if isinstance(images, PIL.Image.Image):
+            images = [images]
+        if isinstance(images, list):  # PIL images
+            mode = {1: "L", 3: "RGB", 4: "RGBA"}[channels]
+            images = np.stack([np.asarray(image.convert(mode), dtype=np.uint8) for image in images])
+        if isinstance(images, np.ndarray):
+            if images.dtype == np.uint8:
+                images = images.astype(np.float32) / 255.0
+            elif not np.issubdtype(images.dtype, np.floating):
+                raise ValueError(f"numpy images must be float in [0, 1] or uint8 in 0..255, got dtype {images.dtype}.")
+            if images.ndim == 2:
+                images = images[None, ..., None]  # one greyscale (h, w) image
             if images.ndim == 3:
-                images = images[..., None]
-            images = torch.from_numpy(images).permute(0, 3, 1, 2) * 2 - 1
+                images = images[None] if images.shape[-1] in (1, 3, 4) else images[..., None]
+            if images.ndim != 4:
+                raise ValueError(f"numpy images must be (b, h, w, c) or (h, w, c), got shape {images.shape}.")
+            images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
         images = torch.as_tensor(images)
+        if images.dtype == torch.uint8 or not images.is_floating_point():
+            raise ValueError(
+                f"Image tensors must be floating point in [0, 1] (as `output_type='pt'` returns them), got dtype "
+                f"{images.dtype}. For 0..255 values pass `images.float() / 255`."
+            )
         if images.ndim == 3:
             images = images.unsqueeze(0)
-        if images.shape[1:] != (channels, sample_size, sample_size):
+        if images.ndim != 4 or images.shape[1:] != (channels, sample_size, sample_size):
             raise ValueError(
                 f"This model takes {sample_size}x{sample_size} images with {channels} channel(s); got shape "
                 f"{tuple(images.shape)} (batch, channels, height, width). Resize the images first."
             )
+        if not torch.isfinite(images).all():
+            raise ValueError("The images contain NaN or infinite values.")
+        low, high = images.min().item(), images.max().item()
+        if low < -1e-6 or high > 1 + 1e-6:
+            hint = (
+                " They look like [-1, 1] images: pass `(images + 1) / 2`."
+                if low >= -1 - 1e-6 and high <= 1 + 1e-6
+                else " They look like 0..255 values: pass `images / 255`."
+                if high <= 255 and low >= 0
+                else ""
+            )
+            raise ValueError(
+                f"Image values must be in [0, 1], as `output_type='pt'` returns them (diffusers' convention); got "
+                f"values from {low:.3g} to {high:.3g}.{hint}"
+            )
+        images = images.clamp(0, 1) * 2 - 1
         return images.to(device=self.device, dtype=self.dtype)
 
     @staticmethod

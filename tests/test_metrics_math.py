@@ -371,8 +371,8 @@ def test_anomaly_auroc_batches_and_scores():
 def test_anomaly_auroc_with_a_vae_pipeline():
     import sklearn.datasets
 
-    digits = torch.from_numpy(sklearn.datasets.load_digits().images[:12]).float()[:, None] / 8 - 1  # (12, 1, 8, 8)
-    noise = torch.rand(12, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    digits = torch.from_numpy(sklearn.datasets.load_digits().images[:12]).float()[:, None] / 16  # (12, 1, 8, 8)
+    noise = torch.rand(12, 1, 8, 8, generator=torch.Generator().manual_seed(0))  # in [0, 1], as pipelines take
     torch.manual_seed(0)
     vae = hfgen.VAEModel(sample_size=8, in_channels=1, latent_dim=4, block_out_channels=(8, 16), norm_num_groups=4)
     pipeline = hfgen.VAEPipeline(vae=vae.eval())

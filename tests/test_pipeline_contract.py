@@ -212,3 +212,52 @@ def test_generate_is_the_shared_sampling_path(tiny_text_components):
     )
     with pytest.raises(ValueError, match="num_images"):
         pipeline.generate(0)
+
+
+# ----- what pipelines are given (diffusers' image convention) ---------------------------------------------------------
+def test_pipelines_take_back_what_they_return():
+    """`output_type="pt"` images (in [0, 1]) go straight back into encode / log_likelihood, and mean what the same
+    images as PIL or numpy mean."""
+    pipeline = vae_pipeline()
+    tensors = pipeline(batch_size=3, generator=seeded(), output_type="pt").images
+    arrays = pipeline(batch_size=3, generator=seeded(), output_type="np").images
+    pil = pipeline(batch_size=3, generator=seeded(), output_type="pil").images
+
+    scores = [pipeline.log_likelihood(images, num_samples=2, generator=seeded()) for images in (tensors, arrays, pil)]
+    for other in scores[1:]:
+        torch.testing.assert_close(other.bits_per_dim, scores[0].bits_per_dim, rtol=0, atol=1e-4)
+    torch.testing.assert_close(pipeline.encode(tensors), pipeline.encode(pil), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "images, message",
+    [
+        (torch.rand(2, 1, 8, 8) * 2 - 1, r"in \[0, 1\].*\(images \+ 1\) / 2"),
+        (torch.rand(2, 1, 8, 8) * 255, r"images / 255"),
+        (torch.randint(0, 255, (2, 1, 8, 8), dtype=torch.uint8), "floating point"),
+        (torch.full((2, 1, 8, 8), float("nan")), "NaN"),
+        (torch.rand(2, 3, 8, 8), "1 channel"),
+        (torch.rand(2, 1, 16, 16), "8x8"),
+        (np.zeros((2, 8, 8, 1), dtype=np.int64), "uint8 in 0..255"),
+        ([], "no images"),
+    ],
+    ids=["minus-one-to-one", "0-255-floats", "uint8-tensor", "nan", "channels", "size", "int64-numpy", "empty"],
+)
+def test_bad_images_are_refused_with_the_expected_form(images, message):
+    with pytest.raises(ValueError, match=message):
+        vae_pipeline().log_likelihood(images, num_samples=1)
+
+
+def test_bad_sampling_arguments_are_refused():
+    pipeline = vae_pipeline()
+    for kwargs, message in [
+        ({"batch_size": 2.0}, "batch_size must be an int"),
+        ({"batch_size": True}, "batch_size must be an int"),
+        ({"num_images_per_prompt": 0}, "at least 1"),
+        ({"batch_size": 5000}, "more than the 4096"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"guidance_scale": float("nan")}, "guidance_scale"),
+        ({"latents": torch.full((1, 4), float("nan"))}, "NaN"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            pipeline(**kwargs)

@@ -47,9 +47,9 @@ def digit_pil_images() -> list:
 
 @pytest.fixture(scope="module")
 def digit_images(digit_pil_images) -> torch.Tensor:
-    """The first 64 digits as a (64, 1, 8, 8) tensor in [-1, 1]."""
+    """The first 64 digits as a (64, 1, 8, 8) tensor in [0, 1], as pipelines take (and return) images."""
     pixels = np.stack([np.asarray(image, dtype=np.float32) for image in digit_pil_images])
-    return torch.from_numpy(pixels)[:, None] / 127.5 - 1
+    return torch.from_numpy(pixels)[:, None] / 255
 
 
 # ----- the shared mixins --------------------------------------------------------------------------------------------
@@ -299,7 +299,7 @@ def test_images_from_a_dataset_column_and_a_tuple_are_accepted():
 def test_interpolate_does_not_mistake_an_image_for_a_latent():
     # latent_dim 64 == 1 * 8 * 8: the image must still be encoded, not used as z.
     pipe = hfgen.VAEPipeline(vae=tiny_vae(latent_dim=64))
-    image = torch.rand(1, 1, 8, 8) * 2 - 1
+    image = torch.rand(1, 1, 8, 8)  # in [0, 1], as pipelines take images
     strip = pipe.interpolate(image, image, num_steps=2, output_type="pt")
     expected = pipe.decode(pipe.encode(image), output_type="pt")
     assert torch.allclose(strip[0], expected[0])

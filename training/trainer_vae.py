@@ -99,7 +99,7 @@ class VAETrainer(Trainer):
         examples = list(test.take(count)) if self.config.streaming else [test[i] for i in range(min(count, len(test)))]
         if not examples:
             return {}
-        images = torch.stack([e["pixel_values"] for e in examples])
+        images = (torch.stack([e["pixel_values"] for e in examples]) + 1) / 2  # [0, 1], as pipelines take images
         prompt = [""] * len(examples) if pipeline.tokenizer is not None else None
         likelihood = pipeline.log_likelihood(
             images,

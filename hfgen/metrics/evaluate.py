@@ -84,7 +84,8 @@ def sample_quality(extractor: DomainClassifier, real: torch.Tensor, fake: torch.
 def likelihood(pipeline, images: torch.Tensor, batch_size: int = 100, seed: int = 0) -> dict:
     """Mean test log-likelihood through the family's `log_likelihood(images, generator=...)` contract."""
     generator = torch.Generator().manual_seed(seed)
-    outputs = [pipeline.log_likelihood(batch, generator=generator) for batch in images.split(batch_size)]
+    # `images` are in [-1, 1]; pipelines take images as they return them, in [0, 1].
+    outputs = [pipeline.log_likelihood((batch + 1) / 2, generator=generator) for batch in images.split(batch_size)]
     return {
         "nll_nats": -torch.cat([o.log_likelihood for o in outputs]).mean().item(),
         "nll_bits_per_dim": torch.cat([o.bits_per_dim for o in outputs]).mean().item(),

@@ -214,7 +214,7 @@ def test_generate_is_the_shared_sampling_path(tiny_text_components):
         pipeline.generate(0)
 
 
-# ----- what pipelines are given (diffusers' image convention) ---------------------------------------------------------
+# ----- what pipelines are given (diffusers' image convention) --------------------------------------------------------
 def test_pipelines_take_back_what_they_return():
     """`output_type="pt"` images (in [0, 1]) go straight back into encode / log_likelihood, and mean what the same
     images as PIL or numpy mean."""

@@ -400,23 +400,27 @@ def test_mixed_sizes_without_resolution_say_to_pass_it(tmp_path):
         ("notes.png", b"not an image at all"),
         ("truncated.jpg", encoded(NOISE, "JPEG")[:-300]),  # PIL's verify passes it: the end marker is checked
     ],
+    ids=["truncated-png", "not-an-image", "truncated-jpg"],
 )
 def test_unreadable_image_is_named_before_training(tmp_path, name, content):
     folder = write_folder(tmp_path / "bad", {"a.png": Image.new("RGB", (32, 32)), name: content})
 
     with pytest.raises(ValueError, match="--skip_bad_images") as error:
-        VAETrainer(parse_config(["--train_data_dir", folder, "--output_dir", str(tmp_path / "run")])[1])
+        VAETrainer(
+            parse_config(["--family", "vae", "--train_data_dir", folder, "--output_dir", str(tmp_path / "run")])[1]
+        )
     assert name in str(error.value)
     assert not (tmp_path / "run").exists()
 
 
 def test_train_data_dir_alone_is_the_data_set(tmp_path):
     """The README's `--train_data_dir my_images/` without --dataset_name (which defaulted to digits: refused)."""
-    _, config = parse_config(["--train_data_dir", str(tmp_path), "--output_dir", str(tmp_path / "run")])
+    vae = ["--family", "vae"]
+    _, config = parse_config([*vae, "--train_data_dir", str(tmp_path), "--output_dir", str(tmp_path / "run")])
     assert config.dataset_name is None and config.caption_column is None
-    assert parse_config(["--output_dir", str(tmp_path / "run")])[1].dataset_name == "digits"
+    assert parse_config([*vae, "--output_dir", str(tmp_path / "run")])[1].dataset_name == "digits"
     with pytest.raises(ValueError, match="not both"):
-        parse_config(["--train_data_dir", str(tmp_path), "--dataset_name", "shapes"])
+        parse_config([*vae, "--train_data_dir", str(tmp_path), "--dataset_name", "shapes"])
 
 
 def test_skip_bad_images_counts_and_leaves_them_out(tmp_path, caplog):

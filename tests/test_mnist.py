@@ -411,7 +411,7 @@ def test_split_is_stratified_fixed_and_kept(mnist):
     example = splits["test"][1]
     assert example["pixel_values"].shape == (1, 28, 28) and example["labels"] == 7
     assert example["captions"] == "a handwritten digit seven"
-    config = parse_config(["--dataset_name", "mnist"])[1]
+    config = parse_config(["--family", "vae", "--dataset_name", "mnist"])[1]
     assert (config.caption_column, config.label_column) == ("text", "label")
 
 

@@ -48,12 +48,10 @@ def readme_imagefolder_command() -> list[str]:
 
 
 def test_train_data_dir_alone_replaces_the_default_data_set(my_images):
-    config = parse_config(["--train_data_dir", str(my_images)])[1]
+    config = parse_config(["--family", "vae", "--train_data_dir", str(my_images)])[1]
     assert config.dataset_name is None and config.train_data_dir == str(my_images)
-    assert parse_config([])[1].dataset_name == "digits"  # still the default without a folder
-    config = parse_config(["--train_data_dir", str(my_images), "--dataset_name", "shapes"])[1]
-    with pytest.raises(ValueError, match="exactly one"):  # both given: an error, not a silent pick
-        load_image_dataset(config.dataset_name, train_data_dir=config.train_data_dir)
+    with pytest.raises(ValueError, match="exactly one"):  # both given to the data layer: an error, not a silent pick
+        load_image_dataset("shapes", train_data_dir=str(my_images))
     # metadata.jsonl's "text" column gives the captions without --caption_column.
     splits = load_image_dataset(train_data_dir=str(my_images), test_size=2)
     assert sorted({e["captions"] for e in splits["train"]}) == ["a crimson square", "a gold square", "a teal square"]

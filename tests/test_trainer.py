@@ -168,7 +168,7 @@ class TestVAETrainer(TrainerTesterMixin):
 
     def test_recipe_gives_defaults_and_flags_win(self, tmp_path):
         recipe = tmp_path / "recipe.yaml"
-        recipe.write_text("max_train_steps: 3\nlatent_dim: 3\n")
+        recipe.write_text("family: vae\nmax_train_steps: 3\nlatent_dim: 3\n")
 
         trainer_class, config = parse_config(["--recipe", str(recipe), "--latent_dim", "5"])
 
@@ -177,7 +177,7 @@ class TestVAETrainer(TrainerTesterMixin):
         assert config.latent_dim == 5
         assert config.max_train_steps == 3
 
-        recipe.write_text("max_train_steps: 3\nlatent_size: 3\n")
+        recipe.write_text("family: vae\nmax_train_steps: 3\nlatent_size: 3\n")
         with pytest.raises(SystemExit, match="latent_size"):
             parse_config(["--recipe", str(recipe)])
 

@@ -92,6 +92,15 @@ def test_cli_generate_is_seeded(trained_by_readme, tmp_path):
     assert paths[0].read_bytes() == paths[1].read_bytes()
 
 
+def test_cli_generate_with_guidance(trained_by_readme, tmp_path):
+    """`--guidance_scale` reaches the pipeline through `generate`: a guided grid differs from the plain one."""
+    output_dir, _ = trained_by_readme
+    prompt = ["--prompt", "a handwritten digit seven", "-n", "4", "--seed", "3"]
+    hfgen_main(["generate", str(output_dir), *prompt, "-o", str(tmp_path / "plain.png")])
+    hfgen_main(["generate", str(output_dir), *prompt, "--guidance_scale", "3", "-o", str(tmp_path / "guided.png")])
+    assert (tmp_path / "plain.png").read_bytes() != (tmp_path / "guided.png").read_bytes()
+
+
 def test_cli_datasets_export_round_trips(tmp_path):
     hfgen_main(["datasets", "export", "digits", str(tmp_path / "digits")])
     dataset = datasets.load_from_disk(str(tmp_path / "digits"))

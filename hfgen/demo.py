@@ -154,7 +154,7 @@ def accepts(function, name: str) -> bool:
 
 
 def _slider_step(low: float, high: float, default: float) -> float:
-    if all(float(value).is_integer() for value in (low, high, default)):
+    if all(isinstance(value, int) for value in (low, high, default)):  # an integer control: (1, 8, 4, "Order")
         return 1
     return 10 ** math.floor(math.log10((high - low) / 20))
 

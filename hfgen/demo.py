@@ -26,6 +26,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Callable
 
 import gradio as gr
 import PIL.Image
@@ -149,8 +150,17 @@ def describe(pipeline, model_name: str | None = None) -> str:
 
 
 # ----- the tab of one model ------------------------------------------------------------------------------------------
+# The API parameter of each condition widget -> the pipeline's argument.
+CONDITION_ARGUMENTS = {"prompt": "prompt", "class_label": "class_labels"}
+
+
 def accepts(function, name: str) -> bool:
     return name in inspect.signature(function).parameters
+
+
+def taken_by(function, inputs: dict) -> dict:
+    """The entries of {API parameter: widget or (widget, check)} whose pipeline argument `function` takes."""
+    return {k: value for k, value in inputs.items() if accepts(function, CONDITION_ARGUMENTS.get(k, k))}
 
 
 def _slider_step(low: float, high: float, default: float) -> float:
@@ -177,7 +187,7 @@ def condition_input(pipeline) -> dict[str, gr.components.Component]:
     return {}
 
 
-def sampling_inputs(pipeline) -> dict[str, tuple[gr.components.Component, callable]]:
+def sampling_inputs(pipeline) -> dict[str, tuple[gr.components.Component, Callable]]:
     """{`__call__` argument: (widget, server-side check)}: guidance, steps and the family's own controls."""
     capabilities, defaults = pipeline.capabilities, pipeline.default_sampling_kwargs
     inputs = {}
@@ -301,8 +311,8 @@ def _interpolation_section(pipeline, condition: dict, controls: dict, name, timi
     button = gr.Button("Interpolate")
     strip = gr.Gallery(label="Interpolation", columns=MAX_STEPS, format="png", object_fit="contain")
     strip_time = gr.Markdown()
-    # The tab's controls that `interpolate` takes too (the GAN's truncation; the VAE's interpolation has none).
-    controls = {k: control for k, control in controls.items() if accepts(pipeline.interpolate, k)}
+    # The tab's condition and controls that `interpolate` takes too (the GAN's truncation; not the VAE's temperature).
+    condition, controls = taken_by(pipeline.interpolate, condition), taken_by(pipeline.interpolate, controls)
 
     def interpolate(**values):
         """`num_steps` images between the latent noise of `start_seed` and `end_seed`, with the time taken."""
@@ -325,11 +335,7 @@ def _likelihood_section(pipeline, condition: dict, name) -> None:
     image = gr.Image(label="Image", type="pil", image_mode="RGB")
     button = gr.Button("Score")
     result = gr.Markdown()
-    condition = {
-        k: widget
-        for k, widget in condition.items()
-        if accepts(pipeline.log_likelihood, k + "s" if k == "class_label" else k)
-    }
+    condition = taken_by(pipeline.log_likelihood, condition)  # p(x | prompt or class) where the family gives it
 
     def likelihood(**values):
         """The uploaded image's bits/dim (resized to the model's size), what kind of figure it is, and the time."""
@@ -357,7 +363,7 @@ def _inpainting_section(pipeline, condition: dict, controls: dict, name, timing)
     button = gr.Button("Inpaint")
     result = gr.Gallery(label="Inpainted", columns=4, format="png", object_fit="contain")
     result_time = gr.Markdown()
-    controls = {k: control for k, control in controls.items() if accepts(pipeline.inpaint, k)}
+    condition, controls = taken_by(pipeline.inpaint, condition), taken_by(pipeline.inpaint, controls)
 
     def inpaint(**values):
         """The image with the mask's white part repainted, for `seed`, with the time taken."""

@@ -32,6 +32,7 @@ import gradio as gr
 import PIL.Image
 import torch
 
+import hfgen
 from hfgen.layers import quantize
 
 MAX_IMAGES = 16
@@ -414,8 +415,6 @@ def parse_args(description: str, argv: list[str] | None = None, model_flags: dic
 
 def launch_model_space(build_demo, description: str, argv: list[str] | None = None) -> None:
     """The command line of a one-model Space: `--model` (default: the HFGEN_MODEL variable), load, serve."""
-    import hfgen  # here, not at the top: hfgen imports diffusers, and this module is part of hfgen
-
     parser, args = parse_args(description, argv, {"model": "HFGEN_MODEL"})
     if not args.model:
         parser.error("no model given: pass --model PATH_OR_HUB_ID or set the HFGEN_MODEL environment variable.")

@@ -1,25 +1,59 @@
-"""What every hfgen Gradio Space shares: server-side input checks, image display, timing, and the command line.
+"""What every hfgen Gradio Space shares: the tab of a model, built from what its pipeline declares, server-side input
+checks, image display, timing, and the command line.
 
-The limits are checked here, on the server, because a Space's API can be called without its widgets (and their
-`minimum`/`maximum`) by `gradio_client` or plain HTTP. Each check raises `gr.Error`, which Gradio shows to the user
-and returns to API callers as an error naming the allowed range.
+[`build_tab`] reads only `pipeline.capabilities`, `pipeline.sampling_controls`, `pipeline.default_sampling_kwargs` and
+`pipeline.num_classes`, and samples only through `pipeline.generate`, so a new family gets its tab (in its own Space
+and in the gallery) by declaring those, with no Space code of its own:
+
+- "prompt": a prompt box; "class": a class dropdown (its last entry is the null class, "none"); neither: no condition.
+- "guidance": a guidance scale slider (and a negative prompt for text models); "steps": a sampling steps slider.
+- `sampling_controls`: one slider per family knob (VAE temperature, GAN truncation psi), passed to `__call__`.
+- "interpolation": two seeds and a number of steps, through `pipeline.interpolate(start_seed, end_seed, num_steps)`.
+- "likelihood": an uploaded image's bits/dim, through `pipeline.log_likelihood`.
+- "inpainting": an image and a mask, through `pipeline.inpaint(image, mask)`.
+
+Every endpoint's API parameters are named like the pipeline's arguments (`prompt`, `class_label`, `seed`,
+`num_images`, `guidance_scale`, `negative_prompt`, `num_inference_steps`, `temperature`, ...), so `gradio_client` can
+call them by keyword. The limits are checked here, on the server, because a Space's API can be called without its
+widgets (and their `minimum`/`maximum`) by `gradio_client` or plain HTTP. Each check raises `gr.Error`, which Gradio
+shows to the user and returns to API callers as an error naming the allowed range.
 """
 
 import argparse
+import functools
+import inspect
+import math
 import os
+import re
 import time
+from collections.abc import Callable
 
 import gradio as gr
 import PIL.Image
 import torch
 
+import hfgen
+from hfgen.layers import quantize
+
 MAX_IMAGES = 16
 MAX_SEED = 2**31 - 1
-MIN_STEPS, MAX_STEPS = 2, 12
+MIN_STEPS, MAX_STEPS = 2, 12  # interpolation steps
+MAX_INFERENCE_STEPS = 1000  # sampling steps of an iterative sampler
+MAX_GUIDANCE_SCALE = 20.0
 MAX_PROMPT_CHARS = 200
 DISPLAY_SIZE = 128  # pixels of the longer side shown in galleries
 
+# What a capability adds to a model's description.
+CAPABILITY_NAMES = {
+    "guidance": "classifier-free guidance",
+    "steps": "a number of sampling steps",
+    "interpolation": "interpolation between two seeds",
+    "likelihood": "the likelihood of an uploaded image",
+    "inpainting": "inpainting",
+}
 
+
+# ----- checks --------------------------------------------------------------------------------------------------------
 def check_int(value, name: str, low: int, high: int) -> int:
     """An integer in [low, high] (a float like 3.0 counts), or a gr.Error saying what is allowed."""
     if isinstance(value, bool) or value is None:
@@ -42,12 +76,10 @@ def check_float(value, name: str, low: float, high: float) -> float:
     return float(value)
 
 
-def takes_text(pipeline) -> bool:
-    return getattr(pipeline, "text_encoder", None) is not None
-
-
 def check_prompt_length(prompt) -> str:
-    """The stripped prompt ("" for none), or a gr.Error if it is longer than MAX_PROMPT_CHARS."""
+    """The stripped prompt ("" for none), or a gr.Error if it is not text or longer than MAX_PROMPT_CHARS."""
+    if prompt is not None and not isinstance(prompt, str):
+        raise gr.Error(f"The prompt must be text, got {prompt!r}.")
     prompt = (prompt or "").strip()
     if len(prompt) > MAX_PROMPT_CHARS:
         raise gr.Error(f"The prompt is {len(prompt)} characters long; the limit is {MAX_PROMPT_CHARS}.")
@@ -59,11 +91,28 @@ def check_prompt(pipeline, prompt) -> str | None:
     prompt = check_prompt_length(prompt)
     if not prompt:
         return None
-    if not takes_text(pipeline):
-        raise gr.Error("This model is unconditional: it was trained without text. Leave the prompt empty.")
+    if "prompt" not in pipeline.capabilities:
+        raise gr.Error("This model was trained without text: leave the prompt empty.")
     return prompt
 
 
+def check_class(pipeline, value) -> int | None:
+    """A class label to pass to the pipeline (None for the null class, `num_classes`), or a gr.Error."""
+    label = check_int(value, "Class", 0, pipeline.num_classes)
+    return None if label == pipeline.num_classes else label
+
+
+def run(function, *args, **kwargs):
+    """(function's result, wall seconds); a ValueError of the pipeline becomes a gr.Error with its message."""
+    start = time.perf_counter()
+    try:
+        result = function(*args, **kwargs)
+    except ValueError as error:
+        raise gr.Error(str(error)) from error
+    return result, time.perf_counter() - start
+
+
+# ----- display -------------------------------------------------------------------------------------------------------
 def enlarge(images: list[PIL.Image.Image]) -> list[PIL.Image.Image]:
     """Nearest-neighbour upscaling, so that tiny samples (8x8 digits) stay crisp on screen."""
     enlarged = []
@@ -73,22 +122,281 @@ def enlarge(images: list[PIL.Image.Image]) -> list[PIL.Image.Image]:
     return enlarged
 
 
-def sample(pipeline, prompt: str | None, seed: int, num_images: int, **family_kwargs) -> list[PIL.Image.Image]:
-    """`num_images` samples of any hfgen pipeline for a seed, prompted or not, through the pipeline's `generate`."""
-    return pipeline.generate(num_images, prompt=prompt, seed=seed, output_type="pil", **family_kwargs)
-
-
-def timed(function, *args, **kwargs):
-    """(function's result, wall seconds)."""
-    start = time.perf_counter()
-    result = function(*args, **kwargs)
-    return result, time.perf_counter() - start
-
-
 def timing_text(seconds: float, num_images: int) -> str:
     return f"{num_images} image(s) in {seconds:.3f} s ({1000 * seconds / max(1, num_images):.1f} ms per image)"
 
 
+def family_title(pipeline) -> str:
+    """ "VAE" for a `VAEPipeline`."""
+    return type(pipeline).__name__.removesuffix("Pipeline") or type(pipeline).__name__
+
+
+def describe(pipeline, model_name: str | None = None) -> str:
+    """A paragraph on the model: where it comes from, what its pipeline does, how it is conditioned, and its extras."""
+    name = model_name or getattr(pipeline, "name_or_path", None) or "an in-memory pipeline"
+    summary = re.sub(r"\[`~?([\w.]+)`\]", r"`\1`", (type(pipeline).__doc__ or "").strip().split("\n\n")[0])
+    capabilities = pipeline.capabilities
+    if "prompt" in capabilities:
+        condition = "It is **text-conditioned**: describe the image in the prompt, or leave it empty."
+    elif "class" in capabilities:
+        condition = "It is **class-conditioned**: pick a class, or none for unconditional samples."
+    else:
+        condition = "It is **unconditional**: it takes no text and no class."
+    extras = [text for capability, text in CAPABILITY_NAMES.items() if capability in capabilities]
+    return (
+        f"Model: `{name}` ({type(pipeline).__name__}). {' '.join(summary.split())} {condition}"
+        + (f" It offers {', '.join(extras)}." if extras else "")
+        + " The same seed always gives the same images."
+    )
+
+
+# ----- the tab of one model ------------------------------------------------------------------------------------------
+# The API parameter of each condition widget -> the pipeline's argument.
+CONDITION_ARGUMENTS = {"prompt": "prompt", "class_label": "class_labels"}
+
+
+def accepts(function, name: str) -> bool:
+    return name in inspect.signature(function).parameters
+
+
+def taken_by(function, inputs: dict) -> dict:
+    """The entries of {API parameter: widget or (widget, check)} whose pipeline argument `function` takes."""
+    return {k: value for k, value in inputs.items() if accepts(function, CONDITION_ARGUMENTS.get(k, k))}
+
+
+def _slider_step(low: float, high: float, default: float) -> float:
+    if all(isinstance(value, int) for value in (low, high, default)):  # an integer control: (1, 8, 4, "Order")
+        return 1
+    return 10 ** math.floor(math.log10((high - low) / 20))
+
+
+def condition_input(pipeline) -> dict[str, gr.components.Component]:
+    """{API parameter: widget} for what the model is conditioned on: a prompt box, a class dropdown, or nothing."""
+    if "prompt" in pipeline.capabilities:
+        prompt = gr.Textbox(
+            value="",
+            label="Prompt",
+            placeholder="Describe the image (empty: unconditional)",
+            max_length=MAX_PROMPT_CHARS,  # the browser's limit only: the handlers check it again
+        )
+        return {"prompt": prompt}
+    if "class" in pipeline.capabilities:
+        num_classes = pipeline.num_classes
+        names = getattr(pipeline.conditioned_model.config, "class_names", None) or [str(i) for i in range(num_classes)]
+        choices = [(name, label) for label, name in enumerate(names)] + [("none (unconditional)", num_classes)]
+        return {"class_label": gr.Dropdown(choices=choices, value=num_classes, label="Class")}
+    return {}
+
+
+def sampling_inputs(pipeline) -> dict[str, tuple[gr.components.Component, Callable]]:
+    """{`__call__` argument: (widget, server-side check)}: guidance, steps and the family's own controls."""
+    capabilities, defaults = pipeline.capabilities, pipeline.default_sampling_kwargs
+    inputs = {}
+    if "guidance" in capabilities:
+        scale = gr.Slider(
+            1.0, MAX_GUIDANCE_SCALE, value=defaults.get("guidance_scale", 1.0), step=0.5, label="Guidance scale"
+        )
+        inputs["guidance_scale"] = (
+            scale,
+            functools.partial(check_float, name="Guidance scale", low=1.0, high=MAX_GUIDANCE_SCALE),
+        )
+        if "prompt" in capabilities:
+            negative = gr.Textbox(
+                value="", label="Negative prompt", placeholder="What to guide away from", max_length=MAX_PROMPT_CHARS
+            )
+            inputs["negative_prompt"] = (negative, check_prompt_length)
+    if "steps" in capabilities:
+        default = (
+            defaults.get("num_inference_steps")
+            or inspect.signature(pipeline.__call__).parameters["num_inference_steps"].default
+        )
+        steps = gr.Slider(1, MAX_INFERENCE_STEPS, value=default, step=1, label="Sampling steps")
+        inputs["num_inference_steps"] = (
+            steps,
+            functools.partial(check_int, name="Sampling steps", low=1, high=MAX_INFERENCE_STEPS),
+        )
+    for argument, (low, high, default, label) in pipeline.sampling_controls.items():
+        step = _slider_step(low, high, default)
+        slider = gr.Slider(low, high, value=defaults.get(argument, default), step=step, label=label)
+        check = check_int if step == 1 else check_float
+        inputs[argument] = (slider, functools.partial(check, name=label, low=low, high=high))
+    return inputs
+
+
+def read_inputs(pipeline, values: dict, controls: dict) -> dict:
+    """The checked keyword arguments for the pipeline from an endpoint's API values: the condition (`prompt` or
+    `class_labels`) and the sampling controls present in `values`."""
+    kwargs = {}
+    if "prompt" in values:
+        kwargs["prompt"] = check_prompt(pipeline, values["prompt"])
+    if "class_label" in values:
+        kwargs["class_labels"] = check_class(pipeline, values["class_label"])
+    for argument, (_, check) in controls.items():
+        if argument in values:
+            kwargs[argument] = check(values[argument])
+    if kwargs.get("negative_prompt") == "":
+        del kwargs["negative_prompt"]
+    elif "negative_prompt" in kwargs and (kwargs.get("prompt") is None or kwargs.get("guidance_scale", 1.0) == 1.0):
+        raise gr.Error("A negative prompt needs a prompt and a guidance scale above 1.")
+    return kwargs
+
+
+def model_image(pipeline, image) -> torch.Tensor:
+    """An uploaded image as the model takes it: resized (area average) to the model's size and channels, and, for a
+    model of `num_bins` grey levels, snapped to them. (1, c, s, s) in [-1, 1]."""
+    if image is None:
+        raise gr.Error("Upload an image first.")
+    config = pipeline.conditioned_model.config
+    size = config.sample_size
+    channels = getattr(config, "in_channels", None) or config.out_channels
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}[channels]
+    images = pipeline.preprocess(image.convert(mode).resize((size, size), PIL.Image.BOX), size, channels)
+    num_bins = getattr(config, "num_bins", None)
+    return quantize(images, num_bins) if num_bins else images
+
+
+def build_tab(pipeline, title: str | None = None, family: str | None = None) -> None:
+    """Builds, inside a `gr.Blocks` (or a `gr.Tab` of one), the demo of `pipeline` from what it declares (see the
+    module docstring). `title` prefixes the timing text; `family` suffixes the API names (`/generate_<family>`, else
+    `/generate`) and the element ids (`generate-<family>`, `gallery-<family>`, `timing-<family>`)."""
+    capabilities = pipeline.capabilities
+
+    def name(base: str, separator: str = "_") -> str:
+        return f"{base}{separator}{family}" if family else base
+
+    def timing(seconds: float, num_images: int) -> str:
+        return f"{title}: {timing_text(seconds, num_images)}" if title else timing_text(seconds, num_images)
+
+    # 1. Sampling: the condition, a seed, a number of images, and the pipeline's controls
+    condition = condition_input(pipeline)
+    with gr.Row():
+        seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
+        num_images = gr.Slider(1, MAX_IMAGES, value=8, step=1, label="Number of images")
+    with gr.Row():
+        controls = sampling_inputs(pipeline)
+    button = gr.Button("Generate", variant="primary", elem_id=name("generate", "-"))
+    samples = gr.Gallery(label="Samples", columns=8, format="png", object_fit="contain", elem_id=name("gallery", "-"))
+    samples_time = gr.Markdown(elem_id=name("timing", "-"))
+
+    def generate(**values):
+        """Samples `num_images` images with `seed` through `pipeline.generate`; returns them and the time taken."""
+        seed = check_int(values.pop("seed"), "Seed", 0, MAX_SEED)
+        count = check_int(values.pop("num_images"), "Number of images", 1, MAX_IMAGES)
+        kwargs = read_inputs(pipeline, values, controls)
+        images, seconds = run(pipeline.generate, count, seed=seed, output_type="pil", **kwargs)
+        return enlarge(images), timing(seconds, len(images))
+
+    inputs = {
+        **condition,
+        "seed": seed,
+        "num_images": num_images,
+        **{k: widget for k, (widget, _) in controls.items()},
+    }
+    button.click(generate, inputs_kwargs=inputs, outputs=[samples, samples_time], api_name=name("generate"))
+
+    # 2. What the family adds
+    if "interpolation" in capabilities:
+        _interpolation_section(pipeline, condition, controls, name, timing)
+    if "likelihood" in capabilities:
+        _likelihood_section(pipeline, condition, name)
+    if "inpainting" in capabilities:
+        _inpainting_section(pipeline, condition, controls, name, timing)
+
+
+def _interpolation_section(pipeline, condition: dict, controls: dict, name, timing) -> None:
+    gr.Markdown("### Interpolation\nThe images on the path the pipeline takes between the latent noise of two seeds.")
+    with gr.Row():
+        start_seed = gr.Number(label="Start seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
+        end_seed = gr.Number(label="End seed", value=1, precision=0, minimum=0, maximum=MAX_SEED)
+        num_steps = gr.Slider(MIN_STEPS, MAX_STEPS, value=8, step=1, label="Steps")
+    button = gr.Button("Interpolate")
+    strip = gr.Gallery(label="Interpolation", columns=MAX_STEPS, format="png", object_fit="contain")
+    strip_time = gr.Markdown()
+    # The tab's condition and controls that `interpolate` takes too (the GAN's truncation; not the VAE's temperature).
+    condition, controls = taken_by(pipeline.interpolate, condition), taken_by(pipeline.interpolate, controls)
+
+    def interpolate(**values):
+        """`num_steps` images between the latent noise of `start_seed` and `end_seed`, with the time taken."""
+        seeds = [
+            check_int(values.pop(key), label, 0, MAX_SEED)
+            for key, label in (("start_seed", "Start seed"), ("end_seed", "End seed"))
+        ]
+        steps = check_int(values.pop("num_steps"), "Steps", MIN_STEPS, MAX_STEPS)
+        kwargs = read_inputs(pipeline, values, controls)
+        images, seconds = run(pipeline.interpolate, *seeds, num_steps=steps, output_type="pil", **kwargs)
+        return enlarge(images), timing(seconds, len(images))
+
+    inputs = {**condition, "start_seed": start_seed, "end_seed": end_seed, "num_steps": num_steps}
+    inputs.update({k: widget for k, (widget, _) in controls.items()})
+    button.click(interpolate, inputs_kwargs=inputs, outputs=[strip, strip_time], api_name=name("interpolate"))
+
+
+def _likelihood_section(pipeline, condition: dict, name) -> None:
+    gr.Markdown("### Likelihood of an image\nHow typical the model finds an uploaded image, in bits per dimension.")
+    image = gr.Image(label="Image", type="pil", image_mode="RGB")
+    button = gr.Button("Score")
+    result = gr.Markdown()
+    condition = taken_by(pipeline.log_likelihood, condition)  # p(x | prompt or class) where the family gives it
+
+    def likelihood(**values):
+        """The uploaded image's bits/dim (resized to the model's size), what kind of figure it is, and the time."""
+        tensor = model_image(pipeline, values.pop("image"))
+        kwargs = read_inputs(pipeline, values, {})
+        if accepts(pipeline.log_likelihood, "generator"):
+            kwargs["generator"] = torch.Generator().manual_seed(0)  # the same image gets the same figure
+        output, seconds = run(pipeline.log_likelihood, tensor, **kwargs)
+        size = tensor.shape[-1]
+        return (
+            f"**{output.bits_per_dim.item():.3f} bits/dim** ({-output.log_likelihood.item():.1f} nats), "
+            f"{output.kind}; image resized to {size}x{size}. Lower means the model finds the image more typical. "
+            f"{timing_text(seconds, 1)}"
+        )
+
+    button.click(likelihood, inputs_kwargs={"image": image, **condition}, outputs=result, api_name=name("likelihood"))
+
+
+def _inpainting_section(pipeline, condition: dict, controls: dict, name, timing) -> None:
+    gr.Markdown("### Inpainting\nRepaints the white part of the mask, keeping the rest of the image.")
+    with gr.Row():
+        image = gr.Image(label="Image", type="pil", image_mode="RGB")
+        mask = gr.Image(label="Mask (white = repaint)", type="pil", image_mode="L")
+    seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
+    button = gr.Button("Inpaint")
+    result = gr.Gallery(label="Inpainted", columns=4, format="png", object_fit="contain")
+    result_time = gr.Markdown()
+    condition, controls = taken_by(pipeline.inpaint, condition), taken_by(pipeline.inpaint, controls)
+
+    def inpaint(**values):
+        """The image with the mask's white part repainted, for `seed`, with the time taken."""
+        if values["mask"] is None:
+            raise gr.Error("Upload a mask: white where the image is to be repainted.")
+        image, mask = model_image(pipeline, values.pop("image")), values.pop("mask")
+        mask = mask.convert("L").resize(image.shape[-2:][::-1], PIL.Image.NEAREST)
+        seed = check_int(values.pop("seed"), "Seed", 0, MAX_SEED)
+        kwargs = read_inputs(pipeline, values, controls)
+        generator = torch.Generator().manual_seed(seed)
+        output, seconds = run(pipeline.inpaint, image, mask, generator=generator, output_type="pil", **kwargs)
+        images = getattr(output, "images", output)
+        return enlarge(images), timing(seconds, len(images))
+
+    inputs = {"image": image, "mask": mask, **condition, "seed": seed}
+    inputs.update({k: widget for k, (widget, _) in controls.items()})
+    button.click(inpaint, inputs_kwargs=inputs, outputs=[result, result_time], api_name=name("inpaint"))
+
+
+def build_demo(pipeline, model_name: str | None = None) -> gr.Blocks:
+    """The one-model Space of `pipeline`: a header, and [`build_tab`]'s controls with API names `/generate`,
+    `/interpolate`, `/likelihood` and `/inpaint` (those the pipeline's capabilities call for)."""
+    title = family_title(pipeline)
+    with gr.Blocks(title=f"hfgen {title}") as demo:
+        gr.Markdown(f"# hfgen {title}\n{describe(pipeline, model_name)}")
+        build_tab(pipeline)
+    # At most 2 generations run at once (2 CPU cores on a free Space); up to 32 wait in the queue.
+    demo.queue(default_concurrency_limit=2, max_size=32)
+    return demo
+
+
+# ----- the command line ----------------------------------------------------------------------------------------------
 def parse_args(description: str, argv: list[str] | None = None, model_flags: dict[str, str] | None = None):
     """Host and port flags, plus one `--<flag>` per model (its default from an environment variable, the Space's
     variables on Hugging Face). `model_flags`: {flag: environment variable}."""
@@ -107,8 +415,6 @@ def parse_args(description: str, argv: list[str] | None = None, model_flags: dic
 
 def launch_model_space(build_demo, description: str, argv: list[str] | None = None) -> None:
     """The command line of a one-model Space: `--model` (default: the HFGEN_MODEL variable), load, serve."""
-    import hfgen  # here, not at the top: hfgen imports diffusers, and this module is part of hfgen
-
     parser, args = parse_args(description, argv, {"model": "HFGEN_MODEL"})
     if not args.model:
         parser.error("no model given: pass --model PATH_OR_HUB_ID or set the HFGEN_MODEL environment variable.")

@@ -82,21 +82,27 @@ def test_each_family_tab_generates_deterministically_with_timing(served):
     assert [Path(p).read_bytes() for p in image_files(gallery)] == [Path(p).read_bytes() for p in image_files(again)]
     assert timing.startswith("VAE: 3 image(s) in") and "ms per image" in timing
 
-    gallery, timing = client.predict("", 1, 2, 0.5, api_name="/generate_gan")  # prompt, seed, images, truncation
+    # The unconditional GAN's tab has no prompt: seed, number of images, truncation psi.
+    gallery, timing = client.predict(seed=1, num_images=2, truncation_psi=0.5, api_name="/generate_gan")
     assert len(image_files(gallery)) == 2 and timing.startswith("GAN: 2 image(s)")
+    guided, _ = client.predict(
+        prompt="a handwritten digit seven", seed=7, num_images=3, guidance_scale=3.0, api_name="/generate_vae"
+    )
+    assert [Path(p).read_bytes() for p in image_files(guided)] != [Path(p).read_bytes() for p in image_files(again)]
 
 
 def test_family_extras(served, tmp_path):
     client, _, _ = served
     strip, timing = client.predict("", 0, 1, 5, api_name="/interpolate_vae")
     assert len(image_files(strip)) == 5 and "ms per image" in timing
-    strip, _ = client.predict("", 0, 1, 4, 0.7, api_name="/interpolate_gan")
+    strip, _ = client.predict(start_seed=0, end_seed=1, num_steps=4, truncation_psi=0.7, api_name="/interpolate_gan")
     assert len(image_files(strip)) == 4
 
     digit = make_digits_dataset()[0]["image"].convert("RGB").resize((64, 64))
     digit.save(tmp_path / "digit.png")
     result = client.predict(gradio_client.handle_file(str(tmp_path / "digit.png")), api_name="/likelihood_vae")
     assert "bits/dim" in result and "lower bound (IWAE" in result
+    assert "/likelihood_gan" not in client.view_api(return_format="dict")["named_endpoints"]
 
 
 def test_side_by_side_runs_every_family(served):
@@ -112,12 +118,16 @@ def test_side_by_side_runs_every_family(served):
     [
         # Gradio 6 checks a Slider's or Number's bounds on the server too ("greater than maximum value 16"); the
         # handlers check again (hfgen.demo), for the inputs that have no bounded widget (prompt length, text).
-        ("/generate_vae", ("", 0, 17), r"(Number of images|maximum value) .*16"),
-        ("/generate_vae", ("", -1, 2), r"(Seed|minimum value)"),
-        ("/generate_vae", ("x" * 201, 0, 2), "the limit is 200"),
-        ("/generate_gan", ("a digit", 0, 2, 1.0), "unconditional"),
-        ("/generate_gan", ("", 0, 2, 1.5), r"(Truncation|maximum value 1)"),
-        ("/interpolate_vae", ("", 0, 1, 13), r"(Steps|maximum value) .*12"),
+        ("/generate_vae", dict(prompt="", seed=0, num_images=17), r"(Number of images|maximum value) .*16"),
+        ("/generate_vae", dict(prompt="", seed=-1, num_images=2), r"(Seed|minimum value)"),
+        ("/generate_vae", dict(prompt="x" * 201, seed=0, num_images=2), "the limit is 200"),
+        (
+            "/generate_vae",
+            dict(prompt="a digit", seed=0, num_images=2, guidance_scale=0.5),
+            r"(Guidance|minimum value)",
+        ),
+        ("/generate_gan", dict(seed=0, num_images=2, truncation_psi=1.5), r"(Truncation|maximum value 1)"),
+        ("/interpolate_vae", dict(prompt="", start_seed=0, end_seed=1, num_steps=13), r"(Steps|maximum value) .*12"),
         ("/side_by_side", ("", 0, 100), r"(Images per family|maximum value) .*16"),
         ("/side_by_side", ("x" * 201, 0, 2), "the limit is 200"),
     ],
@@ -125,7 +135,10 @@ def test_side_by_side_runs_every_family(served):
 def test_limits_are_enforced_on_the_server(served, api_name, arguments, message):
     client, _, _ = served
     with pytest.raises(Exception, match=message):
-        client.predict(*arguments, api_name=api_name)
+        if isinstance(arguments, dict):
+            client.predict(**arguments, api_name=api_name)
+        else:
+            client.predict(*arguments, api_name=api_name)
 
 
 def test_missing_models_get_a_tab_that_says_so(app, hub):
@@ -144,6 +157,18 @@ def test_missing_models_get_a_tab_that_says_so(app, hub):
         )
     finally:
         demo.close()
+
+
+def test_a_new_family_is_one_entry_in_families(app, model_ids, monkeypatch):
+    """A family's tab comes from its pipeline: a new family needs its Space variable in FAMILIES, and no code."""
+    monkeypatch.setitem(app.FAMILIES, "diffusion", "HFGEN_MODEL_DIFFUSION")
+    models = app.load_models({"diffusion": model_ids["gan"]})
+    demo = app.build_demo(models)
+    endpoints = demo.get_api_info()["named_endpoints"]
+    assert {"/generate_diffusion", "/interpolate_diffusion", "/side_by_side"} <= set(endpoints)
+    assert any(c.get("props", {}).get("label") == "Diffusion" for c in demo.config["components"])
+    _, args = app.parse_args("gallery", ["--diffusion", "me/diffusion-digits"], app.FAMILIES)
+    assert args.diffusion == "me/diffusion-digits"
 
 
 def test_sixteen_concurrent_calls_all_succeed_within_the_queue_limit(served):
@@ -263,9 +288,9 @@ def test_family_space_serves_a_model_pulled_from_the_hub(model_ids, family):
     demo = app.build_demo(hfgen.load_pipeline(model_ids[family]), model_name=model_ids[family])
     client = gradio_client.Client(serve(demo), verbose=False)
     try:
-        arguments = ("", 3, 2) if family == "vae" else ("", 3, 2, 0.8)  # prompt, seed, images[, truncation]
+        arguments = dict(prompt="", seed=3, num_images=2) if family == "vae" else dict(seed=3, num_images=2)
         first, second = (
-            [Path(p).read_bytes() for p in image_files(client.predict(*arguments, api_name="/generate"))]
+            [Path(p).read_bytes() for p in image_files(client.predict(**arguments, api_name="/generate")[0])]
             for _ in range(2)
         )
         assert len(first) == 2 and first == second

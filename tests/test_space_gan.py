@@ -58,60 +58,88 @@ def served(app, tmp_path_factory):
         blocks.close()
 
 
-def image_bytes(result) -> list[bytes]:
+def image_bytes(gallery) -> list[bytes]:
     """Gallery output as the client returns it ([{"image": path, ...}, ...]) -> the bytes of each image file."""
-    paths = [item["image"] if isinstance(item, dict) else item[0] for item in result]
-    return [Path(path).read_bytes() for path in paths]
+    return [Path(item["image"] if isinstance(item, dict) else item[0]).read_bytes() for item in gallery]
+
+
+def generate(client, **kwargs) -> list[bytes]:
+    gallery, timing = client.predict(**kwargs, api_name="/generate")
+    assert "ms per image" in timing
+    return image_bytes(gallery)
 
 
 def test_unconditional_space(served):
     client = served("unconditional")
+    endpoints = client.view_api(return_format="dict")["named_endpoints"]
+    assert [p["parameter_name"] for p in endpoints["/generate"]["parameters"]] == [
+        "seed",
+        "num_images",
+        "truncation_psi",
+    ]
+    assert "/likelihood" not in endpoints  # a GAN declares no likelihood
 
-    samples = image_bytes(client.predict("", 3, 5, 1.0, api_name="/generate"))
+    samples = generate(client, seed=3, num_images=5)
     assert len(samples) == 5
-    assert samples == image_bytes(client.predict("", 3, 5, 1.0, api_name="/generate"))  # the seed fixes the images
-    assert samples != image_bytes(client.predict("", 4, 5, 1.0, api_name="/generate"))
+    assert samples == generate(client, seed=3, num_images=5, truncation_psi=1.0)  # the seed fixes the images
+    assert samples != generate(client, seed=4, num_images=5)
     # psi = 0: every seed gives the mean image
-    mean = image_bytes(client.predict("", 3, 2, 0.0, api_name="/generate"))
-    assert mean[0] == mean[1] == image_bytes(client.predict("", 9, 1, 0.0, api_name="/generate"))[0]
+    mean = generate(client, seed=3, num_images=2, truncation_psi=0.0)
+    assert mean[0] == mean[1] == generate(client, seed=9, num_images=1, truncation_psi=0.0)[0]
 
-    result = client.predict("", 0, 1, 1.0, api_name="/generate")
-    path = result[0]["image"] if isinstance(result[0], dict) else result[0][0]
-    with Image.open(path) as image:
+    gallery, _ = client.predict(seed=0, num_images=1, api_name="/generate")
+    with Image.open(gallery[0]["image"]) as image:
         assert image.size == (128, 128)  # 8x8 shown with nearest-neighbour upscaling
 
-    strip = image_bytes(client.predict("", 0, 1, 6, 1.0, api_name="/interpolate"))
-    assert len(strip) == 6
-    assert strip[0] == Path(path).read_bytes()  # the strip starts at seed 0's image
+    strip, _ = client.predict(start_seed=0, end_seed=1, num_steps=6, api_name="/interpolate")
+    assert len(image_bytes(strip)) == 6
+    assert image_bytes(strip)[0] == image_bytes(gallery)[0]  # the strip starts at seed 0's image
+    truncated, _ = client.predict(start_seed=0, end_seed=1, num_steps=6, truncation_psi=0.5, api_name="/interpolate")
+    assert image_bytes(truncated) != image_bytes(strip)  # the truncation slider reaches interpolate too
 
-    # Limits are enforced by the server, whatever the caller sends.
+    # Limits are enforced by the server, whatever the caller sends, and the errors name the range.
     with pytest.raises(Exception, match="16"):
-        client.predict("", 0, 100, 1.0, api_name="/generate")
+        client.predict(seed=0, num_images=100, api_name="/generate")
     with pytest.raises(Exception, match="Truncation|maximum value 1"):
-        client.predict("", 0, 2, 1.5, api_name="/generate")
+        client.predict(seed=0, num_images=2, truncation_psi=1.5, api_name="/generate")
     with pytest.raises(Exception, match="12"):
-        client.predict("", 0, 1, 50, 1.0, api_name="/interpolate")
-    with pytest.raises(Exception, match="unconditional"):
-        client.predict("a small red circle", 0, 2, 1.0, api_name="/generate")
+        client.predict(start_seed=0, end_seed=1, num_steps=50, api_name="/interpolate")
 
 
-def test_text_space(served):
+def test_text_space_with_guidance(served):
     client = served("text")
 
-    circles = image_bytes(client.predict("a small red circle", 7, 4, 1.0, api_name="/generate"))
+    circles = generate(client, prompt="a small red circle", seed=7, num_images=4)
     assert len(circles) == 4
-    assert circles != image_bytes(client.predict("a large blue square", 7, 4, 1.0, api_name="/generate"))
-    assert len(image_bytes(client.predict("", 7, 2, 1.0, api_name="/generate"))) == 2  # empty prompt: unconditional
-    assert len(image_bytes(client.predict("a large blue square", 0, 9, 3, 0.7, api_name="/interpolate"))) == 3
+    assert circles != generate(client, prompt="a large blue square", seed=7, num_images=4)
+    guided = generate(client, prompt="a small red circle", seed=7, num_images=4, guidance_scale=2.0)
+    assert guided != circles
+    assert len(generate(client, prompt="", seed=7, num_images=2)) == 2  # empty prompt: the null condition
+    strip, _ = client.predict(
+        prompt="a large blue square",
+        start_seed=0,
+        end_seed=9,
+        num_steps=3,
+        truncation_psi=0.7,
+        api_name="/interpolate",
+    )
+    assert len(image_bytes(strip)) == 3
     with pytest.raises(Exception, match="200"):
-        client.predict("circle " * 40, 0, 1, 1.0, api_name="/generate")
+        client.predict(prompt="circle " * 40, seed=0, num_images=1, api_name="/generate")
 
 
-def test_truncation_is_checked_without_the_widgets(app):
+def test_controls_are_checked_without_the_widgets(app, tmp_path):
+    """The handler checks every value itself: called directly, bypassing Gradio's own check of the slider bounds."""
+    blocks = app.build_demo(hfgen.load_pipeline(save_pipeline(tmp_path, text=False)))
+    handler = next(fn.fn for fn in blocks.fns.values() if fn.api_name == "generate")
     for bad in (-0.1, 1.01, "1", None, True):
-        with pytest.raises(demo.gr.Error, match="Truncation"):
-            app._check_truncation(bad)
-    assert app._check_truncation(0) == 0.0
+        with pytest.raises(demo.gr.Error, match=r"Truncation psi .* from 0.0 to 1.0"):
+            handler(seed=0, num_images=1, truncation_psi=bad)
+    for bad in (-1, 2**31, 0.5, "0"):
+        with pytest.raises(demo.gr.Error, match="Seed"):
+            handler(seed=bad, num_images=1, truncation_psi=1.0)
+    images, _ = handler(seed=0, num_images=2, truncation_psi=0)
+    assert len(images) == 2
 
 
 def test_help_runs():
@@ -119,7 +147,7 @@ def test_help_runs():
         [sys.executable, str(APP_PATH), "--help"],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=180,  # importing torch and gradio on a busy shared machine
         env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1"},
     )
     assert result.returncode == 0, result.stderr

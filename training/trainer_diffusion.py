@@ -60,7 +60,10 @@ class DiffusionTrainingConfig(TrainingConfig):
     scaling_factor_images: int = field(
         default=512, metadata={"help": "Training images whose latents measure the scaling factor (latent std 1)."}
     )
-    # ----- evaluation -----
+    # ----- validation and evaluation -----
+    validation_inference_steps: int = field(
+        default=50, metadata={"help": "Sampling steps of the validation grids and FID (few: validation stays cheap)."}
+    )
     num_bins: int | None = field(
         default=None, metadata={"help": "Levels of the data; default 17 for the embedded digits, else 256 (8-bit)."}
     )
@@ -84,6 +87,11 @@ class DiffusionTrainingConfig(TrainingConfig):
             raise ValueError(
                 f"--norm_num_groups {self.norm_num_groups} must divide every --block_out_channels "
                 f"{self.block_out_channels}."
+            )
+        if not 1 <= self.validation_inference_steps <= self.num_train_timesteps:
+            raise ValueError(
+                f"--validation_inference_steps must be in [1, --num_train_timesteps={self.num_train_timesteps}], got "
+                f"{self.validation_inference_steps}."
             )
         if self.num_bins is None:
             self.num_bins = 17 if self.dataset_name == "digits" else 256
@@ -220,7 +228,7 @@ class DiffusionTrainer(Trainer):
         return {"loss": loss, "mse": mse.detach().mean()}
 
     def build_pipeline(self, model, tokenizer=None, text_encoder=None, vae=None) -> DiffusionImagePipeline:
-        return DiffusionImagePipeline(
+        pipeline = DiffusionImagePipeline(
             unet=model,
             scheduler=DDPMScheduler.from_config(self.noise_scheduler.config),
             tokenizer=tokenizer,
@@ -228,6 +236,10 @@ class DiffusionTrainer(Trainer):
             vae=vae,
             num_bins=self.config.num_bins,
         )
+        # Validation grids and FID sample through `generate` with these steps; a saved pipeline keeps the class's.
+        steps = {"num_inference_steps": self.config.validation_inference_steps}
+        pipeline.default_sampling_kwargs = {**pipeline.default_sampling_kwargs, **steps}
+        return pipeline
 
     @torch.no_grad()
     def evaluate(self, pipeline: DiffusionImagePipeline) -> dict[str, float]:

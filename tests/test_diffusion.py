@@ -268,7 +268,7 @@ class TestDiffusionTrainer(TrainerTesterMixin):
 
     def test_bad_settings_raise(self, tmp_path):
         bad = [("--prediction_type", "x0"), ("--beta_schedule", "cosine"), ("--snr_gamma", "0")]
-        bad += [("--validation_inference_steps", "51"), ("--norm_num_groups", "3")]
+        bad += [("--validation_inference_steps", "51"), ("--norm_num_groups", "3"), ("--cross_attention_levels", "2")]
         for flag, value in bad:
             with pytest.raises(ValueError, match=flag):
                 self.build_trainer(tmp_path, flag, value)

@@ -40,6 +40,10 @@ class DiffusionTrainingConfig(TrainingConfig):
     attention: bool = field(
         default=True, metadata={"help": "Self-attention at the lowest resolution (unconditional and class UNets)."}
     )
+    cross_attention_levels: list[int] | None = field(
+        default=None,
+        metadata={"help": "Text UNets: the levels (0 = full resolution) with cross-attention; default every level."},
+    )
     # ----- diffusion -----
     prediction_type: str = field(default="epsilon", metadata={"help": "epsilon, sample (x0) or v_prediction."})
     beta_schedule: str = field(default="linear", metadata={"help": "linear or squaredcos_cap_v2 (cosine)."})
@@ -92,6 +96,12 @@ class DiffusionTrainingConfig(TrainingConfig):
             raise ValueError(
                 f"--validation_inference_steps must be in [1, --num_train_timesteps={self.num_train_timesteps}], got "
                 f"{self.validation_inference_steps}."
+            )
+        levels = range(len(self.block_out_channels))
+        if self.cross_attention_levels is not None and not set(self.cross_attention_levels) <= set(levels):
+            raise ValueError(
+                f"--cross_attention_levels {self.cross_attention_levels} must be levels of --block_out_channels "
+                f"{self.block_out_channels}: {list(levels)}."
             )
         if self.num_bins is None:
             self.num_bins = 17 if self.dataset_name == "digits" else 256
@@ -170,12 +180,15 @@ class DiffusionTrainer(Trainer):
             attention_head_dim=config.attention_head_dim,
         )
         if config.conditioning == "text":
-            # Cross-attention to the prompt's per-token states at every resolution.
+            # Cross-attention to the prompt's per-token states at the chosen resolutions (and in the middle block).
             text_encoder = self.accelerator.unwrap_model(self.text_encoder, keep_fp32_wrapper=True)
+            attend = range(levels) if config.cross_attention_levels is None else config.cross_attention_levels
+            down = [("CrossAttnDownBlock2D" if level in attend else "DownBlock2D") for level in range(levels)]
+            up = [("CrossAttnUpBlock2D" if level in attend else "UpBlock2D") for level in reversed(range(levels))]
             return UNet2DConditionModel(
                 **shared,
-                down_block_types=("CrossAttnDownBlock2D",) * levels,
-                up_block_types=("CrossAttnUpBlock2D",) * levels,
+                down_block_types=tuple(down),
+                up_block_types=tuple(up),
                 cross_attention_dim=text_encoder.config.hidden_size,
             )
         down = ["DownBlock2D"] * levels

@@ -22,7 +22,7 @@ from diffusers import (
     UNet2DModel,
 )
 from diffusers.models.unets.unet_2d import UNet2DOutput
-from hfgen.pipelines.pipeline_diffusion import encode_to_latents, unet_forward
+from hfgen.pipelines.pipeline_diffusion import encode_to_latents, predicted_original_and_noise, unet_forward
 from hfgen.training.trainer_diffusion import DiffusionTrainer
 from test_remote_code import SUBPROCESS_SCRIPT
 from testing_utils import PipelineTesterMixin, TrainerTesterMixin, free_port
@@ -288,6 +288,19 @@ def test_guidance_scale_one_is_the_conditional_prediction(tiny_text_components):
     torch.testing.assert_close(
         pipeline.predict(latents, t, condition, negative, 3.0), unconditional + 3 * (conditional - unconditional)
     )
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+def test_each_prediction_type_converts_back_to_x0_and_noise(prediction_type):
+    scheduler = DDPMScheduler(num_train_timesteps=20, prediction_type=prediction_type)
+    generator = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(3, 1, 8, 8, generator=generator), torch.randn(3, 1, 8, 8, generator=generator)
+    timesteps = torch.tensor([0, 9, 19])
+    x_t = scheduler.add_noise(x0, noise, timesteps)
+    output = {"epsilon": noise, "sample": x0, "v_prediction": scheduler.get_velocity(x0, noise, timesteps)}
+    recovered_x0, recovered_noise = predicted_original_and_noise(scheduler, output[prediction_type], x_t, timesteps)
+    torch.testing.assert_close(recovered_x0, x0, rtol=0, atol=2e-4)
+    torch.testing.assert_close(recovered_noise, noise, rtol=0, atol=2e-4)
 
 
 SAMPLERS = {

@@ -8,8 +8,10 @@ Accelerate loop.
 __version__ = "0.1.0"
 
 from hfgen.conditioning import Condition, ConditionEncoder
+from hfgen.models.modeling_flow import FlowModel
 from hfgen.models.modeling_gan import GANDiscriminator, GANGenerator
 from hfgen.models.modeling_vae import VAEModel
+from hfgen.pipelines.pipeline_flow import FlowPipeline
 from hfgen.pipelines.pipeline_gan import GANPipeline
 from hfgen.pipelines.pipeline_utils import HFGenPipeline, LikelihoodOutput
 from hfgen.pipelines.pipeline_vae import VAEPipeline
@@ -20,6 +22,8 @@ load_pipeline = HFGenPipeline.from_pretrained
 __all__ = [
     "Condition",
     "ConditionEncoder",
+    "FlowModel",
+    "FlowPipeline",
     "GANDiscriminator",
     "GANGenerator",
     "GANPipeline",

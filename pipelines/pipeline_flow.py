@@ -157,11 +157,18 @@ class FlowPipeline(HFGenPipeline):
         images = self._images(images)
         condition = self.condition_for_images(len(images), prompt, class_labels)
         num_dims, bins = self.flow.num_dims, self.flow.config.num_bins
+        # 1. S dequantisations of each image, a few thousand images per pass: log p(y_s), y in [0, 1]^D
+        noise = torch.rand((len(images), num_samples, *images.shape[1:]), generator=generator)  # (b, S, c, h, w)
         log_densities = []
-        for _ in range(num_samples):
-            noise = torch.rand(images.shape, generator=generator).to(self.device, images.dtype)
-            log_densities.append(self.flow.encode(images, condition, noise).log_likelihood.float())
-        log_densities = torch.stack(log_densities)  # (S, b): log p(y_s), y in [0, 1]^D
+        for chunk in noise.split(max(1, 4096 // len(images)), dim=1):
+            repeats = chunk.shape[1]
+            chunk_condition = None if condition is None else condition.repeat_interleave(repeats)
+            noise_chunk = chunk.flatten(0, 1).to(self.device, images.dtype)
+            output = self.flow.encode(images.repeat_interleave(repeats, 0), chunk_condition, noise_chunk)
+            log_densities.append(output.log_likelihood.float().view(len(images), repeats))
+        log_densities = torch.cat(log_densities, dim=1).T  # (S, b)
+
+        # 2. The exact density of one dequantised image, or the importance-weighted bound on the discrete P(x)
         if num_samples == 1:
             log_likelihood = log_densities[0]
             kind = "exact"

@@ -70,6 +70,12 @@ class FlowOutput(BaseOutput):
     bits_per_dim: torch.Tensor = None
 
 
+def at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    """Log-determinants are summed in float32 or better, also under bf16 autocast (a bf16 sum over thousands of
+    dimensions would lose the likelihood's digits); float64 stays float64."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 # ----- the invertible layers: forward(h, c) -> (h', log_det (b,)), inverse(h', c) -> h ------------------------------
 def squeeze(h: torch.Tensor) -> torch.Tensor:
     """(b, c, s, s) -> (b, 4c, s/2, s/2): each 2x2 patch becomes 4 channels (RealNVP section 3.6)."""
@@ -115,7 +121,7 @@ class ActNorm(nn.Module):
     def forward(self, h, c=None):
         if self.training and not self.initialized:
             self.initialize(h)
-        log_det = self.logs.float().sum() * h.shape[2] * h.shape[3]
+        log_det = at_least_float32(self.logs).sum() * h.shape[2] * h.shape[3]
         return h * torch.exp(self.logs) + self.bias, log_det.expand(h.shape[0])
 
     def inverse(self, h, c=None):
@@ -145,7 +151,7 @@ class InvertibleConv1x1(nn.Module):
         return self.permutation @ lower @ upper  # (c, c)
 
     def forward(self, h, c=None):
-        log_det = self.log_s.float().sum() * h.shape[2] * h.shape[3]
+        log_det = at_least_float32(self.log_s).sum() * h.shape[2] * h.shape[3]
         return F.conv2d(h, self.weight()[:, :, None, None]), log_det.expand(h.shape[0])
 
     def inverse(self, h, c=None):
@@ -206,12 +212,12 @@ class Coupling(nn.Module):
             mask = self.mask(h)
             shift, log_scale = self.shift_and_log_scale(h * mask, c)
             shift, log_scale = shift * (1 - mask), log_scale * (1 - mask)
-            return h * torch.exp(log_scale) + shift, log_scale.float().flatten(1).sum(1)
+            return h * torch.exp(log_scale) + shift, at_least_float32(log_scale).flatten(1).sum(1)
         passed, changed = h.chunk(2, dim=1)[:: 1 - 2 * self.parity]
         shift, log_scale = self.shift_and_log_scale(passed, c)
         changed = changed * torch.exp(log_scale) + shift
         parts = (passed, changed) if self.parity == 0 else (changed, passed)
-        return torch.cat(parts, dim=1), log_scale.float().flatten(1).sum(1)
+        return torch.cat(parts, dim=1), at_least_float32(log_scale).flatten(1).sum(1)
 
     def inverse(self, h, c=None):
         if self.mask_type == "checkerboard":
@@ -253,7 +259,7 @@ class GaussianPrior(nn.Module):
         if not self.learned:
             return z, z.new_zeros(z.shape[0])
         mean, logs = self.mean_and_logs(z, context, c)
-        return (z - mean) * torch.exp(-logs), -logs.float().flatten(1).sum(1)
+        return (z - mean) * torch.exp(-logs), -at_least_float32(logs).flatten(1).sum(1)
 
     def inverse(self, eps, context=None, c=None):
         if not self.learned:
@@ -440,7 +446,7 @@ class FlowModel(ModelMixin, ConfigMixin):
         self.check_sample(sample)
         y = self.dequantize(sample, noise)
         latents, log_det = self.transform(y, condition)
-        log_likelihood = standard_normal_log_prob(latents.float()) + log_det
+        log_likelihood = standard_normal_log_prob(at_least_float32(latents)) + log_det
         if not return_dict:
             return latents, log_det, log_likelihood
         return FlowEncoderOutput(latents=latents, log_det=log_det, log_likelihood=log_likelihood)
@@ -499,7 +505,7 @@ class PointFlow(nn.Module):
 
     @torch.no_grad()
     def sample(self, num_points: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        h = torch.randn(num_points, 2, 1, 1, generator=generator)
+        h = torch.randn(num_points, 2, 1, 1, generator=generator).to(next(self.parameters()).dtype)
         for layer in reversed(self.layers):
             h = layer.inverse(h)
         return h[:, :, 0, 0]

@@ -113,10 +113,10 @@ def train_toy(name: str, steps: int = 1500, seed: int = 0):
     return flow, {"data": name, "steps": steps, "test NLL (nats)": test_nll, "wall s": time.perf_counter() - start}
 
 
-def toys(figure: str | None) -> list[dict]:
+def toys(figure: str | None, steps: int = 1500) -> list[dict]:
     rows, panels = [], []
     for name in ("two moons", "eight Gaussians"):
-        flow, row = train_toy(name)
+        flow, row = train_toy(name, steps)
         rows.append(row)
         panels.append((name, flow))
     if figure:
@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--problems", action="store_true", help="Reconstruction error vs depth; ReLU's loss.")
     parser.add_argument("--toys", action="store_true", help="Train the 2-D toy flows.")
     parser.add_argument("--figure", default=None, help="Where to save the toys' figure (PNG).")
+    parser.add_argument("--toy_steps", type=int, default=1500, help="Adam steps (batch 256) per toy density.")
     parser.add_argument("--flow", action="append", default=[], help="A trained flow pipeline folder (repeatable).")
     parser.add_argument("--json", default=None, help="Also write the results here.")
     args = parser.parse_args(argv)
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
         results["relu"] = relu_loss()
         show([results["relu"]])
     if args.toys:
-        results["toys"] = toys(args.figure)
+        results["toys"] = toys(args.figure, args.toy_steps)
         show(results["toys"])
     if args.flow:
         results["digits"] = trained_flows(args.flow)

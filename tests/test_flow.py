@@ -490,6 +490,27 @@ def test_recipe_parses(recipe, repo_root):
     assert config.learned_prior == (config.architecture == "glow")
 
 
+def test_text_conditioned_shapes_recipe_trains(tmp_path, repo_root):
+    from hfgen.training.train import parse_config
+
+    recipe = repo_root / "training" / "recipes" / "flow_text_shapes.yaml"
+    _, config = parse_config(
+        [
+            *("--recipe", str(recipe), "--output_dir", str(tmp_path), "--max_train_steps", "2"),
+            *("--max_train_samples", "64", "--train_batch_size", "16", "--hidden_channels", "8"),
+            *("--steps_per_scale", "1", "--text_hidden_size", "32", "--text_num_layers", "1", "--report_to", "none"),
+            *("--validation_steps", "0", "--eval_max_images", "16"),
+        ]
+    )
+    summary = FlowTrainer(config).train()
+
+    assert np.isfinite(summary["metrics"]["train_loss"]) and np.isfinite(summary["metrics"]["test_bits_per_dim"])
+    pipeline = hfgen.load_pipeline(str(tmp_path))
+    assert pipeline.flow.config.num_bins == 256 and pipeline.flow.latent_shapes[-1] == (48, 4, 4)
+    images = pipeline(prompt="a small red circle at the top left", generator=torch.manual_seed(0), output_type="np")
+    assert images.images.shape == (1, 32, 32, 3)
+
+
 def test_bad_training_settings_raise(tmp_path):
     from hfgen.training.train import parse_config
 

@@ -81,7 +81,9 @@ class FlowTrainer(Trainer):
             return
         train = self.splits["train"]
         count = self.config.train_batch_size
-        examples = list(train.take(count)) if self.config.streaming else [train[i] for i in range(count)]
+        examples = (
+            list(train.take(count)) if self.config.streaming else [train[i] for i in range(min(count, len(train)))]
+        )
         images = collate_fn(examples)["pixel_values"]
         conditioning = None if self.config.conditioning == "none" else self.config.conditioning
         encoder = ConditionEncoder(conditioning, self.tokenizer, self.text_encoder, self.num_classes)

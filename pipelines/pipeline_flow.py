@@ -147,10 +147,11 @@ class FlowPipeline(HFGenPipeline):
     ) -> LikelihoodOutput:
         r"""log p of images under uniform dequantisation y = (k + u) / K, u ~ U[0, 1)^D.
 
-        `num_samples=1`: the exact density log p(y) of one dequantised image per input (`kind="exact"`), with
-        bits/dim -log2(p(y) / K^D) / D, whose expectation over u is an upper bound on the discrete code length.
+        `log_likelihood` is on the level scale (bins of width one, as `hfgen.metrics.baselines`), log p(y) - D log K.
+        `num_samples=1`: the exact density of one dequantised image k + u per input (`kind="exact"`); its bits/dim
+        -log2(p(y) / K^D) / D are, in expectation over u, an upper bound on the discrete code length.
         `num_samples=S > 1`: log (1/S) sum_s p(y_s) / K^D, a lower bound on the discrete log P(x) that tightens with S
-        (importance weighting with the uniform proposal); `log_likelihood` is then that bound.
+        (importance weighting with the uniform proposal).
         """
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive int, got {num_samples!r}.")
@@ -168,19 +169,19 @@ class FlowPipeline(HFGenPipeline):
             log_densities.append(output.log_likelihood.float().view(len(images), repeats))
         log_densities = torch.cat(log_densities, dim=1).T  # (S, b)
 
-        # 2. The exact density of one dequantised image, or the importance-weighted bound on the discrete P(x)
+        # 2. On the level scale (unit-width bins, as `hfgen.metrics.baselines`): log p(k + u) = log p(y) - D log K.
+        #    One sample: the exact density of the dequantised image; more: the importance-weighted bound on log P(x).
+        log_densities = log_densities - num_dims * math.log(bins)
         if num_samples == 1:
-            log_likelihood = log_densities[0]
-            kind = "exact"
-            bound = "the exact density of the dequantised image; its discrete bits/dim bound -log2 P(x) / D from above"
+            log_likelihood, kind = log_densities[0], "exact"
+            bound = "the exact density of k + u; its bits/dim bound -log2 P(x) / D from above in expectation over u"
         else:
-            log_likelihood = torch.logsumexp(log_densities, 0) - math.log(num_samples) - num_dims * math.log(bins)
+            log_likelihood = torch.logsumexp(log_densities, 0) - math.log(num_samples)
             kind = f"lower bound (uniform dequantisation, importance-weighted, S={num_samples})"
             bound = "log_likelihood is the bound on the discrete log P(x)"
-        discrete = log_densities[0] - num_dims * math.log(bins) if num_samples == 1 else log_likelihood
         return LikelihoodOutput(
             log_likelihood=log_likelihood.cpu(),
-            bits_per_dim=(-discrete / (num_dims * math.log(2))).cpu(),
+            bits_per_dim=(-log_likelihood / (num_dims * math.log(2))).cpu(),
             kind=kind,
-            dequantization=f"uniform: y = (k + u) / {bins}, u ~ U[0, 1) per pixel ({bins} levels); {bound}",
+            dequantization=f"uniform: levels k + u, u ~ U[0, 1) per pixel ({bins} levels); {bound}",
         )

@@ -8,9 +8,11 @@ Accelerate loop.
 __version__ = "0.1.0"
 
 from hfgen.conditioning import Condition, ConditionEncoder
+from hfgen.models.modeling_flow import FlowModel
 from hfgen.models.modeling_gan import GANDiscriminator, GANGenerator
 from hfgen.models.modeling_vae import VAEModel
 from hfgen.pipelines.pipeline_diffusion import DiffusionImagePipeline
+from hfgen.pipelines.pipeline_flow import FlowPipeline
 from hfgen.pipelines.pipeline_gan import GANPipeline
 from hfgen.pipelines.pipeline_utils import HFGenPipeline, LikelihoodOutput
 from hfgen.pipelines.pipeline_vae import VAEPipeline
@@ -22,6 +24,8 @@ __all__ = [
     "Condition",
     "ConditionEncoder",
     "DiffusionImagePipeline",
+    "FlowModel",
+    "FlowPipeline",
     "GANDiscriminator",
     "GANGenerator",
     "GANPipeline",

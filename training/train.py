@@ -12,11 +12,12 @@ import sys
 
 import yaml
 from hfgen.training.trainer_diffusion import DiffusionTrainer
+from hfgen.training.trainer_flow import FlowTrainer
 from hfgen.training.trainer_gan import GANTrainer
 from hfgen.training.trainer_vae import VAETrainer
 from transformers import HfArgumentParser
 
-TRAINERS = {trainer.family: trainer for trainer in (VAETrainer, GANTrainer, DiffusionTrainer)}
+TRAINERS = {trainer.family: trainer for trainer in (VAETrainer, GANTrainer, DiffusionTrainer, FlowTrainer)}
 
 
 def parse_config(argv: list[str] | None = None):

@@ -1,0 +1,558 @@
+"""The flow family: FlowModel, FlowPipeline and FlowTrainer through the shared mixins, plus what only a flow shows:
+every layer inverts and has the log-determinant autograd finds, densities that integrate (sum) to one, ActNorm's
+data-dependent initialisation, the exact likelihood, encode/decode, and loading with diffusers alone."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import HUB_TOKEN, HUB_USER, hub_subprocess_env
+from hfgen.training.trainer_flow import FlowTrainer
+from testing_utils import ModelTesterMixin, PipelineTesterMixin, TrainerTesterMixin, free_port
+
+import hfgen
+from hfgen.conditioning import Condition
+from hfgen.data import make_digits_dataset
+from hfgen.metrics.anomaly import anomaly_auroc, out_of_distribution_images
+from hfgen.models.modeling_flow import (
+    ActNorm,
+    Coupling,
+    GaussianPrior,
+    InvertibleConv1x1,
+    PointFlow,
+    Squeeze,
+)
+
+TINY = dict(sample_size=8, in_channels=1, num_bins=17, hidden_channels=8, steps_per_scale=2)
+MODEL_VARIANTS = {
+    "glow-unconditional": dict(architecture="glow", **TINY),
+    "realnvp-text": dict(
+        architecture="realnvp", learned_prior=False, condition_type="text", text_embed_dim=32, **TINY
+    ),
+    "glow-additive-class": dict(
+        architecture="glow", coupling="additive", condition_type="class", num_classes=10, **TINY
+    ),
+}
+
+
+def perturb(module: torch.nn.Module, scale: float = 0.1, seed: int = 0) -> torch.nn.Module:
+    """Adds seeded noise to every parameter: the zero-initialised convolutions otherwise make each coupling and
+    prior the identity, which would pass any invertibility or log-determinant test."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.add_(scale * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
+    return module
+
+
+def tiny_flow(**overrides) -> hfgen.FlowModel:
+    torch.manual_seed(0)
+    return hfgen.FlowModel(**{**MODEL_VARIANTS["glow-unconditional"], **overrides}).eval()
+
+
+@pytest.fixture(scope="module")
+def digit_images() -> torch.Tensor:
+    """The first 64 digits as a (64, 1, 8, 8) tensor in [-1, 1] on the 17 levels."""
+    pixels = np.stack([np.asarray(image, dtype=np.float32) for image in make_digits_dataset()["image"][:64]])
+    return torch.round(torch.from_numpy(pixels)[:, None] / 255 * 16) / 8 - 1
+
+
+# ----- the shared mixins --------------------------------------------------------------------------------------------
+class TestFlowModel(ModelTesterMixin):
+    model_class = hfgen.FlowModel
+
+    @pytest.fixture(autouse=True, params=list(MODEL_VARIANTS))
+    def variant(self, request):
+        self.variant = request.param
+
+    def get_init_dict(self):
+        return dict(MODEL_VARIANTS[self.variant])
+
+    def get_inputs(self):
+        config = self.get_init_dict()
+        generator = torch.Generator().manual_seed(0)
+        levels = torch.randint(0, 17, (2, 1, 8, 8), generator=generator)
+        condition = None
+        if config.get("condition_type") == "text":
+            condition = Condition(text_embeds=torch.randn(2, 32, generator=generator))
+        elif config.get("condition_type") == "class":
+            condition = Condition(class_labels=torch.tensor([3, 10]))  # and the null class
+        return {"sample": levels.float() / 8 - 1, "condition": condition}
+
+    def get_bad_init_dicts(self):
+        base = MODEL_VARIANTS["glow-unconditional"]
+        return [
+            {**base, "architecture": "maf"},
+            {**base, "coupling": "spline"},
+            {**base, "sample_size": 6},  # glow squeezes twice: 6 is not a multiple of 4
+            {**base, "num_scales": 0},
+            {**base, "logit_alpha": 0.5},
+            {**base, "num_bins": 1},
+            {**base, "condition_type": "class"},
+            {**base, "condition_type": "text"},
+        ]
+
+
+class TestFlowPipeline(PipelineTesterMixin):
+    pipeline_class = hfgen.FlowPipeline
+
+    @pytest.fixture(autouse=True, params=["unconditional", "text"])
+    def variant(self, request, tiny_text_components):
+        self.variant = request.param
+        self.text_components = tiny_text_components
+
+    def get_pipeline(self):
+        if self.variant == "text":
+            flow = perturb(tiny_flow(condition_type="text", text_embed_dim=32))
+            return hfgen.FlowPipeline(
+                flow=flow, tokenizer=self.text_components[0], text_encoder=self.text_components[1]
+            )
+        return hfgen.FlowPipeline(flow=perturb(tiny_flow()))
+
+    def get_call_kwargs(self):
+        if self.variant == "text":
+            return {"prompt": ["a handwritten digit seven", "a handwritten digit one"], "num_images_per_prompt": 2}
+        return {"batch_size": 3}
+
+    def get_expected_shape(self):
+        return (4 if self.variant == "text" else 3, 1, 8, 8)
+
+
+# ----- every layer inverts, with the log-determinant autograd finds -------------------------------------------------
+def layer_cases():
+    """name -> (layer, input shape, condition size): every invertible layer, tiny, with its parameters perturbed."""
+    torch.manual_seed(0)
+    cases = {
+        "actnorm": (ActNorm(4), (2, 4, 2, 2), 0),
+        "invertible-1x1": (InvertibleConv1x1(4), (2, 4, 2, 2), 0),
+        "squeeze": (Squeeze(), (2, 1, 4, 4), 0),
+    }
+    for mask, channels in (("checkerboard", 1), ("channel", 4)):
+        for coupling in ("affine", "additive"):
+            for parity in (0, 1):
+                cases[f"{mask}-{coupling}-{parity}"] = (
+                    Coupling(channels, 8, mask, parity, coupling, condition_dim=3),
+                    (2, channels, 4 if mask == "checkerboard" else 2, 4 if mask == "checkerboard" else 2),
+                    3,
+                )
+    cases["top-prior"] = (GaussianPrior(4, 0, 2, learned=True, condition_dim=3), (2, 4, 2, 2), 3)
+    return {name: (perturb(layer.double(), 0.3), shape, cond) for name, (layer, shape, cond) in cases.items()}
+
+
+def run_layer(layer, h, c):
+    """(output, log_det) of one layer; a split prior gets its context, the kept half (here fixed random values)."""
+    return layer(h, c=c) if not isinstance(layer, GaussianPrior) else layer(h, None, c)
+
+
+def invert_layer(layer, h, c):
+    return layer.inverse(h, c=c) if not isinstance(layer, GaussianPrior) else layer.inverse(h, None, c)
+
+
+@pytest.mark.parametrize("name", list(layer_cases()))
+def test_layer_inverts_in_float32(name):
+    layer, shape, cond = layer_cases()[name]
+    layer = layer.float()
+    generator = torch.Generator().manual_seed(1)
+    h = torch.randn(shape, generator=generator)
+    c = torch.randn(shape[0], cond, generator=generator) if cond else None
+    output, log_det = run_layer(layer, h, c)
+    assert output.shape[0] == h.shape[0] and output.numel() == h.numel() and log_det.shape == (shape[0],)
+    assert not torch.allclose(output.reshape(h.shape) if output.shape != h.shape else output, h)
+    torch.testing.assert_close(invert_layer(layer, output, c), h, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", list(layer_cases()))
+def test_layer_log_det_equals_autograd(name):
+    """log|det J| of the layer's map, per example, from autograd's full Jacobian (float64) against the layer's own."""
+    layer, shape, cond = layer_cases()[name]
+    generator = torch.Generator().manual_seed(2)
+    h = torch.randn(shape, generator=generator, dtype=torch.float64)
+    c = torch.randn(shape[0], cond, generator=generator, dtype=torch.float64) if cond else None
+    _, log_det = run_layer(layer, h, c)
+    for i in range(shape[0]):
+        ci = None if c is None else c[i : i + 1]
+
+        def flat_map(x, ci=ci):
+            return run_layer(layer, x.reshape(1, *shape[1:]), ci)[0].flatten()
+
+        jacobian = torch.autograd.functional.jacobian(flat_map, h[i].flatten())
+        _, expected = torch.linalg.slogdet(jacobian)
+        torch.testing.assert_close(log_det[i].double(), expected, atol=1e-6, rtol=1e-6)
+
+
+def test_split_prior_log_det_equals_autograd():
+    """The learned prior at a split: z -> (z - mean(h)) / std(h) given the kept half h and the condition."""
+    prior = perturb(GaussianPrior(2, 2, 2, learned=True, condition_dim=3).double(), 0.3)
+    generator = torch.Generator().manual_seed(3)
+    z, kept = torch.randn(2, 1, 2, 2, 2, generator=generator, dtype=torch.float64)
+    c = torch.randn(1, 3, generator=generator, dtype=torch.float64)
+    eps, log_det = prior(z, kept, c)
+    torch.testing.assert_close(prior.inverse(eps, kept, c), z, atol=1e-10, rtol=0)
+    jacobian = torch.autograd.functional.jacobian(
+        lambda x: prior(x.reshape(z.shape), kept, c)[0].flatten(), z.flatten()
+    )
+    torch.testing.assert_close(log_det[0], torch.linalg.slogdet(jacobian)[1], atol=1e-8, rtol=1e-8)
+
+
+@pytest.mark.parametrize("variant", list(MODEL_VARIANTS))
+def test_whole_model_inverts_in_float32(variant, digit_images):
+    config = {**MODEL_VARIANTS[variant], "steps_per_scale": 3}
+    torch.manual_seed(0)
+    flow = perturb(hfgen.FlowModel(**config), 0.05).eval()
+    images = digit_images[:8]
+    condition = {
+        "text": Condition(text_embeds=torch.randn(8, 32)),
+        "class": Condition(class_labels=torch.arange(8)),
+    }.get(config.get("condition_type"))
+    y = flow.dequantize(images, torch.rand(images.shape, generator=torch.Generator().manual_seed(0)))
+    latents, _ = flow.transform(y, condition)
+    assert latents.shape == (8, 64)
+    torch.testing.assert_close(flow.inverse_transform(latents, condition), y, atol=1e-4, rtol=0)
+    # Encoding at the bin centres and decoding gives the very images back.
+    assert torch.equal(flow.decode(flow.encode(images, condition).latents, condition).sample, images)
+
+
+@pytest.mark.parametrize("architecture", ["glow", "realnvp"])
+def test_whole_model_log_det_equals_autograd(architecture):
+    """A 4x4 grey image (16 dimensions): the model's log|det dz/dy| (logit, every layer, the learned priors)."""
+    torch.manual_seed(0)
+    flow = hfgen.FlowModel(
+        sample_size=4, in_channels=1, num_bins=17, architecture=architecture, num_scales=2, steps_per_scale=2,
+        hidden_channels=8, learned_prior=True, condition_type="class", num_classes=3,
+    )  # fmt: skip
+    flow = perturb(flow.double(), 0.2)
+    condition = Condition(class_labels=torch.tensor([1]))
+    y = torch.rand(1, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    _, log_det = flow.transform(y, condition)
+    jacobian = torch.autograd.functional.jacobian(
+        lambda x: flow.transform(x.reshape(1, 1, 4, 4), condition)[0].flatten(), y.flatten()
+    )
+    torch.testing.assert_close(log_det[0], torch.linalg.slogdet(jacobian)[1], atol=1e-6, rtol=1e-8)
+
+
+# ----- densities that integrate to one ------------------------------------------------------------------------------
+def test_2d_density_integrates_to_one():
+    """The 2-D flow's density on a 201x201 grid over [-10, 10]^2 (rectangle rule) sums to one."""
+    torch.manual_seed(0)
+    flow = perturb(PointFlow(num_steps=4, hidden_channels=16).double(), 0.2).eval()
+    axis = torch.linspace(-10, 10, 201, dtype=torch.float64)
+    xx, yy = torch.meshgrid(axis, axis, indexing="ij")
+    with torch.no_grad():
+        density = flow.log_prob(torch.stack([xx.flatten(), yy.flatten()], 1)).exp()
+    cell = (axis[1] - axis[0]) ** 2
+    assert (density * cell).sum().item() == pytest.approx(1.0, abs=1e-3)
+    assert density.max() > 2 * density.mean()  # not a flat density on the box
+
+
+def test_discrete_probabilities_match_the_sampled_frequencies():
+    """2x2 binary images: 16 in all. The importance-weighted estimate of P(x) = E_u[p(y) / K^D] is unbiased, so each
+    must match how often the model's samples fall in x's bins. The logit transform maps [0, 1] to a bounded box, so
+    the flow also puts mass outside [0, 1]^D (samples there are clamped to the edge levels): the 16 probabilities sum
+    to the mass inside, one minus that leak. A wrong dequantisation scale (K^D) or logit log-determinant breaks
+    both."""
+    torch.manual_seed(0)
+    flow = hfgen.FlowModel(
+        sample_size=2, in_channels=1, num_bins=2, num_scales=1, steps_per_scale=2, hidden_channels=8
+    )
+    flow = perturb(flow, 0.15).eval()
+    bits = torch.tensor([[(i >> k) & 1 for k in (3, 2, 1, 0)] for i in range(16)], dtype=torch.float32)
+    images = bits.reshape(16, 1, 2, 2) * 2 - 1
+    output = hfgen.FlowPipeline(flow=flow).log_likelihood(images, num_samples=4000, generator=torch.manual_seed(0))
+    assert output.kind == "lower bound (uniform dequantisation, importance-weighted, S=4000)"
+    probabilities = output.log_likelihood.exp()  # (16,)
+
+    with torch.no_grad():
+        y = flow.inverse_transform(torch.randn(200000, 4, generator=torch.Generator().manual_seed(1)))  # unclamped
+    inside = ((y >= 0) & (y < 1)).flatten(1).all(1)
+    codes = (torch.floor(y[inside] * 2).flatten(1) * torch.tensor([8.0, 4.0, 2.0, 1.0])).sum(1).long()
+    frequencies = torch.bincount(codes, minlength=16) / len(y)
+    torch.testing.assert_close(probabilities, frequencies, atol=0.01, rtol=0)
+    assert probabilities.sum().item() == pytest.approx(inside.float().mean().item(), abs=0.01)
+    assert probabilities.max() > 2 * probabilities.min()  # the model does prefer some images
+
+
+# ----- ActNorm's data-dependent initialisation ----------------------------------------------------------------------
+def test_actnorm_initialises_to_zero_mean_unit_variance():
+    layer = ActNorm(3).train()
+    h = (
+        torch.randn(16, 3, 4, 4) * torch.tensor([0.5, 3.0, 10.0])[:, None, None]
+        + torch.tensor([-2.0, 0.0, 5.0])[:, None, None]
+    )
+    output, _ = layer(h)
+    torch.testing.assert_close(output.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(output.std(dim=(0, 2, 3), unbiased=False), torch.ones(3), atol=1e-4, rtol=0)
+    assert layer.initialized.item() == 1
+    bias = layer.bias.detach().clone()
+    layer(h * 7 + 1)  # a second batch does not initialise again
+    assert torch.equal(layer.bias.detach(), bias)
+
+
+def test_model_actnorm_initialisation_on_the_first_batch_survives_save_load(digit_images, tmp_path):
+    flow = tiny_flow()
+    actnorms = [m for m in flow.modules() if isinstance(m, ActNorm)]
+    assert len(actnorms) == 4 and all(m.initialized.item() == 0 for m in actnorms)
+    flow.initialize_actnorm(digit_images, generator=torch.Generator().manual_seed(0))
+    assert all(m.initialized.item() == 1 for m in actnorms)
+
+    outputs = []
+    hooks = [m.register_forward_hook(lambda module, inputs, output: outputs.append(output[0])) for m in actnorms]
+    noise = torch.rand(digit_images.shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        flow.encode(digit_images, noise=noise)  # the same images and noise: each ActNorm's output is normalised
+    for hook in hooks:
+        hook.remove()
+    for output in outputs:
+        torch.testing.assert_close(output.mean(dim=(0, 2, 3)), torch.zeros(output.shape[1]), atol=1e-4, rtol=0)
+        torch.testing.assert_close(
+            output.var(dim=(0, 2, 3), unbiased=False), torch.ones(output.shape[1]), atol=1e-3, rtol=0
+        )
+
+    flow.save_pretrained(tmp_path)
+    loaded = hfgen.FlowModel.from_pretrained(tmp_path).train()
+    assert all(m.initialized.item() == 1 for m in loaded.modules() if isinstance(m, ActNorm))
+    with torch.no_grad():
+        loaded(digit_images.flip(0) * 0.5)  # training mode, other data: no second initialisation
+    for saved, reloaded in zip(flow.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(saved[1], reloaded[1]), saved[0]
+
+
+# ----- the pipeline: encode, decode, interpolate, temperature, likelihood --------------------------------------------
+def test_encode_decode_and_interpolate(digit_images):
+    pipeline = hfgen.FlowPipeline(flow=perturb(tiny_flow()))
+    latents = pipeline.encode(digit_images[:5])
+    assert latents.shape == (5, 64)
+    torch.testing.assert_close(pipeline.decode(latents, output_type="pt"), (digit_images[:5] + 1) / 2)
+    path = pipeline.interpolate(digit_images[:1], digit_images[1:2], num_steps=5, output_type="pt")
+    assert path.shape == (5, 1, 8, 8)
+    torch.testing.assert_close(path[0], (digit_images[0] + 1) / 2)
+    torch.testing.assert_close(path[-1], (digit_images[1] + 1) / 2)
+    seeds = pipeline.interpolate(0, 1, num_steps=3, output_type="pt")
+    torch.testing.assert_close(seeds[0], pipeline.decode(pipeline.seed_latents(0)[None], output_type="pt")[0])
+    with pytest.raises(ValueError, match="num_steps"):
+        pipeline.interpolate(0, 1, num_steps=1)
+
+
+def test_temperature_scales_the_latents():
+    pipeline = hfgen.FlowPipeline(flow=perturb(tiny_flow()))
+    seen = {}
+
+    def record(temperature):
+        def callback(pipe, step, timestep, tensors):
+            seen[temperature] = tensors["latents"]
+
+        return callback
+
+    for temperature in (0.0, 0.5, 1.0):
+        images = pipeline(batch_size=2, temperature=temperature, generator=torch.Generator().manual_seed(0),
+                          output_type="pt", callback_on_step_end=record(temperature)).images  # fmt: skip
+    torch.testing.assert_close(seen[0.5], seen[1.0] * 0.5)
+    assert torch.equal(seen[0.0], torch.zeros(2, 64))
+    zero = pipeline(batch_size=2, temperature=0.0, output_type="pt").images
+    assert torch.equal(zero[0], zero[1])  # T = 0: the image of z = 0 whatever the seed
+    assert not torch.equal(images[0], images[1])
+    with pytest.raises(ValueError, match="temperature"):
+        pipeline(temperature=-1.0)
+
+
+def test_log_likelihood_is_exact_for_one_sample_and_a_tighter_bound_for_more(digit_images):
+    pipeline = hfgen.FlowPipeline(flow=perturb(tiny_flow()))
+    exact = pipeline.log_likelihood(digit_images, generator=torch.Generator().manual_seed(0))
+    assert exact.kind == "exact" and "uniform" in exact.dequantization and "17 levels" in exact.dequantization
+    noise = torch.rand(digit_images.shape, generator=torch.Generator().manual_seed(0))
+    expected = pipeline.flow.encode(digit_images, noise=noise).log_likelihood
+    torch.testing.assert_close(exact.log_likelihood, expected - 64 * np.log(17))  # the level scale
+    torch.testing.assert_close(exact.bits_per_dim, -(expected - 64 * np.log(17)) / (64 * np.log(2)))
+    bound = pipeline.log_likelihood(digit_images, num_samples=8, generator=torch.Generator().manual_seed(0))
+    assert bound.kind == "lower bound (uniform dequantisation, importance-weighted, S=8)"
+    assert bound.bits_per_dim.mean() < exact.bits_per_dim.mean()
+    with pytest.raises(ValueError, match="num_samples"):
+        pipeline.log_likelihood(digit_images, num_samples=0)
+
+
+def test_empty_prompt_is_the_unconditional_model(tiny_text_components):
+    tokenizer, text_encoder = tiny_text_components
+    flow = perturb(tiny_flow(condition_type="text", text_embed_dim=32))
+    pipeline = hfgen.FlowPipeline(flow=flow, tokenizer=tokenizer, text_encoder=text_encoder)
+
+    def sample(**kwargs):
+        return pipeline(**kwargs, batch_size=2, generator=torch.Generator().manual_seed(0), output_type="pt").images
+
+    assert torch.equal(sample(), pipeline(prompt=["", ""], generator=torch.Generator().manual_seed(0),
+                                          output_type="pt").images)  # fmt: skip
+    assert not torch.equal(sample(), pipeline(prompt=["a handwritten digit seven"] * 2, output_type="pt",
+                                              generator=torch.Generator().manual_seed(0)).images)  # fmt: skip
+    assert "guidance" not in pipeline.capabilities and "prompt" in pipeline.capabilities
+
+
+def test_wrong_image_size_raises_with_expected_size():
+    flow = tiny_flow()
+    with pytest.raises(ValueError, match=r"\(batch, 1, 8, 8\)"):
+        flow.encode(torch.zeros(1, 1, 16, 16))
+    with pytest.raises(ValueError, match=r"\(batch, 64\)"):
+        flow.decode(torch.zeros(1, 63))
+
+
+# ----- training -----------------------------------------------------------------------------------------------------
+TINY_ARGS = (
+    "--family flow --dataset_name digits --train_batch_size 32 --hidden_channels 8 --steps_per_scale 2 "
+    "--report_to none --eval_max_images 32 --text_hidden_size 32 --text_num_layers 1"
+).split()
+
+
+class TestFlowTrainer(TrainerTesterMixin):
+    trainer_class = FlowTrainer
+
+    def get_args(self, output_dir) -> list[str]:
+        return [*TINY_ARGS, "--output_dir", str(output_dir)]
+
+    @pytest.mark.parametrize("conditioning", ["text", "class"])
+    def test_condition_reaches_the_loss(self, tmp_path, conditioning):
+        """The mixin's test after 3 training steps: Glow's zero-initialised last layers make every coupling and prior
+        ignore the condition until the first update (the flow starts as the identity), so at step 0 no caption can
+        change the loss. After training, the same batch and noise with other captions / labels gives another loss."""
+        trainer = self.build_trainer(
+            tmp_path, "--max_train_steps", "3", "--conditioning", conditioning, "--caption_dropout", "0"
+        )
+        trainer.train()
+        batch = next(iter(trainer.train_dataloader))
+        other = {**batch, "captions": batch["captions"][::-1], "labels": batch["labels"].flip(0)}
+        losses = []
+        with torch.no_grad():
+            for candidate in (batch, other, batch):
+                torch.manual_seed(0)
+                losses.append(self.conditioned_loss(trainer, candidate, trainer.condition_from_batch(candidate)))
+        assert losses[0] == losses[2], "the loss is not deterministic for a seed"
+        assert losses[0] != losses[1], "the loss does not depend on the batch's captions / labels"
+
+    def test_actnorm_is_initialised_before_training(self, tmp_path):
+        trainer = self.build_trainer(tmp_path, "--max_train_steps", "1")
+        actnorms = [m for m in trainer.accelerator.unwrap_model(trainer.model).modules() if isinstance(m, ActNorm)]
+        assert actnorms and all(m.initialized.item() == 1 for m in actnorms)
+        assert any(not torch.equal(m.bias, torch.zeros_like(m.bias)) for m in actnorms)
+
+
+def test_flow_learns_digits_and_detects_noise(tmp_path):
+    """60 steps of a tiny Glow: the exact bits/dim fall, and its likelihood tells digits from noise."""
+    from hfgen.training.train import parse_config
+
+    _, config = parse_config(
+        [*TINY_ARGS, "--output_dir", str(tmp_path), "--max_train_steps", "60", "--learning_rate", "3e-3",
+         "--logging_steps", "10", "--conditioning", "none", "--train_batch_size", "64"]
+    )  # fmt: skip
+    trainer = FlowTrainer(config)
+    logs = []
+    log = trainer.accelerator.log
+    trainer.accelerator.log = lambda values, step=None, **kw: logs.append(dict(values)) or log(values, step=step, **kw)
+    summary = trainer.train()
+
+    first, last = logs[0]["loss"], logs[-1]["loss"]
+    # Measured: about 3.9 -> 2.4 bits/dim (seed 0); uniform over 17 levels is 4.09.
+    assert last < first - 0.5, f"the loss went from {first} to {last} in 60 steps"
+    assert summary["metrics"]["test_bits_per_dim"] < 3.5
+    pipeline = hfgen.load_pipeline(str(tmp_path))
+    digits = torch.stack([trainer.splits["test"][i]["pixel_values"] for i in range(64)])
+    result = anomaly_auroc(pipeline, digits, out_of_distribution_images("noise", 64), generator=torch.manual_seed(0))
+    assert result["kind"] == "exact"
+    assert result["auroc"] > 0.95 and result["out_bits_per_dim"] > result["in_bits_per_dim"]
+
+
+def test_two_cpu_ranks_train_together(tmp_path, repo_root):
+    command = [
+        sys.executable,
+        *("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())),
+        str(repo_root / "training" / "train.py"),
+        *TINY_ARGS,
+        *("--output_dir", str(tmp_path), "--max_train_steps", "4", "--architecture", "glow"),
+    ]
+    result = subprocess.run(
+        command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300
+    )
+
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    assert summary["world_size"] == 2 and "MULTI_CPU" in summary["distributed_type"]
+    # Equal weights on both ranks: ActNorm was initialised the same on each, and gradients were all-reduced.
+    checksums = summary["rank_weight_checksums"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1]
+
+
+@pytest.mark.parametrize("recipe", ["flow_realnvp_digits", "flow_glow_digits", "flow_text_shapes"])
+def test_recipe_parses(recipe, repo_root):
+    from hfgen.training.train import parse_config
+
+    trainer_class, config = parse_config(["--recipe", str(repo_root / "training" / "recipes" / f"{recipe}.yaml")])
+    assert trainer_class is FlowTrainer and config.family == "flow"
+    assert config.learned_prior == (config.architecture == "glow")
+
+
+def test_text_conditioned_shapes_recipe_trains(tmp_path, repo_root):
+    from hfgen.training.train import parse_config
+
+    recipe = repo_root / "training" / "recipes" / "flow_text_shapes.yaml"
+    _, config = parse_config(
+        [
+            *("--recipe", str(recipe), "--output_dir", str(tmp_path), "--max_train_steps", "2"),
+            *("--max_train_samples", "64", "--train_batch_size", "16", "--hidden_channels", "8"),
+            *("--steps_per_scale", "1", "--text_hidden_size", "32", "--text_num_layers", "1", "--report_to", "none"),
+            *("--validation_steps", "0", "--eval_max_images", "16"),
+        ]
+    )
+    summary = FlowTrainer(config).train()
+
+    assert np.isfinite(summary["metrics"]["train_loss"]) and np.isfinite(summary["metrics"]["test_bits_per_dim"])
+    pipeline = hfgen.load_pipeline(str(tmp_path))
+    assert pipeline.flow.config.num_bins == 256 and pipeline.flow.latent_shapes[-1] == (48, 4, 4)
+    images = pipeline(prompt="a small red circle at the top left", generator=torch.manual_seed(0), output_type="np")
+    assert images.images.shape == (1, 32, 32, 3)
+
+
+def test_bad_training_settings_raise(tmp_path):
+    from hfgen.training.train import parse_config
+
+    for flag, value in (("--architecture", "maf"), ("--coupling", "spline")):
+        with pytest.raises(ValueError, match=flag):
+            parse_config([*TINY_ARGS, "--output_dir", str(tmp_path), flag, value])
+
+
+# ----- loading with diffusers alone ---------------------------------------------------------------------------------
+def test_diffusers_alone_loads_a_pushed_flow(hub, tmp_path):
+    from test_remote_code import SUBPROCESS_SCRIPT
+
+    from hfgen.hub import push_to_hub, write_model_card
+
+    # Class-conditioned: a text-conditioned pipeline's bundled code still imports hfgen.text where it encodes prompts
+    # (ConditionEncoder.__call__), which fails without hfgen for every family; see the branch's report.
+    flow = perturb(tiny_flow(condition_type="class", num_classes=10))
+    flow.initialize_actnorm(torch.rand(8, 1, 8, 8) * 2 - 1, Condition(class_labels=torch.full((8,), 10)))
+    pipeline = hfgen.FlowPipeline(flow=flow)
+    call = {"class_labels": [3, 7], "temperature": 0.7}
+    images = pipeline(**call, generator=torch.manual_seed(0), output_type="np").images
+    folder = tmp_path / "pipe"
+    pipeline.save_pretrained(folder)
+    tag = "unconditional-image-generation"
+    write_model_card(str(folder), family="flow", pipeline_class="FlowPipeline", pipeline_tag=tag, dataset="digits",
+                     settings={})  # fmt: skip
+    repo_id = f"{HUB_USER}/remote-flow"
+    push_to_hub(str(folder), repo_id, token=HUB_TOKEN)
+
+    env = hub_subprocess_env(hub, tmp_path / "hf_home")
+    result = subprocess.run(
+        [sys.executable, "-c", SUBPROCESS_SCRIPT, json.dumps({repo_id: call})],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT "))
+    loaded = json.loads(line.removeprefix("RESULT "))
+    assert loaded["hfgen_modules"] == []
+    assert loaded[repo_id]["classes"]["flow"].startswith("diffusers_modules.")
+    expected = hashlib.sha256(np.ascontiguousarray(images, dtype=np.float32).tobytes()).hexdigest()
+    assert loaded[repo_id]["images"] == expected
+    # hfgen loads the same repo with its own classes.
+    reloaded = hfgen.load_pipeline(repo_id)
+    assert type(reloaded.flow) is hfgen.FlowModel
+    np.testing.assert_array_equal(reloaded(**call, generator=torch.manual_seed(0), output_type="np").images, images)

@@ -98,7 +98,7 @@ def test_hfgen_train_on_a_folder_uses_its_captions(trained_by_cli, my_images):
 
 def test_evaluate_without_an_extractor_says_what_it_can_measure(trained_by_cli, my_images, tmp_path, capsys):
     with pytest.raises(SystemExit) as error:
-        hfgen_main(["evaluate", str(trained_by_cli), "--dataset", str(my_images), "--num_samples", "4"])
+        hfgen_main(["evaluate", str(trained_by_cli), "--dataset", str(my_images), "--num_samples", "16"])
     message = str(error.value)
     assert "config.json" not in message.replace("a folder without config.json", "")
     assert "--metrics nll" in message and "train_feature_extractor.py" in message and "--feature_extractor" in message

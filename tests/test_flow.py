@@ -261,7 +261,7 @@ def test_discrete_probabilities_match_the_sampled_frequencies():
     )
     flow = perturb(flow, 0.15).eval()
     bits = torch.tensor([[(i >> k) & 1 for k in (3, 2, 1, 0)] for i in range(16)], dtype=torch.float32)
-    images = bits.reshape(16, 1, 2, 2) * 2 - 1
+    images = bits.reshape(16, 1, 2, 2)  # in [0, 1], as pipelines take images
     output = hfgen.FlowPipeline(flow=flow).log_likelihood(images, num_samples=4000, generator=torch.manual_seed(0))
     assert output.kind == "lower bound (uniform dequantisation, importance-weighted, S=4000)"
     probabilities = output.log_likelihood.exp()  # (16,)
@@ -324,10 +324,11 @@ def test_model_actnorm_initialisation_on_the_first_batch_survives_save_load(digi
 # ----- the pipeline: encode, decode, interpolate, temperature, likelihood --------------------------------------------
 def test_encode_decode_and_interpolate(digit_images):
     pipeline = hfgen.FlowPipeline(flow=perturb(tiny_flow()))
-    latents = pipeline.encode(digit_images[:5])
+    images = (digit_images + 1) / 2  # pipelines take images in [0, 1]
+    latents = pipeline.encode(images[:5])
     assert latents.shape == (5, 64)
-    torch.testing.assert_close(pipeline.decode(latents, output_type="pt"), (digit_images[:5] + 1) / 2)
-    path = pipeline.interpolate(digit_images[:1], digit_images[1:2], num_steps=5, output_type="pt")
+    torch.testing.assert_close(pipeline.decode(latents, output_type="pt"), images[:5])
+    path = pipeline.interpolate(images[:1], images[1:2], num_steps=5, output_type="pt")
     assert path.shape == (5, 1, 8, 8)
     torch.testing.assert_close(path[0], (digit_images[0] + 1) / 2)
     torch.testing.assert_close(path[-1], (digit_images[1] + 1) / 2)
@@ -361,17 +362,17 @@ def test_temperature_scales_the_latents():
 
 def test_log_likelihood_is_exact_for_one_sample_and_a_tighter_bound_for_more(digit_images):
     pipeline = hfgen.FlowPipeline(flow=perturb(tiny_flow()))
-    exact = pipeline.log_likelihood(digit_images, generator=torch.Generator().manual_seed(0))
+    exact = pipeline.log_likelihood((digit_images + 1) / 2, generator=torch.Generator().manual_seed(0))
     assert exact.kind == "exact" and "uniform" in exact.dequantization and "17 levels" in exact.dequantization
     noise = torch.rand(digit_images.shape, generator=torch.Generator().manual_seed(0))
     expected = pipeline.flow.encode(digit_images, noise=noise).log_likelihood
     torch.testing.assert_close(exact.log_likelihood, expected - 64 * np.log(17))  # the level scale
     torch.testing.assert_close(exact.bits_per_dim, -(expected - 64 * np.log(17)) / (64 * np.log(2)))
-    bound = pipeline.log_likelihood(digit_images, num_samples=8, generator=torch.Generator().manual_seed(0))
+    bound = pipeline.log_likelihood((digit_images + 1) / 2, num_samples=8, generator=torch.Generator().manual_seed(0))
     assert bound.kind == "lower bound (uniform dequantisation, importance-weighted, S=8)"
     assert bound.bits_per_dim.mean() < exact.bits_per_dim.mean()
     with pytest.raises(ValueError, match="num_samples"):
-        pipeline.log_likelihood(digit_images, num_samples=0)
+        pipeline.log_likelihood((digit_images + 1) / 2, num_samples=0)
 
 
 def test_empty_prompt_is_the_unconditional_model(tiny_text_components):
@@ -455,8 +456,9 @@ def test_flow_learns_digits_and_detects_noise(tmp_path):
     assert last < first - 0.5, f"the loss went from {first} to {last} in 60 steps"
     assert summary["metrics"]["test_bits_per_dim"] < 3.5
     pipeline = hfgen.load_pipeline(str(tmp_path))
-    digits = torch.stack([trainer.splits["test"][i]["pixel_values"] for i in range(64)])
-    result = anomaly_auroc(pipeline, digits, out_of_distribution_images("noise", 64), generator=torch.manual_seed(0))
+    digits = (torch.stack([trainer.splits["test"][i]["pixel_values"] for i in range(64)]) + 1) / 2  # to [0, 1]
+    noise = (out_of_distribution_images("noise", 64) + 1) / 2
+    result = anomaly_auroc(pipeline, digits, noise, generator=torch.manual_seed(0))
     assert result["kind"] == "exact"
     assert result["auroc"] > 0.95 and result["out_bits_per_dim"] > result["in_bits_per_dim"]
 

@@ -388,6 +388,14 @@ class Trainer:
         """Final metrics on the test split for the model card (optional)."""
         return {}
 
+    def test_images(self, max_images: int) -> torch.Tensor | None:
+        """The first `max_images` held-out images as (n, c, h, w) in [0, 1] (as pipelines take images), or None when
+        the test split is empty: what a family's `evaluate` scores."""
+        test = self.splits["test"]
+        count = max_images if self.config.streaming else min(max_images, len(test))
+        examples = list(test.take(count)) if self.config.streaming else [test[i] for i in range(count)]
+        return (torch.stack([e["pixel_values"] for e in examples]) + 1) / 2 if examples else None
+
     def condition_kwargs(self) -> dict:
         """The model-config arguments that describe the conditioning, for `build_model`."""
         if self.config.conditioning == "text":

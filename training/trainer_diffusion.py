@@ -258,12 +258,10 @@ class DiffusionTrainer(Trainer):
     def evaluate(self, pipeline: DiffusionImagePipeline) -> dict[str, float]:
         """The DDPM variational bound on held-out images (the null condition), in bits/dim."""
         count = self.config.eval_likelihood_images
-        test = self.splits["test"]
-        if not count:
+        images = self.test_images(count) if count else None
+        if images is None:
             return {}
-        examples = list(test.take(count)) if self.config.streaming else [test[i] for i in range(min(count, len(test)))]
-        images = torch.stack([e["pixel_values"] for e in examples])
-        prompt = [""] * len(examples) if pipeline.condition_type == "text" else None
+        prompt = [""] * len(images) if pipeline.condition_type == "text" else None
         bound = pipeline.log_likelihood(
             images, prompt=prompt, generator=torch.Generator().manual_seed(self.config.seed)
         )

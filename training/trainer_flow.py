@@ -102,13 +102,10 @@ class FlowTrainer(Trainer):
     def evaluate(self, pipeline: FlowPipeline) -> dict[str, float]:
         """Test bits/dim of the dequantised images (exact density, one u per image; unconditional: the empty prompt
         or the null class)."""
-        test = self.splits["test"]
-        count = self.config.eval_max_images
-        examples = list(test.take(count)) if self.config.streaming else [test[i] for i in range(min(count, len(test)))]
-        if not examples:
+        images = self.test_images(self.config.eval_max_images)
+        if images is None:
             return {}
-        images = torch.stack([e["pixel_values"] for e in examples])
-        prompt = [""] * len(examples) if pipeline.tokenizer is not None else None
+        prompt = [""] * len(images) if pipeline.tokenizer is not None else None
         generator = torch.Generator().manual_seed(self.config.seed)
         likelihood = pipeline.log_likelihood(images, prompt=prompt, generator=generator)
         return {"test_bits_per_dim": likelihood.bits_per_dim.mean().item()}

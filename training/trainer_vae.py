@@ -94,13 +94,10 @@ class VAETrainer(Trainer):
     @torch.no_grad()
     def evaluate(self, pipeline: VAEPipeline) -> dict[str, float]:
         """IWAE bound on held-out images (unconditional: the empty prompt), in bits/dim."""
-        test = self.splits["test"]
-        count = self.config.eval_max_images
-        examples = list(test.take(count)) if self.config.streaming else [test[i] for i in range(min(count, len(test)))]
-        if not examples:
+        images = self.test_images(self.config.eval_max_images)
+        if images is None:
             return {}
-        images = (torch.stack([e["pixel_values"] for e in examples]) + 1) / 2  # [0, 1], as pipelines take images
-        prompt = [""] * len(examples) if pipeline.tokenizer is not None else None
+        prompt = [""] * len(images) if pipeline.tokenizer is not None else None
         likelihood = pipeline.log_likelihood(
             images,
             num_samples=self.config.eval_num_samples,

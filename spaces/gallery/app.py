@@ -36,6 +36,8 @@ from hfgen.demo import (
 FAMILIES = {
     "vae": "HFGEN_MODEL_VAE",
     "gan": "HFGEN_MODEL_GAN",
+    "diffusion": "HFGEN_MODEL_DIFFUSION",
+    "flow": "HFGEN_MODEL_FLOW",
 }
 
 

@@ -8,8 +8,16 @@ Accelerate loop.
 __version__ = "0.1.0"
 
 from hfgen.conditioning import Condition, ConditionEncoder
+from hfgen.models.modeling_autoregressive import (
+    DiagonalBiLSTMModel,
+    GatedPixelCNNModel,
+    PixelCNNModel,
+    RowLSTMModel,
+    build_transformer_prior,
+)
 from hfgen.models.modeling_gan import GANDiscriminator, GANGenerator
 from hfgen.models.modeling_vae import VAEModel
+from hfgen.pipelines.pipeline_autoregressive import AutoregressivePipeline
 from hfgen.pipelines.pipeline_gan import GANPipeline
 from hfgen.pipelines.pipeline_utils import HFGenPipeline, LikelihoodOutput
 from hfgen.pipelines.pipeline_vae import VAEPipeline
@@ -18,6 +26,12 @@ from hfgen.pipelines.pipeline_vae import VAEPipeline
 load_pipeline = HFGenPipeline.from_pretrained
 
 __all__ = [
+    "AutoregressivePipeline",
+    "DiagonalBiLSTMModel",
+    "GatedPixelCNNModel",
+    "PixelCNNModel",
+    "RowLSTMModel",
+    "build_transformer_prior",
     "Condition",
     "ConditionEncoder",
     "GANDiscriminator",

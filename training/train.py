@@ -11,11 +11,12 @@ import argparse
 import sys
 
 import yaml
+from hfgen.training.trainer_autoregressive import AutoregressiveTrainer
 from hfgen.training.trainer_gan import GANTrainer
 from hfgen.training.trainer_vae import VAETrainer
 from transformers import HfArgumentParser
 
-TRAINERS = {trainer.family: trainer for trainer in (VAETrainer, GANTrainer)}
+TRAINERS = {trainer.family: trainer for trainer in (VAETrainer, GANTrainer, AutoregressiveTrainer)}
 
 
 def parse_config(argv: list[str] | None = None):

@@ -203,9 +203,9 @@ def test_class_conditional_probabilities_sum_to_one_per_class():
     [("pixelcnn", {}), ("gated_pixelcnn", {"class_labels": [2, 5], "guidance_scale": 3.0}), ("transformer", {})],
 )
 def test_cached_sampling_equals_naive_sampling(architecture, kwargs):
-    """A 10x10 grid (a 4x4 RGB one for the transformer): the cached sampler (the transformer's key/value cache; for the convolutional models only the
-    window of rows and columns the next pixel depends on) gives the same images as a full forward pass per token,
-    and really computes less."""
+    """A 10x10 grid (6x6 RGB for the transformer): the cached sampler (the transformer's key/value cache; for the
+    convolutional models only the window of rows and columns the next pixel depends on) gives the same images as a
+    full forward pass per token, and really computes less."""
     conditioning = dict(condition_type="class", num_classes=10) if "class_labels" in kwargs else {}
     if architecture == "transformer":
         pipe = tiny_pipeline(architecture, sample_size=6, in_channels=3, num_levels=4)

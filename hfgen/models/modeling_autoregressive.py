@@ -261,8 +261,9 @@ class GatedPixelCNNModel(AutoregressiveImageModel):
                 "horizontal_out": nn.Conv2d(h, h, 1),
             }
             if condition_type:
-                layer["vertical_bias"] = nn.Linear(h, 2 * h)
                 layer["horizontal_bias"] = nn.Linear(h, 2 * h)
+                if i < num_layers:  # the last layer's vertical stack feeds only its horizontal one, before the gate
+                    layer["vertical_bias"] = nn.Linear(h, 2 * h)
             self.layers.append(nn.ModuleDict(layer))
 
     def receptive_field(self) -> tuple[int, int, int]:
@@ -287,8 +288,9 @@ class GatedPixelCNNModel(AutoregressiveImageModel):
                 h_pre = layer["horizontal"](F.pad(h, (k // 2, 0)))
             h_pre = h_pre + layer["vertical_to_horizontal"](v_shifted)
             if cond is not None:
-                v_pre = _add_bias(v_pre, layer["vertical_bias"], cond)
                 h_pre = _add_bias(h_pre, layer["horizontal_bias"], cond)
+                if "vertical_bias" in layer:
+                    v_pre = _add_bias(v_pre, layer["vertical_bias"], cond)
             v = self._gate(v_pre)
             h_out = layer["horizontal_out"](self._gate(h_pre))
             h = h_out if i == 0 else h + h_out  # residual in the horizontal stack (not across the mask-A layer)

@@ -412,3 +412,13 @@ def test_pushed_pipelines_load_with_diffusers_alone(hub, tmp_path):
         assert run[repo_id]["images"] == images_hash(images), repo_id
     assert run[f"{HUB_USER}/ar-gated"]["classes"]["prior"].startswith("diffusers_modules.")
     assert run[f"{HUB_USER}/ar-gpt2"]["classes"]["prior"].endswith("GPT2LMHeadModel")
+
+
+@pytest.mark.parametrize("recipe", ["autoregressive_gated_digits", "autoregressive_transformer_digits",
+                                    "autoregressive_shapes"])  # fmt: skip
+def test_recipes_parse(recipe, repo_root):
+    from hfgen.training.train import parse_config
+
+    trainer_class, config = parse_config(["--recipe", str(repo_root / "training" / "recipes" / f"{recipe}.yaml")])
+    assert trainer_class is AutoregressiveTrainer and config.architecture in ARCHITECTURES
+    assert config.num_levels == (256 if config.dataset_name == "shapes" else 17)

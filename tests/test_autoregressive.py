@@ -230,6 +230,19 @@ def test_cached_sampling_equals_naive_sampling(architecture, kwargs):
         assert max(np.prod(shape[2:]) for shape in widths) < min(np.prod(shape[2:]) for shape in naive_shapes)
 
 
+@pytest.mark.parametrize("architecture", ["pixelcnn", "gated_pixelcnn"])
+def test_cached_window_gives_the_full_forward_logits(architecture):
+    """For every token of a 10x10 grid, the logits from the window `receptive_field()` names equal those of the
+    full grid: the window holds everything the token depends on (a window one row or column too small fails)."""
+    pipe = tiny_pipeline(architecture, sample_size=10, in_channels=2, num_levels=5, first_kernel_size=3)
+    tokens = torch.randint(0, 5, (2, 2, 10, 10), generator=torch.Generator().manual_seed(0))
+    full = pipe.prior(tokens).logits  # (2, 5, 2, 10, 10)
+    for index in range(2 * 10 * 10):
+        row, col, channel = index // 20, (index // 2) % 10, index % 2
+        window = pipe.next_logits(tokens, index, None, use_cache=True, state={})
+        torch.testing.assert_close(window, full[:, :, channel, row, col], rtol=0, atol=1e-5, msg=f"token {index}")
+
+
 def test_lstm_has_no_cache():
     pipe = tiny_pipeline("row_lstm", sample_size=3, in_channels=1, num_levels=4)
     with pytest.raises(ValueError, match="use_cache=False"):

@@ -149,7 +149,7 @@ def toys(figure: str | None, steps: int = 1500) -> list[dict]:
 
 
 def trained_flows(paths: list[str]) -> list[dict]:
-    test = real_images("digits", "test")
+    test = (real_images("digits", "test") + 1) / 2  # pipelines take images in [0, 1]
     rows = []
     for path in paths:
         pipeline = hfgen.load_pipeline(path)
@@ -163,7 +163,10 @@ def trained_flows(paths: list[str]) -> list[dict]:
         }
         for kind in ("shapes", "noise"):
             row[f"AUROC vs {kind}"] = anomaly_auroc(
-                pipeline, test, out_of_distribution_images(kind, len(test)), generator=torch.Generator().manual_seed(0)
+                pipeline,
+                test,
+                (out_of_distribution_images(kind, len(test)) + 1) / 2,
+                generator=torch.Generator().manual_seed(0),
             )["auroc"]
         start = time.perf_counter()
         pipeline.generate(256, seed=0)

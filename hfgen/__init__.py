@@ -8,9 +8,17 @@ Accelerate loop.
 __version__ = "0.1.0"
 
 from hfgen.conditioning import Condition, ConditionEncoder
+from hfgen.models.modeling_autoregressive import (
+    DiagonalBiLSTMModel,
+    GatedPixelCNNModel,
+    PixelCNNModel,
+    RowLSTMModel,
+    build_transformer_prior,
+)
 from hfgen.models.modeling_flow import FlowModel
 from hfgen.models.modeling_gan import GANDiscriminator, GANGenerator
 from hfgen.models.modeling_vae import VAEModel
+from hfgen.pipelines.pipeline_autoregressive import AutoregressivePipeline
 from hfgen.pipelines.pipeline_diffusion import DiffusionImagePipeline
 from hfgen.pipelines.pipeline_flow import FlowPipeline
 from hfgen.pipelines.pipeline_gan import GANPipeline
@@ -21,6 +29,12 @@ from hfgen.pipelines.pipeline_vae import VAEPipeline
 load_pipeline = HFGenPipeline.from_pretrained
 
 __all__ = [
+    "AutoregressivePipeline",
+    "DiagonalBiLSTMModel",
+    "GatedPixelCNNModel",
+    "PixelCNNModel",
+    "RowLSTMModel",
+    "build_transformer_prior",
     "Condition",
     "ConditionEncoder",
     "DiffusionImagePipeline",

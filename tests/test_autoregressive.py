@@ -1,0 +1,438 @@
+"""The autoregressive family: PixelCNN, Gated PixelCNN, Row LSTM, Diagonal BiLSTM and a GPT-2 prior through the
+shared mixins, plus what only this family shows: causality (autograd), the blind spot, probabilities that sum to one,
+cached sampling equal to naive sampling, completion, the exact likelihood and its anomaly AUROC."""
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from hfgen.training.trainer_autoregressive import AutoregressiveTrainer
+from testing_utils import ModelTesterMixin, PipelineTesterMixin, TrainerTesterMixin, free_port
+
+import hfgen
+from hfgen.conditioning import Condition
+from hfgen.data import make_digits_dataset
+from hfgen.metrics.anomaly import anomaly_auroc, out_of_distribution_images
+from hfgen.models.modeling_autoregressive import (
+    ARCHITECTURES,
+    MODEL_CLASSES,
+    build_transformer_prior,
+    images_to_tokens,
+    prior_forward,
+)
+
+TINY = dict(hidden_channels=8, embedding_dim=4, num_layers=2)
+TINY_TRANSFORMER = dict(n_embd=16, n_layer=2, n_head=2)
+
+
+def tiny_prior(architecture: str, **config):
+    """A seeded tiny model of `architecture` in eval mode; `config` gives its grid and conditioning."""
+    torch.manual_seed(0)
+    if architecture == "transformer":
+        return build_transformer_prior(**{**TINY_TRANSFORMER, **config}).eval()
+    return MODEL_CLASSES[architecture](**{**TINY, **config}).eval()
+
+
+def tiny_pipeline(architecture: str, **config) -> hfgen.AutoregressivePipeline:
+    pipe = hfgen.AutoregressivePipeline(prior=tiny_prior(architecture, **config))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def dependence(model, tokens: torch.Tensor, channel: int, row: int, col: int) -> torch.Tensor:
+    """(c, h, w) total |gradient| of the logits of token (channel, row, col) with respect to the embedding of every
+    input token, by autograd through the model's own token embedding."""
+    is_transformer = not hasattr(model, "token_embedding")
+    embedding = model.transformer.wte if is_transformer else model.token_embedding
+    inputs = {}
+
+    def keep(module, args, output):
+        inputs["embedded"] = output.detach().requires_grad_()
+        return inputs["embedded"]
+
+    handle = embedding.register_forward_hook(keep)
+    try:
+        logits = prior_forward(model, tokens).logits  # (1, num_levels, c, h, w)
+    finally:
+        handle.remove()
+    (grad,) = torch.autograd.grad(logits[0, :, channel, row, col].sum(), inputs["embedded"])
+    _, c, h, w = tokens.shape
+    if is_transformer:  # input position p + 1 holds token p (raster order, channels inside pixels)
+        per_token = torch.zeros(c * h * w)
+        per_token[:-1] = grad[0, 1:].abs().sum(-1)
+        return per_token.view(h, w, c).permute(2, 0, 1)
+    return grad[0].abs().sum(-1)  # (c, h, w)
+
+
+# ----- the shared mixins --------------------------------------------------------------------------------------------
+MODEL_VARIANTS = {
+    "pixelcnn-grey": ("pixelcnn", dict(sample_size=6, in_channels=1, num_levels=17)),
+    "gated-rgb-text": ("gated_pixelcnn", dict(sample_size=4, in_channels=3, num_levels=8, condition_type="text",
+                                              text_embed_dim=12)),
+    "row_lstm-class": ("row_lstm", dict(sample_size=5, in_channels=1, num_levels=4, condition_type="class",
+                                        num_classes=3)),
+    "diagonal_bilstm-rgb": ("diagonal_bilstm", dict(sample_size=4, in_channels=3, num_levels=4)),
+}  # fmt: skip
+
+
+class TestAutoregressiveModel(ModelTesterMixin):
+    @pytest.fixture(autouse=True, params=list(MODEL_VARIANTS))
+    def variant(self, request):
+        self.architecture, self.config = MODEL_VARIANTS[request.param]
+        self.model_class = MODEL_CLASSES[self.architecture]
+
+    def get_init_dict(self):
+        return {**TINY, **self.config}
+
+    def get_inputs(self):
+        config = self.config
+        generator = torch.Generator().manual_seed(0)
+        shape = (2, config["in_channels"], config["sample_size"], config["sample_size"])
+        condition = None
+        if config.get("condition_type") == "text":
+            condition = Condition(text_embeds=torch.randn(2, config["text_embed_dim"], generator=generator))
+        elif config.get("condition_type") == "class":
+            condition = Condition(class_labels=torch.tensor([1, config["num_classes"]]))  # and the null class
+        return {"sample": torch.randint(0, config["num_levels"], shape, generator=generator), "condition": condition}
+
+    def get_bad_init_dicts(self):
+        base = self.get_init_dict()
+        return [
+            {**base, "num_levels": 1},
+            {**base, "kernel_size": 4},
+            {**base, "condition_type": "class", "num_classes": None},
+            {**base, "condition_type": "audio"},
+        ]
+
+
+class TestAutoregressivePipeline(PipelineTesterMixin):
+    pipeline_class = hfgen.AutoregressivePipeline
+
+    @pytest.fixture(autouse=True, params=["gated-text", "transformer-class", "pixelcnn"])
+    def variant(self, request, tiny_text_components):
+        self.variant = request.param
+        self.text_components = tiny_text_components
+
+    def get_pipeline(self):
+        grid = dict(sample_size=4, in_channels=1, num_levels=17)
+        if self.variant == "gated-text":
+            tokenizer, text_encoder = self.text_components
+            prior = tiny_prior("gated_pixelcnn", **grid, condition_type="text", text_embed_dim=32)
+            return hfgen.AutoregressivePipeline(prior=prior, tokenizer=tokenizer, text_encoder=text_encoder)
+        if self.variant == "transformer-class":
+            return tiny_pipeline("transformer", **grid, condition_type="class", num_classes=10)
+        return tiny_pipeline("pixelcnn", **grid)
+
+    def get_call_kwargs(self):
+        if self.variant == "gated-text":
+            return {"prompt": ["a handwritten digit seven", "a handwritten digit one"], "guidance_scale": 2.0}
+        if self.variant == "transformer-class":
+            return {"class_labels": [3, 7, 1]}
+        return {"batch_size": 3}
+
+    def get_expected_shape(self):
+        return (2 if self.variant == "gated-text" else 3, 1, 4, 4)
+
+
+# ----- causality -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_each_token_depends_only_on_the_tokens_before_it(architecture):
+    """For every token i of a 4x4 RGB grid: zero gradient from every input token at or after i (raster order, R, G,
+    B inside a pixel), and some gradient from the ones before it."""
+    model = tiny_prior(architecture, sample_size=4, in_channels=3, num_levels=4)
+    tokens = torch.randint(0, 4, (1, 3, 4, 4), generator=torch.Generator().manual_seed(0))
+    for index in range(3 * 4 * 4):
+        row, col, channel = index // 12, (index // 3) % 4, index % 3
+        grad = dependence(model, tokens, channel, row, col).permute(1, 2, 0).flatten()  # raster order
+        assert grad[index:].abs().sum() == 0, (
+            f"token {index} (row {row}, col {col}, channel {channel}) sees itself or later"
+        )
+        if index > 0:
+            assert grad[:index].abs().sum() > 0, f"token {index} depends on nothing before it"
+
+
+def test_pixelcnn_has_a_blind_spot_that_gated_pixelcnn_has_not():
+    """PixelCNN's stacked masked 3x3 kernels never reach up-and-right beyond their first layer's kernel: pixel
+    (3, 6) is before (4, 2) and within the reach of its 4 rows / columns, yet has no influence. The Gated PixelCNN's
+    vertical stack covers every pixel above, its horizontal stack the row to the left."""
+    config = dict(sample_size=8, in_channels=1, num_levels=4, num_layers=3, kernel_size=3, first_kernel_size=3)
+    tokens = torch.randint(0, 4, (1, 1, 8, 8), generator=torch.Generator().manual_seed(0))
+    before = torch.arange(64).view(8, 8) < 4 * 8 + 2  # the pixels before (4, 2) in raster order
+    before[:, 7] = False  # column 7 is 5 columns right of column 2: beyond the 4 columns both models can reach
+
+    pixelcnn = dependence(tiny_prior("pixelcnn", **config), tokens, 0, 4, 2)[0]
+    assert max(tiny_prior("pixelcnn", **config).receptive_field()) >= 4
+    assert pixelcnn[3, 6] == 0 and pixelcnn[3, 3] > 0 and pixelcnn[4, 1] > 0
+    assert (pixelcnn[before] == 0).sum() > 0
+
+    gated = dependence(tiny_prior("gated_pixelcnn", **config), tokens, 0, 4, 2)[0]
+    assert gated[3, 6] > 0
+    assert (gated[before] > 0).all(), f"blind pixels: {(before & (gated == 0)).nonzero().tolist()}"
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_probabilities_of_all_2x2_binary_images_sum_to_one(architecture):
+    model = tiny_prior(architecture, sample_size=2, in_channels=1, num_levels=2)
+    images = torch.tensor(list(itertools.product([0, 1], repeat=4))).view(16, 1, 2, 2)
+    with torch.no_grad():
+        log_p = prior_forward(model, images).log_likelihood.double()
+    assert log_p.exp().sum().item() == pytest.approx(1.0, abs=1e-5)
+    assert (log_p < 0).all()
+
+
+def test_class_conditional_probabilities_sum_to_one_per_class():
+    model = tiny_prior("gated_pixelcnn", sample_size=2, in_channels=1, num_levels=2, condition_type="class",
+                       num_classes=3)  # fmt: skip
+    images = torch.tensor(list(itertools.product([0, 1], repeat=4))).view(16, 1, 2, 2)
+    totals = []
+    with torch.no_grad():
+        for label in range(4):  # the 3 classes and the null class
+            condition = Condition(class_labels=torch.full((16,), label))
+            totals.append(prior_forward(model, images, condition).log_likelihood.double().exp().sum().item())
+    assert totals == pytest.approx([1.0] * 4, abs=1e-5)
+
+
+# ----- sampling ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "architecture, kwargs",
+    [("pixelcnn", {}), ("gated_pixelcnn", {"class_labels": [2, 5], "guidance_scale": 3.0}), ("transformer", {})],
+)
+def test_cached_sampling_equals_naive_sampling(architecture, kwargs):
+    """A 10x10 grid (6x6 RGB for the transformer): the cached sampler (the transformer's key/value cache; for the
+    convolutional models only the window of rows and columns the next pixel depends on) gives the same images as a
+    full forward pass per token, and really computes less."""
+    conditioning = dict(condition_type="class", num_classes=10) if "class_labels" in kwargs else {}
+    if architecture == "transformer":
+        pipe = tiny_pipeline(architecture, sample_size=6, in_channels=3, num_levels=4)
+    else:
+        pipe = tiny_pipeline(
+            architecture, sample_size=10, in_channels=1, num_levels=4, first_kernel_size=3, **conditioning
+        )
+    kwargs = kwargs or {"batch_size": 2}
+    widths = []
+    hook = pipe.prior.register_forward_pre_hook(
+        lambda module, args, kw: widths.append(tuple((args[0] if args else kw["input_ids"]).shape)), with_kwargs=True
+    )
+    naive = pipe(**kwargs, generator=torch.manual_seed(0), use_cache=False, output_type="np").images
+    naive_shapes, widths[:] = set(widths), []
+    cached = pipe(**kwargs, generator=torch.manual_seed(0), use_cache=True, output_type="np").images
+    hook.remove()
+    np.testing.assert_array_equal(cached, naive)
+    assert len(np.unique(naive)) > 1
+    if architecture == "transformer":  # the prefix once, then one token per step
+        assert [shape[1] for shape in widths[1:]] == [1] * (len(widths) - 1)
+    else:  # windows smaller than the grid
+        assert max(np.prod(shape[2:]) for shape in widths) < min(np.prod(shape[2:]) for shape in naive_shapes)
+
+
+@pytest.mark.parametrize("architecture", ["pixelcnn", "gated_pixelcnn"])
+def test_cached_window_gives_the_full_forward_logits(architecture):
+    """For every token of a 10x10 grid, the logits from the window `receptive_field()` names equal those of the
+    full grid: the window holds everything the token depends on (a window one row or column too small fails)."""
+    pipe = tiny_pipeline(architecture, sample_size=10, in_channels=2, num_levels=5, first_kernel_size=3)
+    tokens = torch.randint(0, 5, (2, 2, 10, 10), generator=torch.Generator().manual_seed(0))
+    full = pipe.prior(tokens).logits  # (2, 5, 2, 10, 10)
+    for index in range(2 * 10 * 10):
+        row, col, channel = index // 20, (index // 2) % 10, index % 2
+        window = pipe.next_logits(tokens, index, None, use_cache=True, state={})
+        torch.testing.assert_close(window, full[:, :, channel, row, col], rtol=0, atol=1e-5, msg=f"token {index}")
+
+
+def test_lstm_has_no_cache():
+    pipe = tiny_pipeline("row_lstm", sample_size=3, in_channels=1, num_levels=4)
+    with pytest.raises(ValueError, match="use_cache=False"):
+        pipe(use_cache=True)
+    assert pipe(batch_size=2, output_type="np").images.shape == (2, 3, 3, 1)  # the default: no cache
+
+
+def test_temperature():
+    pipe = tiny_pipeline("gated_pixelcnn", sample_size=4, in_channels=1, num_levels=17)
+    # Near zero, sampling picks the most likely token: the seed no longer matters.
+    cold = [
+        pipe(batch_size=2, generator=torch.manual_seed(s), temperature=1e-4, output_type="np").images for s in (0, 1)
+    ]
+    np.testing.assert_array_equal(*cold)
+    warm = [pipe(batch_size=2, generator=torch.manual_seed(s), output_type="np").images for s in (0, 1)]
+    assert not np.array_equal(*warm)
+    for bad in (0, -1.0, True):
+        with pytest.raises(ValueError, match="temperature"):
+            pipe(temperature=bad)
+
+
+def test_guidance_changes_the_samples_and_needs_a_condition():
+    pipe = tiny_pipeline("transformer", sample_size=4, in_channels=1, num_levels=17, condition_type="class",
+                         num_classes=10)  # fmt: skip
+    plain = pipe(class_labels=[3, 3], generator=torch.manual_seed(0), output_type="np").images
+    guided = pipe(class_labels=[3, 3], guidance_scale=4.0, generator=torch.manual_seed(0), output_type="np").images
+    assert not np.array_equal(plain, guided)
+    with pytest.raises(ValueError, match="guidance"):
+        tiny_pipeline("pixelcnn", sample_size=4)(guidance_scale=2.0)
+
+
+# ----- completion ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("architecture", ["gated_pixelcnn", "transformer"])
+def test_completion_keeps_the_given_pixels(architecture):
+    pipe = tiny_pipeline(architecture, sample_size=8, in_channels=1, num_levels=17)
+    digits = torch.stack(
+        [torch.as_tensor(np.asarray(im, dtype=np.float32)) for im in make_digits_dataset()["image"][:3]]
+    )
+    images = (digits / 255)[:, None]  # (3, 1, 8, 8) in [0, 1], as pipelines take images
+    mask = torch.zeros(3, 8, 8)
+    mask[:, :4] = 1  # the top half
+    mask[1, 4, :3] = 1  # and, for the second image, the start of the next row
+    completed = pipe.complete(images, mask, generator=torch.manual_seed(0), output_type="pt") * 2 - 1  # [-1, 1]
+    kept = mask[:, None].bool()
+    tokens = images_to_tokens(images * 2 - 1, 17)  # the model's scale
+    assert torch.equal(images_to_tokens(completed, 17)[kept], tokens[kept])
+    assert not torch.equal(images_to_tokens(completed, 17), tokens)
+    again = pipe.complete(images, mask, generator=torch.manual_seed(0), output_type="pt") * 2 - 1
+    assert torch.equal(again, completed)
+
+    holes = torch.ones(8, 8)
+    holes[2, 2] = 0  # a hole before kept pixels: not a raster-order prefix
+    with pytest.raises(ValueError, match="raster-order prefix"):
+        pipe.complete(images, holes)
+
+
+# ----- likelihood ----------------------------------------------------------------------------------------------------
+def test_log_likelihood_is_exact_and_sums_the_conditionals():
+    pipe = tiny_pipeline("row_lstm", sample_size=4, in_channels=3, num_levels=5)
+    images = torch.randint(0, 5, (3, 3, 4, 4), generator=torch.Generator().manual_seed(0)) / 4 * 2 - 1
+    output = pipe.log_likelihood((images + 1) / 2)  # pipelines take images in [0, 1]
+    assert output.kind == "exact" and "5 levels" in output.dequantization
+    logits = pipe.prior(images_to_tokens(images, 5)).logits  # (3, 5, 3, 4, 4)
+    picked = logits.log_softmax(1).gather(1, images_to_tokens(images, 5)[:, None])  # log p(x_i | x_<i)
+    torch.testing.assert_close(output.log_likelihood, picked.flatten(1).sum(1).detach())
+    torch.testing.assert_close(output.bits_per_dim, -output.log_likelihood / (48 * np.log(2)))
+
+
+# ----- training ------------------------------------------------------------------------------------------------------
+TINY_ARGS = (
+    "--family autoregressive --architecture gated_pixelcnn --dataset_name digits --train_batch_size 16 "
+    "--hidden_channels 8 --embedding_dim 4 --num_layers 1 --report_to none --eval_max_images 16 "
+    "--num_validation_images 4 --text_hidden_size 32 --text_num_layers 1"
+).split()
+
+
+class TestAutoregressiveTrainer(TrainerTesterMixin):
+    trainer_class = AutoregressiveTrainer
+
+    def get_args(self, output_dir) -> list[str]:
+        return [*TINY_ARGS, "--output_dir", str(output_dir)]
+
+    def test_loss_falls_and_the_likelihood_detects_anomalies(self, tmp_path):
+        """60 steps of a small Gated PixelCNN on the digits: the exact NLL falls, and noise images score far more
+        bits/dim than held-out digits (AUROC through hfgen.metrics.anomaly)."""
+        trainer = self.build_trainer(
+            tmp_path, "--max_train_steps", "60", "--learning_rate", "5e-3", "--logging_steps", "10",
+            "--conditioning", "none", "--hidden_channels", "16", "--train_batch_size", "32",
+        )  # fmt: skip
+        logged = []
+        log = trainer.accelerator.log
+        trainer.accelerator.log = lambda values, step=None, **kw: logged.append(values) or log(values, step=step, **kw)
+        summary = trainer.train()
+        first, last = logged[0]["bits_per_dim"], logged[-1]["bits_per_dim"]
+        # Measured: 3.79 -> 2.39 bits/dim (seed 0), 3.67 -> 2.29 (seed 1), test 2.30 / 2.34, AUROC 1.0 against noise
+        # (5.1 bits/dim); uniform over 17 levels is 4.09.
+        assert last < first * 0.85, (first, last)
+        assert summary["metrics"]["test_bits_per_dim"] < 3.0
+
+        pipe = hfgen.load_pipeline(str(tmp_path))
+        digits = (torch.stack([trainer.splits["test"][i]["pixel_values"] for i in range(64)]) + 1) / 2  # [0, 1]
+        result = anomaly_auroc(pipe, digits, (out_of_distribution_images("noise", 64) + 1) / 2)
+        assert result["kind"] == "exact"
+        assert result["auroc"] > 0.95, result
+
+    def test_transformer_trains_class_conditioned(self, tmp_path):
+        trainer = self.build_trainer(
+            tmp_path, "--max_train_steps", "2", "--architecture", "transformer", "--conditioning", "class",
+            "--num_layers", "1", "--n_embd", "16", "--n_head", "2",
+        )  # fmt: skip
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        assert type(model).__name__ == "GPT2LMHeadModel" and model.config.vocab_size == 17 + 11
+        before = {name: p.detach().clone() for name, p in model.named_parameters()}
+        trainer.train()
+        assert all(not torch.equal(before[n], p) for n, p in model.named_parameters())
+        pipe = hfgen.load_pipeline(str(tmp_path))
+        assert type(pipe.prior).__name__ == "GPT2LMHeadModel" and pipe.capabilities >= {"class", "likelihood"}
+        images = pipe(class_labels=[3, 7], generator=torch.manual_seed(0), output_type="np").images
+        assert images.shape == (2, 8, 8, 1)
+
+    def test_unknown_architecture_raises(self, tmp_path):
+        with pytest.raises(ValueError, match="--architecture must be one of"):
+            self.build_trainer(tmp_path, "--architecture", "pixelgan")
+
+    def test_two_cpu_ranks_train_together(self, tmp_path, repo_root):
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+            str(repo_root / "training" / "train.py"), *self.get_args(tmp_path / "run"), "--max_train_steps", "3",
+        ]  # fmt: skip
+        result = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                                timeout=300)  # fmt: skip
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+        assert summary["world_size"] == 2 and "MULTI_CPU" in summary["distributed_type"]
+        checksums = summary["rank_weight_checksums"]
+        assert len(checksums) == 2 and checksums[0] == checksums[1]
+
+
+# ----- Hub and remote code -------------------------------------------------------------------------------------------
+def test_pushed_pipelines_load_with_diffusers_alone(hub, tmp_path):
+    """A Gated PixelCNN (its code bundled into the repo) and a GPT-2 prior (a transformers model) pushed to the
+    local Hub: diffusers alone, in a process that cannot import hfgen, loads them with `trust_remote_code=True` and
+    draws the same images; hfgen loads them with its installed classes."""
+    from conftest import HUB_TOKEN, HUB_USER, hub_subprocess_env
+    from test_remote_code import SUBPROCESS_SCRIPT, images_hash
+
+    from hfgen.hub import push_to_hub
+
+    pipelines = {
+        "gated": (tiny_pipeline("gated_pixelcnn", sample_size=4, condition_type="class", num_classes=3),
+                  {"class_labels": [0, 2]}),
+        "gpt2": (tiny_pipeline("transformer", sample_size=4, in_channels=3, num_levels=8), {"batch_size": 2}),
+    }  # fmt: skip
+    calls, expected = {}, {}
+    for name, (pipe, call) in pipelines.items():
+        pipe.save_pretrained(tmp_path / name)
+        hfgen.hub.write_model_card(
+            str(tmp_path / name), family="autoregressive", pipeline_class="AutoregressivePipeline",
+            pipeline_tag="unconditional-image-generation", dataset="digits", settings={},
+        )  # fmt: skip
+        repo_id = f"{HUB_USER}/ar-{name}"
+        push_to_hub(str(tmp_path / name), repo_id, token=HUB_TOKEN)
+        calls[repo_id] = call
+        expected[repo_id] = pipe(**call, generator=torch.manual_seed(0), output_type="np").images
+        loaded = hfgen.load_pipeline(repo_id)
+        assert type(loaded.prior) is type(pipe.prior)
+        np.testing.assert_array_equal(loaded(**call, generator=torch.manual_seed(0), output_type="np").images,
+                                      expected[repo_id])  # fmt: skip
+
+    result = subprocess.run(
+        [sys.executable, "-c", SUBPROCESS_SCRIPT, json.dumps(calls)],
+        env=hub_subprocess_env(hub, tmp_path / "hf_home"), cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    # No hfgen module was imported. (diffusers' import check does try `import hfgen` once per file, and fails as it
+    # should: the bundled ConditionEncoder keeps its function-level `from hfgen.text import encode_text`, only run for
+    # text models, which hfgen.remote_code leaves as it is.)
+    assert run["hfgen_modules"] == [] and "custom code" in run["refused"]
+    for repo_id, images in expected.items():
+        assert run[repo_id]["images"] == images_hash(images), repo_id
+    assert run[f"{HUB_USER}/ar-gated"]["classes"]["prior"].startswith("diffusers_modules.")
+    assert run[f"{HUB_USER}/ar-gpt2"]["classes"]["prior"].endswith("GPT2LMHeadModel")
+
+
+@pytest.mark.parametrize("recipe", ["autoregressive_gated_digits", "autoregressive_transformer_digits",
+                                    "autoregressive_shapes"])  # fmt: skip
+def test_recipes_parse(recipe, repo_root):
+    from hfgen.training.train import parse_config
+
+    trainer_class, config = parse_config(["--recipe", str(repo_root / "training" / "recipes" / f"{recipe}.yaml")])
+    assert trainer_class is AutoregressiveTrainer and config.architecture in ARCHITECTURES
+    assert config.num_levels == (256 if config.dataset_name == "shapes" else 17)

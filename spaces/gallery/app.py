@@ -38,6 +38,7 @@ FAMILIES = {
     "gan": "HFGEN_MODEL_GAN",
     "diffusion": "HFGEN_MODEL_DIFFUSION",
     "flow": "HFGEN_MODEL_FLOW",
+    "autoregressive": "HFGEN_MODEL_AUTOREGRESSIVE",
 }
 
 

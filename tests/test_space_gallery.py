@@ -296,3 +296,33 @@ def test_family_space_serves_a_model_pulled_from_the_hub(model_ids, family):
         assert len(first) == 2 and first == second
     finally:
         demo.close()
+
+
+def test_diffusion_flow_and_autoregressive_tabs_generate(app):
+    """The families added after the gallery get their tabs from their pipelines' capabilities alone: each generates
+    through gradio_client, the diffusion tab with its steps and class, the flow tab with its temperature."""
+    from test_autoregressive import tiny_pipeline as tiny_autoregressive
+    from test_diffusion import tiny_pipeline as tiny_diffusion
+    from test_flow import tiny_flow
+
+    models = {
+        "diffusion": tiny_diffusion("class"),
+        "flow": hfgen.FlowPipeline(flow=tiny_flow()),
+        "autoregressive": tiny_autoregressive("pixelcnn", sample_size=4, in_channels=1, num_levels=5),
+    }
+    demo = app.build_demo(models)
+    url = serve(demo)
+    try:
+        client = gradio_client.Client(url, verbose=False)
+        endpoints = client.view_api(return_format="dict")["named_endpoints"]
+        assert {"/generate_diffusion", "/generate_flow", "/generate_autoregressive"} <= set(endpoints)
+        gallery, timing = client.predict(
+            class_label=3, seed=0, num_images=2, num_inference_steps=3, api_name="/generate_diffusion"
+        )
+        assert len(image_files(gallery)) == 2 and timing.startswith("Diffusion: 2 image(s)")
+        gallery, _ = client.predict(seed=0, num_images=2, temperature=0.5, api_name="/generate_flow")
+        assert len(image_files(gallery)) == 2
+        gallery, _ = client.predict(seed=0, num_images=2, api_name="/generate_autoregressive")
+        assert len(image_files(gallery)) == 2
+    finally:
+        demo.close()

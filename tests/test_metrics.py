@@ -44,7 +44,7 @@ def tiny_vae_dir(tmp_path_factory) -> str:
 def test_shipped_extractor_reaches_its_stated_test_accuracy(name):
     assert name in shipped_extractors()
     folder = os.path.join(EXTRACTORS_DIR, name)
-    assert os.path.getsize(os.path.join(folder, "diffusion_pytorch_model.safetensors")) < 600_000
+    assert os.path.getsize(os.path.join(folder, "diffusion_pytorch_model.safetensors")) < 1_000_000
     with open(os.path.join(folder, "results.json")) as f:
         stated = json.load(f)
     assert f"{stated['test_accuracy']:.4f}" in open(os.path.join(folder, "README.md")).read()  # the card says it
@@ -55,7 +55,7 @@ def test_shipped_extractor_reaches_its_stated_test_accuracy(name):
     predictions = extractor.class_probabilities(batch["pixel_values"]).argmax(-1)
     accuracy = (predictions == batch["labels"]).float().mean().item()
     assert accuracy == pytest.approx(stated["test_accuracy"], abs=1e-6)
-    assert accuracy > 0.95  # mnist: 0.9595, short of the 98.5% issue 9 aims at (see its model card)
+    assert accuracy >= {"mnist": 0.985}.get(name, 0.95)  # issue 9 aims at 98.5% on mnist
 
 
 def test_extractor_options_two_convolutions_per_block_and_batch_norm(tmp_path):

@@ -53,7 +53,8 @@ class DomainClassifier(ModelMixin, ConfigMixin):
         class_names (`list[str]`, *optional*): Names of the classes, for display.
         dataset (`str`, *optional*): The data set the classifier was trained on.
         layers_per_block (`int`, *optional*, defaults to 1): 3x3 convolutions per block (the first one strides);
-            two per block, as in VGG, widen the receptive field before pooling (mnist: 0.9595 -> 0.98+ test accuracy).
+            two per block, as in VGG, widen the receptive field before pooling (the shipped mnist extractor: with batch
+            norm, random shifts and four blocks, 0.9915 test accuracy where one conv per block reached 0.9595).
         batch_norm (`bool`, *optional*, defaults to `False`): Batch normalization after each convolution
             ([Ioffe & Szegedy, 2015](https://huggingface.co/papers/1502.03167)); frozen statistics in `eval()`.
     """

@@ -69,6 +69,15 @@ pipe = hfgen.load_pipeline("{{ model_id }}")
 {% for key, value in metrics_rows %}| {{ key }} | {{ value }} |
 {% endfor %}
 {% endif %}
+{% if adherence %}
+## Prompt adherence
+
+How often samples show what the prompt asks for, judged by the data set's shipped classifier
+(`hfgen.metrics.prompt_adherence`): "seen" prompts use the training captions' wording, "paraphrase" prompts
+word it in ways never seen in training.
+
+{{ adherence }}
+{% endif %}
 {% if command %}
 ## Training command
 
@@ -109,6 +118,7 @@ def write_model_card(
     settings: dict,
     metrics: dict | None = None,
     sample_grid: str | None = None,
+    adherence: str | None = None,
     repo_id: str | None = None,
     tags: list[str] | None = None,
     base_text: str | None = None,
@@ -125,6 +135,8 @@ def write_model_card(
             arguments) is also shown as the training command.
         metrics (`dict`, *optional*): Final metrics, rendered as a "Results" table.
         sample_grid (`str`, *optional*): Path of a sample grid image relative to `output_dir`.
+        adherence (`str`, *optional*): Prompt adherence tables (`hfgen.metrics.format_adherence`), in their own
+            section.
         repo_id (`str`, *optional*): Hub repo id used in the snippet; defaults to `output_dir`.
         tags (`list[str]`, *optional*): Extra tags appended to `["hfgen", family, pipeline_tag]`.
         base_text (`str`, *optional*): Extra paragraph (family-specific notes) placed after the description.
@@ -162,6 +174,7 @@ def write_model_card(
         model_id=repo_id or output_dir,
         call=call,
         sample_grid=sample_grid,
+        adherence=adherence,
         settings_rows=[(_cell(k), _cell(v)) for k, v in sorted(settings.items()) if k != "command"],
         metrics_rows=[(_cell(k), _cell(v)) for k, v in sorted((metrics or {}).items())],
         command=command,

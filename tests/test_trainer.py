@@ -65,6 +65,55 @@ class TestVAETrainer(TrainerTesterMixin):
         # Measured: 159 -> 122 for this tiny digits VAE (seed 0): a learning model's samples improve.
         assert fids[1][1] < fids[0][1]
 
+    def test_validation_adherence_is_logged_and_the_final_figures_are_written(self, tmp_path):
+        trainer = self.build_trainer(
+            tmp_path, "--max_train_steps", "20", "--validation_steps", "10", "--validation_adherence",
+            "--adherence_samples", "20",
+        )  # fmt: skip
+        logs = record_logs(trainer)
+
+        summary = trainer.train()
+
+        logged = [(step, values) for step, values in logs if "validation_adherence_seen" in values]
+        assert [step for step, _ in logged] == [10, 20]
+        for _, values in logged:
+            assert 0 <= values["validation_adherence_seen"] <= 1
+            assert 0 <= values["validation_adherence_paraphrase"] <= 1
+        # The final figures: in the returned summary, train_summary.json and the model card.
+        metrics = summary["metrics"]
+        with open(tmp_path / "train_summary.json") as f:
+            assert json.load(f)["metrics"]["adherence_seen"] == metrics["adherence_seen"]
+        # The same fixed-seed samples as the last validation (no training step in between).
+        assert metrics["adherence_seen"] == logged[-1][1]["validation_adherence_seen"]
+        assert metrics["adherence_paraphrase"] == logged[-1][1]["validation_adherence_paraphrase"]
+        card = (tmp_path / "README.md").read_text()
+        assert "## Prompt adherence" in card
+        assert f"| seen | 20 | {metrics['adherence_seen']:.3f} |" in card
+        assert f"| paraphrase | 20 | {metrics['adherence_paraphrase']:.3f} |" in card
+
+    def test_validation_adherence_is_refused_without_a_judge_or_text(self, tmp_path):
+        with pytest.raises(ValueError, match="--conditioning text"):
+            self.build_trainer(
+                tmp_path, "--validation_steps", "10", "--validation_adherence", "--conditioning", "class"
+            )
+        folder = tmp_path / "images"
+        folder.mkdir()
+        with pytest.raises(ValueError, match="adherence judge \\(digits, mnist, shapes\\), not '.*images'"):
+            parse_config(
+                ["--family", "vae", "--train_data_dir", str(folder), "--output_dir", str(tmp_path / "out"),
+                 "--validation_steps", "10", "--validation_adherence"]
+            )  # fmt: skip
+        with pytest.raises(ValueError, match="28x28 images, but --resolution is 8"):
+            self.build_trainer(tmp_path, "--validation_steps", "10", "--validation_adherence", "--dataset_name",
+                               "mnist", "--resolution", "8")  # fmt: skip
+        with pytest.raises(ValueError, match="needs --validation_steps"):
+            self.build_trainer(tmp_path, "--validation_adherence")
+
+    def test_unconditional_runs_have_no_adherence(self, tmp_path):
+        summary = self.build_trainer(tmp_path, "--max_train_steps", "2", "--conditioning", "none").train()
+        assert not any(key.startswith("adherence") for key in summary["metrics"])
+        assert "Prompt adherence" not in (tmp_path / "README.md").read_text()
+
     def test_elbo_falls(self, tmp_path):
         trainer = self.build_trainer(
             tmp_path, "--max_train_steps", "60", "--learning_rate", "3e-3", "--logging_steps", "10"

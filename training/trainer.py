@@ -43,6 +43,9 @@ import hfgen
 from hfgen import hub
 from hfgen.conditioning import Condition, ConditionEncoder
 from hfgen.data import EMBEDDED_DATASETS, collate_fn, load_image_dataset
+from hfgen.metrics.adherence import ATTRIBUTES as ADHERENCE_ATTRIBUTES
+from hfgen.metrics.adherence import format_adherence, prompt_adherence
+from hfgen.metrics.adherence import summary as adherence_summary
 from hfgen.metrics.features import load_feature_extractor, shipped_extractors
 from hfgen.metrics.sample_quality import GaussianStatistics, fid
 from hfgen.text import build_clip_text_encoder, build_word_tokenizer, load_pretrained_text_encoder
@@ -130,6 +133,16 @@ class TrainingConfig:
         default=False, metadata={"help": "Also log FID (hfgen.metrics domain features) at each validation."}
     )
     validation_fid_samples: int = field(default=500, metadata={"help": "Generated images for the validation FID."})
+    validation_adherence: bool = field(
+        default=False,
+        metadata={
+            "help": "Also log prompt adherence (hfgen.metrics.prompt_adherence: seen and paraphrase prompts) at each "
+            "validation; text conditioning on digits, mnist or shapes."
+        },
+    )
+    adherence_samples: int = field(
+        default=100, metadata={"help": "Images per prompt group for validation and final prompt adherence."}
+    )
 
     # ----- hub -----
     push_to_hub: bool = field(default=False, metadata={"help": "Push the final pipeline and card to the Hub."})
@@ -162,6 +175,7 @@ class TrainingConfig:
         "validation_steps": "[0, inf)",  # 0: no validation
         "num_validation_images": "[1, 1024]",
         "validation_fid_samples": "[2, inf)",
+        "adherence_samples": "[10, 4096]",
     }
     # Settings that shape the model: resuming a checkpoint with other values is refused (see checks.py).
     model_settings: ClassVar[tuple[str, ...]] = (
@@ -192,6 +206,34 @@ class TrainingConfig:
                 "--validation_fid needs --validation_steps and a data set with a shipped feature extractor "
                 f"({', '.join(shipped_extractors())}); for other data use `hfgen evaluate` after training."
             )
+        if self.validation_adherence:
+            if not self.validation_steps:
+                raise ValueError("--validation_adherence needs --validation_steps (how often to measure it).")
+            if self.conditioning != "text":
+                raise ValueError(
+                    f"--validation_adherence measures how text-conditioned models follow their prompts, but "
+                    f"--conditioning is {self.conditioning!r}: train with --conditioning text, or drop the flag."
+                )
+            if self.dataset_name not in ADHERENCE_ATTRIBUTES:
+                raise ValueError(
+                    "--validation_adherence needs a data set with an adherence judge "
+                    f"({', '.join(ADHERENCE_ATTRIBUTES)}), not {self.dataset_name or self.train_data_dir!r}: drop "
+                    "the flag."
+                )
+            size = load_feature_extractor(self.dataset_name).config.sample_size
+            if self.resolution not in (None, size):
+                raise ValueError(
+                    f"--validation_adherence judges {self.dataset_name} samples with a classifier of {size}x{size} "
+                    f"images, but --resolution is {self.resolution}: train at {size} (the default), or drop the flag."
+                )
+
+    @property
+    def measures_adherence(self) -> bool:
+        """Whether the final metrics include prompt adherence: text conditioning on digits, mnist or shapes at the
+        data set's own size (the size its shipped classifier judges)."""
+        if self.conditioning != "text" or self.dataset_name not in ADHERENCE_ATTRIBUTES:
+            return False
+        return self.resolution in (None, load_feature_extractor(self.dataset_name).config.sample_size)
 
 
 def load_frozen_component(name_or_path: str, **kwargs) -> torch.nn.Module:
@@ -674,6 +716,9 @@ class Trainer:
             grid = self.sample_grid(pipeline, path)
             if self.config.validation_fid:
                 self.accelerator.log({"validation_fid": self.validation_fid(pipeline)}, step=step)
+            if self.config.validation_adherence:
+                adherence = adherence_summary(self.adherence(pipeline))
+                self.accelerator.log({f"validation_{k}": v for k, v in adherence.items()}, step=step)
         for tracker in self.accelerator.trackers:
             if tracker.name == "tensorboard":
                 tracker.writer.add_image("validation", np.asarray(grid.convert("RGB")), step, dataformats="HWC")
@@ -693,6 +738,14 @@ class Trainer:
         extractor, real = self.fid_reference
         fake = pipeline.generate(self.config.validation_fid_samples, seed=self.config.seed) * 2 - 1  # [-1, 1]
         return fid(real, extractor.features(fake))
+
+    @torch.no_grad()
+    def adherence(self, pipeline) -> dict:
+        """Prompt adherence (hfgen.metrics) of `adherence_samples` fixed-seed samples per prompt group (the training
+        captions' template and paraphrases never seen in training), judged by the data set's shipped classifier."""
+        return prompt_adherence(
+            pipeline, self.config.dataset_name, num_samples=self.config.adherence_samples, seed=self.config.seed
+        )
 
     def finish(self, global_step: int, logged: dict) -> dict:
         """Saves a last checkpoint, then the pipeline (EMA weights if kept), samples, model card; pushes if asked."""
@@ -718,6 +771,9 @@ class Trainer:
             metrics = {f"train_{k}": v for k, v in logged.items() if k != "lr"}
             metrics["train_wall_seconds"] = time.perf_counter() - self.start_time  # this session's, if resumed
             metrics.update(self.evaluate(pipeline))
+            adherence = self.adherence(pipeline) if config.measures_adherence else None
+            if adherence is not None:
+                metrics.update(adherence_summary(adherence))
             summary = {
                 "family": self.family,
                 "steps": global_step,
@@ -739,6 +795,7 @@ class Trainer:
                     settings={**self.tracker_config(), "command": " ".join(sys.argv)},
                     metrics=metrics,
                     sample_grid="samples/final.png",
+                    adherence=format_adherence(adherence) if adherence is not None else None,
                     repo_id=repo_id if config.push_to_hub else None,
                 )
             if config.push_to_hub:

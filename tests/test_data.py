@@ -9,9 +9,11 @@ from PIL import Image
 
 from hfgen.data import (
     COLORS,
+    DIGIT_CAPTION_TEMPLATES,
     DIGIT_NAMES,
     EMBEDDED_DATASETS,
     collate_fn,
+    digit_captions,
     export_dataset,
     load_image_dataset,
     make_digits_dataset,
@@ -86,6 +88,30 @@ def test_load_digits_splits():
     assert example["pixel_values"].min() >= -1 and example["pixel_values"].max() <= 1
     assert example["captions"] == f"a handwritten digit {DIGIT_NAMES[example['labels']]}"
     assert load_image_dataset("digits", max_train_samples=10)["train"].num_rows == 10
+
+
+def test_several_captions_per_image_are_picked_per_image_and_epoch():
+    """A caption column holding several wordings (`text_variants`): training picks one per image, the same for the
+    same epoch (so resume is exact), others in other epochs; the test split and the vocabulary see them all."""
+    splits = load_image_dataset("digits", caption_column="text_variants", label_column="label", test_size=0.1)
+
+    def captions(split, num=200):
+        batch = splits[split][:num]  # through the transform: "captions" and "labels"
+        return batch["captions"], batch["labels"]
+
+    first, labels = captions("train")
+    assert (first, labels) == captions("train")  # deterministic for the epoch
+    assert all(caption in digit_captions(label) for caption, label in zip(first, labels))
+    wordings = Counter(digit_captions(label).index(caption) for caption, label in zip(first, labels))
+    assert len(wordings) == len(DIGIT_CAPTION_TEMPLATES) and max(wordings.values()) < len(first) // 3  # all used
+    splits.set_epoch(1)
+    assert captions("train")[0] != first and captions("train")[1] == labels
+    # The test split takes each image's first (canonical) caption, whatever the epoch.
+    test_captions, test_labels = captions("test", 20)
+    assert test_captions == [digit_captions(label)[0] for label in test_labels]
+    vocabulary = splits.every_caption("train")
+    assert len(vocabulary) == len(DIGIT_CAPTION_TEMPLATES) * len(splits["train"])
+    assert {"7", "seven", "number", "digit"} <= {word for caption in vocabulary for word in caption.split()}
 
 
 def test_labels_become_captions():

@@ -469,8 +469,9 @@ class Trainer:
         return tokenizer, text_encoder, True
 
     def all_captions(self) -> list[str]:
-        # Read from the caption column alone; a stream gives the vocabulary from a bounded look.
-        return self.splits.captions_and_labels("train", limit=10_000 if self.config.streaming else None)[0]
+        # Every wording of every caption (a row may hold several), read from the caption column alone; a stream gives
+        # the vocabulary from a bounded look.
+        return self.splits.every_caption("train", limit=10_000 if self.config.streaming else None)
 
     def count_classes(self) -> int:
         labels = self.splits.captions_and_labels("train", limit=10_000 if self.config.streaming else None)[1]
@@ -478,14 +479,15 @@ class Trainer:
             raise ValueError("--conditioning class needs class labels: pass --label_column.")
         return max(labels) + 1
 
-    def condition_from_batch(self, batch: dict) -> Condition | None:
+    def condition_from_batch(self, batch: dict, drop: torch.Tensor | None = None) -> Condition | None:
         """The batch's [`Condition`] (its captions or class labels), with caption dropout: a fraction of examples
-        train on the null condition (empty prompt, null class), so one model serves prompted and unconditional
-        generation, and classifier-free guidance has the null condition to extrapolate from."""
+        (or those `drop` marks) train on the null condition (empty prompt, null class), so one model serves prompted
+        and unconditional generation, and classifier-free guidance has the null condition to extrapolate from."""
         conditioning = self.config.conditioning
         if conditioning == "none":
             return None
-        drop = torch.rand(len(batch["labels"])) < self.config.caption_dropout
+        if drop is None:
+            drop = torch.rand(len(batch["labels"])) < self.config.caption_dropout
         # A caller's torch.no_grad() wins: a family may need a step's condition without training the encoder on it.
         with torch.set_grad_enabled(self.train_text_encoder and torch.is_grad_enabled()):
             return self.condition_encoder(

@@ -33,6 +33,7 @@ from hfgen.models.modeling_gan import (
     GAN_LOSSES,
     GANDiscriminator,
     GANGenerator,
+    discriminator_fake_loss,
     discriminator_loss,
     generator_loss,
     gradient_penalty,
@@ -90,6 +91,14 @@ class GANTrainingConfig(TrainingConfig):
         default="projection", metadata={"help": f"How D sees the condition: {', '.join(DISCRIMINATOR_CONDITIONINGS)}."}
     )
     condition_dim: int = field(default=32, metadata={"help": "Size the condition is embedded to."})
+    mismatch_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Matching-aware discriminator (Reed et al. 2016): weight of a third term that scores real images "
+            "with another image's caption or class as fake, so that D, and through it G, must check the condition "
+            "(0: off; hinge, non-saturating and minimax only)."
+        },
+    )
 
     # ----- VAE-GAN -----
     beta: float = field(default=1.0, metadata={"help": "VAE-GAN: KL weight."})
@@ -125,6 +134,7 @@ class GANTrainingConfig(TrainingConfig):
         "noise_dim": "[1, 4096]",
         "block_out_channels": "[1, 4096]",
         "condition_dim": "[1, 4096]",
+        "mismatch_weight": "[0, inf)",
         "beta": "[0, inf)",
         "norm_num_groups": "[1, 1024]",
         "reconstruction_weight": "[0, inf)",
@@ -151,6 +161,12 @@ class GANTrainingConfig(TrainingConfig):
             raise ValueError(
                 "GAN training alternates the two networks' optimizer steps batch by batch, so it does not accumulate "
                 "gradients: raise --train_batch_size instead of --gradient_accumulation_steps."
+            )
+        if self.mismatch_weight and (self.conditioning == "none" or self.gan_loss not in BOUNDED_LOSSES):
+            raise ValueError(
+                "--mismatch_weight scores real images with a wrong condition as fake: it needs --conditioning text or "
+                f"class and a bounded loss ({', '.join(BOUNDED_LOSSES)}), not --conditioning {self.conditioning} "
+                f"--gan_loss {self.gan_loss}. Set --mismatch_weight 0 or change those."
             )
         if self.gan_loss == "wgan-gp" and self.discriminator_norm == "batch":
             raise ValueError(
@@ -226,10 +242,14 @@ class GANTrainer(Trainer):
     # ----- one step: D (G frozen), then every n_critic-th step G (D frozen) ------------------------------------------
     def training_step(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
         generator_turn = step % self.config.n_critic == 0
+        drop = torch.rand(len(batch["labels"])) < self.config.caption_dropout
         with torch.set_grad_enabled(generator_turn):  # a trained text encoder learns from the generator's loss only
-            condition = self.condition_from_batch(batch)
+            condition = self.condition_from_batch(batch, drop)
         real = batch["pixel_values"]
-        losses = self.discriminator_step(real, None if condition is None else condition.detach(), step)
+        mismatch = (
+            self.mismatched_pairs(batch, drop) if condition is not None and self.config.mismatch_weight else None
+        )
+        losses = self.discriminator_step(real, None if condition is None else condition.detach(), step, mismatch)
         if generator_turn:
             losses.update(self.generator_step(real, condition, step))
         with warnings.catch_warnings():  # both schedules follow the global step (one discriminator update each), so
@@ -252,23 +272,46 @@ class GANTrainer(Trainer):
         images = torch.cat([output.sample, prior_samples.sample])
         return images, Condition.cat([condition, condition]), {"vae_loss": output.loss, "kl": output.kl}
 
-    def discriminator_step(self, real: torch.Tensor, condition: Condition | None, step: int) -> dict:
+    def mismatched_pairs(self, batch: dict, drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image indices, condition indices) of real images paired with the condition of another image that asks
+        for something else: a shuffled batch, kept where neither caption was dropped and the two differ in class
+        (in caption where there are no labels: two wordings of one class must not count as a mismatch)."""
+        labels = batch["labels"].cpu()
+        other = torch.randperm(len(labels))
+        if (labels >= 0).all():
+            differ = labels != labels[other]
+        else:
+            differ = torch.tensor([a != b for a, b in zip(batch["captions"], [batch["captions"][i] for i in other])])
+        keep = differ & ~drop & ~drop[other]
+        return keep.nonzero().squeeze(1), other[keep]
+
+    def discriminator_step(
+        self, real: torch.Tensor, condition: Condition | None, step: int, mismatch: tuple | None = None
+    ) -> dict:
         config = self.config
         with torch.no_grad():
             fakes, fake_condition, _ = self.fake_images(real, condition)
         images, conditions = [real, fakes], [condition, fake_condition]
+        if mismatch is not None:  # real images with the wrong condition: "fake" for a matching-aware D
+            images.append(real[mismatch[0].to(real.device)])
+            conditions.append(condition.select(mismatch[1].to(real.device)))
         if config.gan_loss == "wgan-gp":
             interpolates = interpolate_images(real, fakes[: len(real)])
             images.append(interpolates)
             conditions.append(condition)
-        # One forward pass over real, generated (and interpolated) images, as BigGAN does: DistributedDataParallel
-        # expects one forward per backward.
+        # One forward pass over real, generated (mismatched, interpolated) images, as BigGAN does:
+        # DistributedDataParallel expects one forward per backward.
         scores = self.discriminator(torch.cat(images), Condition.cat(conditions)).scores
         real_scores, fake_scores = scores[: len(real)], scores[len(real) : len(real) + len(fakes)]
         loss = discriminator_loss(real_scores, fake_scores, config.gan_loss)
         losses = {"d_real": real_scores.detach().mean(), "d_fake": fake_scores.detach().mean()}
+        if mismatch is not None and len(mismatch[0]):
+            start = len(real) + len(fakes)
+            mismatched_scores = scores[start : start + len(mismatch[0])]
+            loss = loss + config.mismatch_weight * discriminator_fake_loss(mismatched_scores, config.gan_loss)
+            losses["d_mismatched"] = mismatched_scores.detach().mean()
         if config.gan_loss == "wgan-gp":
-            penalty = gradient_penalty(scores[len(real) + len(fakes) :], interpolates)
+            penalty = gradient_penalty(scores[-len(interpolates) :], interpolates)
             loss = loss + config.lambda_gp * penalty
             losses["gradient_penalty"] = penalty.detach()
         losses["loss"] = losses["d_loss"] = loss

@@ -217,6 +217,17 @@ def discriminator_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor, gan
     return fake_scores.mean() - real_scores.mean()
 
 
+def discriminator_fake_loss(fake_scores: torch.Tensor, gan_loss: str) -> torch.Tensor:
+    """The half of [`discriminator_loss`] for images that must be judged fake (the matching-aware discriminator's
+    real images with a wrong condition): -log(1 - D(x)) or E[max(0, 1 + D(x))]. Bounded losses only: a critic's
+    unbounded score would simply run off."""
+    if gan_loss in ("non-saturating", "minimax"):
+        return F.softplus(fake_scores).mean()
+    if gan_loss == "hinge":
+        return F.relu(1 + fake_scores).mean()
+    raise ValueError(f"Only hinge, non-saturating and minimax have a bounded fake half, not {gan_loss!r}.")
+
+
 def generator_loss(fake_scores: torch.Tensor, gan_loss: str) -> torch.Tensor:
     """The loss the generator minimises: low when its images get high scores.
 

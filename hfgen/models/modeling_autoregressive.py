@@ -81,12 +81,30 @@ class MaskedConv2d(nn.Conv2d):
         return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)
 
     def forward_at(self, cache: "CausalMap", row: int, col: int) -> torch.Tensor:
-        """The output at (row, col) only, from the kernel's neighbourhood in `cache`: (b, out, 1, 1). The rows below
-        the centre are masked out, so only the rows up to the centre's are gathered."""
+        """The output at (row, col) only, from the kernel's neighbourhood in `cache`: (b, out). The rows below the
+        centre are masked out, so only the rows up to the centre's are gathered (`_prepare_at` keeps those rows of
+        the masked kernel)."""
         kh, kw = self.kernel_size
-        rows = kh // 2 + 1
-        patch = cache.window(row, col, up=kh // 2, left=kw // 2, right=kw // 2)  # (b, in, rows, kw)
-        return F.conv2d(patch, (self.weight * self.mask)[:, :, :rows], self.bias)
+        patch = cache.window(row, col, up=kh // 2, left=kw // 2, right=kw // 2)  # (b, in, kh // 2 + 1, kw)
+        return _conv_at(self, patch)
+
+
+def _prepare_at(conv: nn.Module):
+    """Stores a convolution's kernel as a matrix (out, in * kh * kw) with its bias, as `conv.at_weights`, for
+    `_conv_at`; a masked one keeps the masked kernel's rows up to the centre's. Done once per sampling run (the
+    weights do not change while sampling): per pixel, flattening the kernel and reading parameters through
+    `nn.Module.__getattr__` would cost as much as the products themselves."""
+    weight = conv.weight
+    if isinstance(conv, MaskedConv2d):
+        weight = (weight * conv.mask)[:, :, : conv.kernel_size[0] // 2 + 1]
+    conv.at_weights = (weight.flatten(1), conv.bias)
+
+
+def _conv_at(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A convolution's output at one position from its input patch (b, in, kh, kw), or (b, in) for a 1x1: (b, out).
+    A matrix product: on a single position it costs far less than `conv2d` on a 1x1 map."""
+    weight, bias = conv.at_weights
+    return F.linear(x.flatten(1) if x.ndim > 2 else x, weight, bias)
 
 
 class CausalMap:
@@ -99,8 +117,8 @@ class CausalMap:
         self.data = like.new_zeros(batch, channels, height + pad, width + 2 * pad)
 
     def write(self, row: int, col: int, value: torch.Tensor):
-        """value (b, channels, 1, 1) or (b, channels) at (row, col)."""
-        self.data[:, :, row + self.pad, col + self.pad] = value.flatten(1)
+        """value (b, channels) at (row, col)."""
+        self.data[:, :, row + self.pad, col + self.pad] = value
 
     def write_row(self, row: int, value: torch.Tensor):
         """value (b, channels, 1, w) or (b, channels, w) as row `row`."""
@@ -183,10 +201,10 @@ class AutoregressiveImageModel(ModelMixin, ConfigMixin):
 
     # ----- cached sampling: one pixel at a time, every layer computed at that pixel only --------------------------
     def _embed_pixel(self, tokens: torch.Tensor, row: int, col: int, channels: int | None = None) -> torch.Tensor:
-        """(b, channels * embedding_dim, 1, 1): the embeddings of the first `channels` tokens of pixel (row, col)."""
+        """(b, channels * embedding_dim): the embeddings of the first `channels` tokens of pixel (row, col)."""
         c = tokens.shape[1] if channels is None else channels
         offsets = torch.arange(c, device=tokens.device) * self.config.num_levels
-        return self.token_embedding(tokens[:, :c, row, col] + offsets).flatten(1)[:, :, None, None]  # (b, c*e, 1, 1)
+        return self.token_embedding(tokens[:, :c, row, col] + offsets).flatten(1)  # (b, c * e)
 
     def init_cache(self, tokens: torch.Tensor, condition: Condition | None = None) -> dict:
         r"""An empty cache for sampling `tokens` (b, c, h, w) with [`cached_logits`], called for token 0, 1, 2, ...
@@ -194,6 +212,9 @@ class AutoregressiveImageModel(ModelMixin, ConfigMixin):
         the activation maps its layers read (`_init_trunk_cache`)."""
         self.check_tokens(tokens)
         b, c, h, w = tokens.shape
+        for module in self.modules():
+            if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+                _prepare_at(module)
         weight = self.token_embedding.weight
         pad = self.config.first_kernel_size // 2 + 1  # + 1: Gated PixelCNN's first horizontal kernel ends at col - 1
         cache = {
@@ -226,14 +247,14 @@ class AutoregressiveImageModel(ModelMixin, ConfigMixin):
                 cache["embedded"].write(prev_row, prev_col, self._embed_pixel(tokens, prev_row, prev_col))
             if col == 0:
                 self._start_row(row, cache)
-            cache["features"] = self._trunk_at(row, col, cache)  # (b, hidden, 1, 1)
+            cache["features"] = self._trunk_at(row, col, cache)  # (b, hidden)
             cache["next_pixel"] = pixel + 1
         elif pixel != cache["next_pixel"] - 1:
             raise ValueError(f"Token {index} is channel {channel} of pixel {pixel}: call its channel 0 first.")
         z = cache["features"]
         if channel > 0:  # channel k also reads channels 0..k-1 of its own pixel
-            z = z + self.channel_context[channel - 1](self._embed_pixel(tokens, row, col, channel))
-        return self.to_logits[channel](z).flatten(1).float()  # (b, num_levels)
+            z = z + _conv_at(self.channel_context[channel - 1], self._embed_pixel(tokens, row, col, channel))
+        return _conv_at(self.to_logits[channel][1], F.relu(z)).float()  # (b, num_levels): ReLU then the 1x1
 
     def _init_trunk_cache(self, cache: dict, like: torch.Tensor, b: int, h: int, w: int):
         raise NotImplementedError
@@ -242,7 +263,7 @@ class AutoregressiveImageModel(ModelMixin, ConfigMixin):
         """What depends only on the rows above `row`, computed once when the row starts (nothing by default)."""
 
     def _trunk_at(self, row: int, col: int, cache: dict) -> torch.Tensor:
-        """(b, hidden, 1, 1): `trunk`'s output at (row, col) alone, from the cache; writes what later pixels read."""
+        """(b, hidden): `trunk`'s output at (row, col) alone, from the cache; writes what later pixels read."""
         raise NotImplementedError
 
 
@@ -330,12 +351,13 @@ class PixelCNNModel(AutoregressiveImageModel):
 
     def _trunk_at(self, row, col, cache):
         cond = cache["cond"]
-        h = self.conv_in.forward_at(cache["embedded"], row, col)  # (b, hidden, 1, 1): mask A, pixels strictly before
+        h = self.conv_in.forward_at(cache["embedded"], row, col)  # (b, hidden): mask A, pixels strictly before
         for i, block in enumerate(self.blocks):
-            cache["reduced"][i].write(row, col, F.relu(block["reduce"](F.relu(h))))  # (b, hidden // 2, 1, 1)
+            cache["reduced"][i].write(row, col, F.relu(_conv_at(block["reduce"], F.relu(h))))  # (b, hidden // 2)
             y = block["masked"].forward_at(cache["reduced"][i], row, col)  # mask B: this pixel and the ones before
-            y = _add_bias(y, self.condition_bias and self.condition_bias[i], cond)
-            h = h + block["expand"](F.relu(y))
+            if cond is not None:
+                y = y + self.condition_bias[i](cond)
+            h = h + _conv_at(block["expand"], F.relu(y))
         return h
 
 
@@ -432,7 +454,7 @@ class GatedPixelCNNModel(AutoregressiveImageModel):
         for i, layer in enumerate(self.layers):
             if row == 0:
                 shifted = cache["embedded"].data.new_zeros(b, 2 * self.config.hidden_channels, 1, w)
-                cache["v_to_h"][i] = layer["vertical_to_horizontal"](shifted)
+                cache["v_to_h"][i] = layer["vertical_to_horizontal"](shifted)[:, :, 0]  # (b, 2h, w)
                 continue
             k = self.config.first_kernel_size if i == 0 else self.config.kernel_size
             source = cache["embedded"] if i == 0 else cache["vertical"][i]
@@ -440,7 +462,7 @@ class GatedPixelCNNModel(AutoregressiveImageModel):
             if source.pad > k // 2:  # the embeddings are padded for the horizontal mask-A kernel too: trim
                 slab = slab[:, :, :, source.pad - k // 2 : slab.shape[3] - (source.pad - k // 2)]
             v_pre = layer["vertical"](slab)  # (b, 2h, 1, w): row - 1 of the full pass's v_pre
-            cache["v_to_h"][i] = layer["vertical_to_horizontal"](v_pre)
+            cache["v_to_h"][i] = layer["vertical_to_horizontal"](v_pre)[:, :, 0]  # (b, 2h, w)
             if i + 1 < len(self.layers):  # the last layer's vertical output feeds nothing
                 if "vertical_bias" in layer:
                     v_pre = _add_bias(v_pre, layer["vertical_bias"], cond)
@@ -451,15 +473,15 @@ class GatedPixelCNNModel(AutoregressiveImageModel):
         for i, layer in enumerate(self.layers):
             if i == 0:  # mask A: the kernel's k // 2 + 1 pixels left of this one
                 k = self.config.first_kernel_size
-                h_pre = layer["horizontal"](cache["embedded"].window(row, col - 1, up=0, left=k // 2, right=0))
+                patch = cache["embedded"].window(row, col - 1, up=0, left=k // 2, right=0)  # (b, c * e, 1, k // 2 + 1)
             else:  # this pixel and the k // 2 before it
                 k = self.config.kernel_size
                 cache["horizontal"][i].write(row, col, h)
-                h_pre = layer["horizontal"](cache["horizontal"][i].window(row, col, up=0, left=k // 2, right=0))
-            h_pre = h_pre + cache["v_to_h"][i][:, :, :, col : col + 1]  # (b, 2h, 1, 1)
+                patch = cache["horizontal"][i].window(row, col, up=0, left=k // 2, right=0)  # (b, h, 1, k // 2 + 1)
+            h_pre = _conv_at(layer["horizontal"], patch) + cache["v_to_h"][i][:, :, col]  # (b, 2h)
             if cond is not None:
-                h_pre = _add_bias(h_pre, layer["horizontal_bias"], cond)
-            h_out = layer["horizontal_out"](self._gate(h_pre))
+                h_pre = h_pre + layer["horizontal_bias"](cond)
+            h_out = _conv_at(layer["horizontal_out"], self._gate(h_pre))
             h = h_out if i == 0 else h + h_out
         return h
 
@@ -540,17 +562,18 @@ class RowLSTMModel(AutoregressiveImageModel):
         cache["state_gates"] = [s2s(hidden) for s2s, hidden in zip(self.state_to_state, cache["hidden_above"])]
 
     def _trunk_at(self, row, col, cache):
-        f = self.conv_in.forward_at(cache["embedded"], row, col)  # (b, hidden, 1, 1)
+        f = self.conv_in.forward_at(cache["embedded"], row, col)  # (b, hidden)
         for i in range(self.config.num_layers):
             cache["inputs"][i].write(row, col, f)
-            gates = self.input_to_state[i].forward_at(cache["inputs"][i], row, col)[:, :, 0, 0]  # (b, 4h)
-            gates = _add_bias(gates[:, :, None, None], self.condition_bias and self.condition_bias[i], cache["cond"])
-            gates = gates[:, :, 0, 0] + cache["state_gates"][i][:, :, col]
+            gates = self.input_to_state[i].forward_at(cache["inputs"][i], row, col)  # (b, 4h)
+            if cache["cond"] is not None:
+                gates = gates + self.condition_bias[i](cache["cond"])
+            gates = gates + cache["state_gates"][i][:, :, col]
             i_gate, f_gate, o_gate, g = gates.chunk(4, dim=1)
             cell = torch.sigmoid(f_gate) * cache["cell_above"][i][:, :, col] + torch.sigmoid(i_gate) * torch.tanh(g)
             hidden = torch.sigmoid(o_gate) * torch.tanh(cell)  # (b, h)
             cache["cell"][i][:, :, col], cache["hidden"][i][:, :, col] = cell, hidden
-            f = f + hidden[:, :, None, None]  # residual
+            f = f + hidden  # residual
         return f
 
 
@@ -669,8 +692,7 @@ class DiagonalBiLSTMModel(AutoregressiveImageModel):
     def _lstm_cell(gates_in, state_to_state, above, before, cell_before):
         """One step of the column walk at one pixel: gates_in (b, 4h), above / before / cell_before (b, h)."""
         # state_to_state is a length-2 convolution over (row above, this row) of the previous skewed column.
-        pair = torch.stack([above, before], dim=2)  # (b, h, 2)
-        gates = gates_in + F.conv1d(pair, state_to_state.weight, state_to_state.bias)[:, :, 0]  # (b, 4h)
+        gates = gates_in + _conv_at(state_to_state, torch.stack([above, before], dim=2))  # (b, 4h): taps (b, h, 2)
         i_gate, f_gate, o_gate, g = gates.chunk(4, dim=1)
         cell = torch.sigmoid(f_gate) * cell_before + torch.sigmoid(i_gate) * torch.tanh(g)
         return torch.sigmoid(o_gate) * torch.tanh(cell), cell
@@ -700,10 +722,12 @@ class DiagonalBiLSTMModel(AutoregressiveImageModel):
                 hidden[:, :, r, col], cell[:, :, r, col] = h_prev, c_prev
 
     def _trunk_at(self, row, col, cache):
-        f = self.conv_in.forward_at(cache["embedded"], row, col)  # (b, hidden, 1, 1)
+        f = self.conv_in.forward_at(cache["embedded"], row, col)  # (b, hidden)
         for i in range(self.config.num_layers):
-            gates = _add_bias(self.input_to_state[i](f), self.condition_bias and self.condition_bias[i], cache["cond"])
-            gates_lr, gates_rl = gates[:, :, 0, 0].chunk(2, dim=1)  # (b, 4h) each; 1x1, so flipping is irrelevant
+            gates = _conv_at(self.input_to_state[i], f)  # (b, 8h)
+            if cache["cond"] is not None:
+                gates = gates + self.condition_bias[i](cache["cond"])
+            gates_lr, gates_rl = gates.chunk(2, dim=1)  # (b, 4h) each; 1x1, so flipping is irrelevant
             cache["gates_rl"][i][:, :, row, col] = gates_rl
             hidden, cell = cache["states"][i][0]
             before_h, before_c = cache["outside"][i][0]
@@ -715,7 +739,7 @@ class DiagonalBiLSTMModel(AutoregressiveImageModel):
             h_lr, c_lr = self._lstm_cell(gates_lr, self.state_to_state[i][0], above, left, cell_left)
             hidden[:, :, row, col], cell[:, :, row, col] = h_lr, c_lr
             h_rl = cache["states"][i][1][0][:, :, row - 1, col] if row > 0 else torch.zeros_like(h_lr)  # shifted down
-            f = f + self.output[i]((h_lr + h_rl)[:, :, None, None])  # residual
+            f = f + _conv_at(self.output[i], h_lr + h_rl)  # residual
         return f
 
 

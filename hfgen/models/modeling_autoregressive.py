@@ -43,6 +43,7 @@ from hfgen.conditioning import Condition
 from hfgen.layers import check_condition_config, condition_embedding, embed_condition
 
 ARCHITECTURES = ("pixelcnn", "gated_pixelcnn", "row_lstm", "diagonal_bilstm", "transformer")
+OUTPUT_DISTRIBUTIONS = ("categorical", "logistic_mixture")
 
 
 def images_to_tokens(images: torch.Tensor, num_levels: int) -> torch.Tensor:
@@ -62,6 +63,60 @@ class AutoregressiveOutput(BaseOutput):
 
     logits: torch.Tensor
     log_likelihood: torch.Tensor = None
+
+
+def discretized_logistic_mixture_logits(params: torch.Tensor, pixels: torch.Tensor, num_levels: int) -> torch.Tensor:
+    r"""PixelCNN++'s discretized mixture of logistics (Salimans et al. 2017, https://arxiv.org/abs/1701.05517,
+    section 2.1-2.2), written as exact per-channel conditionals so that it is a categorical like the others.
+
+    Per pixel and component j: a logistic per channel with mean mu_jk + sum_{i<k} coef_jki x_i (the pixel's own
+    earlier channels, on [-1, 1]) and scale s_jk. The probability of level v, at x = 2 v / (L - 1) - 1 with bins of
+    half-width 1 / (L - 1), is sigma((x + 1/(L-1) - mu) / s) - sigma((x - 1/(L-1) - mu) / s); the edge levels take
+    the tails: v = 0 gets sigma((x + 1/(L-1) - mu) / s), v = L - 1 gets 1 - sigma((x - 1/(L-1) - mu) / s).
+    p(pixel) = sum_j pi_j prod_k p_jk(x_k); the conditional of channel k is the mixture with weights
+    pi_j prod_{i<k} p_ji(x_i) (renormalised), so the sum of the channels' log-conditionals is log p(pixel) exactly.
+    The difference of sigmoids is computed in log space (no pdf approximation, unlike the paper's code). Memory:
+    (n, K, L, c) floats, all levels of every component.
+
+    Args:
+        params (`torch.Tensor`): (n, K * (1 + 2 c + c (c - 1) / 2)): per component, a logit, c means, c log-scales,
+            then the coefficients (R->G, R->B, G->B for RGB), component-major.
+        pixels (`torch.Tensor`): (n, c) long levels in [0, num_levels); channel k's conditional reads channels < k.
+        num_levels (`int`): L, 256 for 8-bit.
+
+    Returns:
+        (n, num_levels, c) normalised log-probabilities: the logits of each channel's level given the ones before.
+    """
+    n, c = pixels.shape
+    num_coefs = c * (c - 1) // 2
+    params = params.float().view(n, -1, 1 + 2 * c + num_coefs)  # (n, K, per component)
+    log_pi = params[:, :, 0].log_softmax(-1)  # (n, K)
+    means, log_scales = params[:, :, 1 : 1 + c], params[:, :, 1 + c : 1 + 2 * c].clamp(min=-7.0)  # (n, K, c)
+    coefs = torch.tanh(params[:, :, 1 + 2 * c :])  # (n, K, c (c - 1) / 2), in (-1, 1) as in the paper's code
+    x = pixels.float() * (2 / (num_levels - 1)) - 1  # (n, c) on [-1, 1]
+    shifted, pair = [], 0
+    for k in range(c):  # mu_jk + sum_{i<k} coef_jki x_i
+        mean = means[:, :, k]
+        for i in range(k):
+            mean = mean + coefs[:, :, pair] * x[:, None, i]
+            pair += 1
+        shifted.append(mean)
+    means = torch.stack(shifted, dim=-1)  # (n, K, c)
+    # Every level v of every channel: (n, K, L, c).
+    levels = torch.linspace(-1, 1, num_levels, device=params.device)[None, None, :, None]
+    inv_scale = torch.exp(-log_scales)[:, :, None]  # (n, K, 1, c)
+    centred = levels - means[:, :, None]
+    upper = (centred + 1 / (num_levels - 1)) * inv_scale  # (x + half bin - mu) / s
+    lower = (centred - 1 / (num_levels - 1)) * inv_scale
+    # log(sigma(a) - sigma(b)) = log sigma(a) + log sigma(-b) + log(1 - exp(b - a)), stable for a > b.
+    log_mass = -F.softplus(-upper) - F.softplus(lower) + torch.log(-torch.expm1(lower - upper))
+    log_mass[:, :, 0] = -F.softplus(-upper[:, :, 0])  # level 0: sigma(upper), the whole left tail
+    log_mass[:, :, -1] = -F.softplus(lower[:, :, -1])  # level L - 1: 1 - sigma(lower), the whole right tail
+    # The component weights of channel k: pi_j prod_{i<k} p_ji(x_i) (the pixel's observed earlier channels).
+    observed = log_mass.gather(2, pixels[:, None, None, :].expand(n, log_mass.shape[1], 1, c))[:, :, 0]  # (n, K, c)
+    before = torch.cumsum(observed, dim=-1) - observed  # (n, K, c): sum over i < k
+    weights = (log_pi[:, :, None] + before).log_softmax(1)  # (n, K, c)
+    return torch.logsumexp(weights[:, :, None] + log_mass, dim=1)  # (n, L, c)
 
 
 class MaskedConv2d(nn.Conv2d):
@@ -142,9 +197,15 @@ class AutoregressiveImageModel(ModelMixin, ConfigMixin):
 
     def _build_common(
         self, sample_size, in_channels, num_levels, embedding_dim, hidden_channels, condition_type, num_classes,
-        text_embed_dim,
+        text_embed_dim, output_distribution, num_mixtures,
     ):  # fmt: skip
         check_condition_config(condition_type, num_classes, text_embed_dim)
+        if output_distribution not in OUTPUT_DISTRIBUTIONS:
+            raise ValueError(
+                f"output_distribution must be one of {', '.join(OUTPUT_DISTRIBUTIONS)}, got {output_distribution!r}."
+            )
+        if output_distribution == "logistic_mixture" and num_mixtures < 1:
+            raise ValueError(f"num_mixtures must be at least 1, got {num_mixtures}.")
         if num_levels < 2:
             raise ValueError(f"num_levels must be at least 2 (2 for binary data, 256 for 8-bit), got {num_levels}.")
         if sample_size < 1 or in_channels < 1:
@@ -152,6 +213,11 @@ class AutoregressiveImageModel(ModelMixin, ConfigMixin):
         # One table for all channels: token t of channel k is row k * num_levels + t.
         self.token_embedding = nn.Embedding(in_channels * num_levels, embedding_dim)
         self.condition_embedding = condition_embedding(condition_type, num_classes, text_embed_dim, hidden_channels)
+        if output_distribution == "logistic_mixture":
+            # Per pixel and component: a logit, c means, c log-scales, c (c - 1) / 2 channel coefficients.
+            per_component = 1 + 2 * in_channels + in_channels * (in_channels - 1) // 2
+            self.to_mixture = nn.Sequential(nn.ReLU(), nn.Conv2d(hidden_channels, num_mixtures * per_component, 1))
+            return
         self.channel_context = nn.ModuleList(
             [nn.Conv2d(k * embedding_dim, hidden_channels, 1) for k in range(1, in_channels)]
         )
@@ -175,8 +241,8 @@ class AutoregressiveImageModel(ModelMixin, ConfigMixin):
     def forward(self, sample: torch.Tensor, condition: Condition | None = None, return_dict: bool = True):
         r"""`sample` (b, c, h, w) long tokens -> logits (b, num_levels, c, h, w) and log p(x) (b,).
 
-        A crop of rows and columns is accepted (h, w <= sample_size): the cached sampler computes only the window
-        the next pixel depends on."""
+        Any grid of h <= sample_size rows and any number of columns is accepted: no layer depends on the grid's
+        size."""
         self.check_tokens(sample)
         b, c, h, w = sample.shape
         offsets = torch.arange(c, device=sample.device).view(1, c, 1, 1) * self.config.num_levels
@@ -184,13 +250,19 @@ class AutoregressiveImageModel(ModelMixin, ConfigMixin):
         embedded = embedded.permute(0, 1, 4, 2, 3)  # (b, c, e, h, w)
         cond = embed_condition(self, condition, b)  # (b, hidden) or None
         features = self.trunk(embedded.flatten(1, 2), cond)  # (b, hidden, h, w): pixels before each pixel only
-        logits = []
-        for k in range(c):
-            z = features
-            if k > 0:  # channel k also reads channels 0..k-1 of its own pixel
-                z = z + self.channel_context[k - 1](embedded[:, :k].flatten(1, 2))
-            logits.append(self.to_logits[k](z))  # (b, num_levels, h, w)
-        logits = torch.stack(logits, dim=2).float()  # (b, num_levels, c, h, w)
+        if self.config.output_distribution == "logistic_mixture":
+            params = self.to_mixture(features).permute(0, 2, 3, 1).flatten(0, 2)  # (b h w, params)
+            pixels = sample.permute(0, 2, 3, 1).flatten(0, 2)  # (b h w, c)
+            logits = discretized_logistic_mixture_logits(params, pixels, self.config.num_levels)  # (b h w, L, c)
+            logits = logits.view(b, h, w, -1, c).permute(0, 3, 4, 1, 2)  # (b, num_levels, c, h, w)
+        else:
+            logits = []
+            for k in range(c):
+                z = features
+                if k > 0:  # channel k also reads channels 0..k-1 of its own pixel
+                    z = z + self.channel_context[k - 1](embedded[:, :k].flatten(1, 2))
+                logits.append(self.to_logits[k](z))  # (b, num_levels, h, w)
+            logits = torch.stack(logits, dim=2).float()  # (b, num_levels, c, h, w)
         log_likelihood = -F.cross_entropy(logits, sample, reduction="none").flatten(1).sum(1)  # (b,)
         if not return_dict:
             return logits, log_likelihood
@@ -252,6 +324,11 @@ class AutoregressiveImageModel(ModelMixin, ConfigMixin):
         elif pixel != cache["next_pixel"] - 1:
             raise ValueError(f"Token {index} is channel {channel} of pixel {pixel}: call its channel 0 first.")
         z = cache["features"]
+        if self.config.output_distribution == "logistic_mixture":  # channels < k of the pixel enter the mixture
+            params = _conv_at(self.to_mixture[1], F.relu(z))  # (b, params)
+            return discretized_logistic_mixture_logits(params, tokens[:, :, row, col], self.config.num_levels)[
+                :, :, channel
+            ]
         if channel > 0:  # channel k also reads channels 0..k-1 of its own pixel
             z = z + _conv_at(self.channel_context[channel - 1], self._embed_pixel(tokens, row, col, channel))
         return _conv_at(self.to_logits[channel][1], F.relu(z)).float()  # (b, num_levels): ReLU then the 1x1
@@ -289,6 +366,10 @@ class PixelCNNModel(AutoregressiveImageModel):
         condition_type (`str`, *optional*): None, "class" or "text" (a bias per block from the pooled embedding).
         num_classes (`int`, *optional*): For `condition_type="class"`.
         text_embed_dim (`int`, *optional*): Pooled text embedding size, for `condition_type="text"`.
+        output_distribution (`str`, *optional*, defaults to "categorical"): "categorical" (a softmax over
+            `num_levels` per channel) or "logistic_mixture" (PixelCNN++'s discretized mixture of logistics per pixel,
+            the channels linearly dependent; [`discretized_logistic_mixture_logits`]).
+        num_mixtures (`int`, *optional*, defaults to 5): Mixture components, for "logistic_mixture".
     """
 
     @register_to_config
@@ -305,12 +386,14 @@ class PixelCNNModel(AutoregressiveImageModel):
         condition_type: str | None = None,
         num_classes: int | None = None,
         text_embed_dim: int | None = None,
+        output_distribution: str = "categorical",
+        num_mixtures: int = 5,
     ):
         super().__init__()
         _check_kernels(kernel_size, first_kernel_size)
         self._build_common(
             sample_size, in_channels, num_levels, embedding_dim, hidden_channels, condition_type, num_classes,
-            text_embed_dim,
+            text_embed_dim, output_distribution, num_mixtures,
         )  # fmt: skip
         h = hidden_channels
         self.conv_in = MaskedConv2d(in_channels * embedding_dim, h, first_kernel_size, "A")
@@ -387,12 +470,14 @@ class GatedPixelCNNModel(AutoregressiveImageModel):
         condition_type: str | None = None,
         num_classes: int | None = None,
         text_embed_dim: int | None = None,
+        output_distribution: str = "categorical",
+        num_mixtures: int = 5,
     ):
         super().__init__()
         _check_kernels(kernel_size, first_kernel_size)
         self._build_common(
             sample_size, in_channels, num_levels, embedding_dim, hidden_channels, condition_type, num_classes,
-            text_embed_dim,
+            text_embed_dim, output_distribution, num_mixtures,
         )  # fmt: skip
         h = hidden_channels
         self.layers = nn.ModuleList()
@@ -511,12 +596,14 @@ class RowLSTMModel(AutoregressiveImageModel):
         condition_type: str | None = None,
         num_classes: int | None = None,
         text_embed_dim: int | None = None,
+        output_distribution: str = "categorical",
+        num_mixtures: int = 5,
     ):
         super().__init__()
         _check_kernels(kernel_size, first_kernel_size)
         self._build_common(
             sample_size, in_channels, num_levels, embedding_dim, hidden_channels, condition_type, num_classes,
-            text_embed_dim,
+            text_embed_dim, output_distribution, num_mixtures,
         )  # fmt: skip
         h = hidden_channels
         self.conv_in = MaskedConv2d(in_channels * embedding_dim, h, first_kernel_size, "A")
@@ -605,12 +692,14 @@ class DiagonalBiLSTMModel(AutoregressiveImageModel):
         condition_type: str | None = None,
         num_classes: int | None = None,
         text_embed_dim: int | None = None,
+        output_distribution: str = "categorical",
+        num_mixtures: int = 5,
     ):
         super().__init__()
         _check_kernels(kernel_size, first_kernel_size)
         self._build_common(
             sample_size, in_channels, num_levels, embedding_dim, hidden_channels, condition_type, num_classes,
-            text_embed_dim,
+            text_embed_dim, output_distribution, num_mixtures,
         )  # fmt: skip
         h = hidden_channels
         self.conv_in = MaskedConv2d(in_channels * embedding_dim, h, first_kernel_size, "A")

@@ -166,6 +166,7 @@ class AutoregressivePipeline(HFGenPipeline):
         # The convolutional and recurrent caches are filled pixel by pixel from the first one, so they step through
         # the given prefix too (drawing nothing there); the transformer reads its prefix in one pass.
         first = 0 if use_cache and not self.is_transformer else int(start.min())
+        last_given = int(start.max())  # from here on every image draws every token
         state = {}
         with self.progress_bar(total=h * w - first // c) as progress:
             for index in range(first, c * h * w):
@@ -174,11 +175,13 @@ class AutoregressivePipeline(HFGenPipeline):
                 logits = self.next_logits(both, index, condition, use_cache, state)  # (b or 2b, num_levels)
                 if negative is not None:
                     logits = self.guide(*logits.chunk(2), guidance_scale)
-                cdf = torch.softmax(logits.float() / temperature, dim=-1).cumsum(-1)  # (b, num_levels)
-                drawn = torch.searchsorted(cdf, (uniforms[:, index] * cdf[:, -1]).unsqueeze(1)).squeeze(1)
+                logits = logits.float() if temperature == 1 else logits.float() / temperature
+                cdf = torch.softmax(logits, dim=-1).cumsum(-1)  # (b, num_levels)
+                drawn = torch.searchsorted(cdf, uniforms[:, index, None] * cdf[:, -1:]).squeeze(1)
                 drawn = drawn.clamp(max=cdf.shape[1] - 1)
-                given = tokens[:, channel, row, col]
-                tokens[:, channel, row, col] = torch.where(index >= start, drawn, given)
+                if index < last_given:  # some images keep their given token here
+                    drawn = torch.where(index >= start, drawn, tokens[:, channel, row, col])
+                tokens[:, channel, row, col] = drawn
                 if channel == c - 1:
                     progress.update()
                 if channel == c - 1 and col == w - 1:

@@ -272,11 +272,11 @@ class AutoregressiveImageModel(ModelMixin, ConfigMixin):
         raise NotImplementedError
 
     # ----- cached sampling: one pixel at a time, every layer computed at that pixel only --------------------------
-    def _embed_pixel(self, tokens: torch.Tensor, row: int, col: int, channels: int | None = None) -> torch.Tensor:
+    def _embed_pixel(self, tokens: torch.Tensor, row: int, col: int, cache: dict, channels: int | None = None):
         """(b, channels * embedding_dim): the embeddings of the first `channels` tokens of pixel (row, col)."""
         c = tokens.shape[1] if channels is None else channels
-        offsets = torch.arange(c, device=tokens.device) * self.config.num_levels
-        return self.token_embedding(tokens[:, :c, row, col] + offsets).flatten(1)  # (b, c * e)
+        rows = tokens[:, :c, row, col] + cache["offsets"][:c]  # token t of channel k is row k * num_levels + t
+        return F.embedding(rows, self.token_embedding.weight).flatten(1)  # (b, c * e)
 
     def init_cache(self, tokens: torch.Tensor, condition: Condition | None = None) -> dict:
         r"""An empty cache for sampling `tokens` (b, c, h, w) with [`cached_logits`], called for token 0, 1, 2, ...
@@ -293,6 +293,7 @@ class AutoregressiveImageModel(ModelMixin, ConfigMixin):
             "shape": (b, c, h, w),
             "next_pixel": 0,
             "cond": embed_condition(self, condition, b),  # (b, hidden) or None
+            "offsets": torch.arange(c, device=tokens.device) * self.config.num_levels,
             "embedded": CausalMap(weight, b, c * self.config.embedding_dim, h, w, pad),  # (b, c * e, h, w)
         }
         self._init_trunk_cache(cache, weight, b, h, w)
@@ -316,7 +317,7 @@ class AutoregressiveImageModel(ModelMixin, ConfigMixin):
                 )
             if pixel > 0:  # the previous pixel is now complete: its embedding is final
                 prev_row, prev_col = divmod(pixel - 1, w)
-                cache["embedded"].write(prev_row, prev_col, self._embed_pixel(tokens, prev_row, prev_col))
+                cache["embedded"].write(prev_row, prev_col, self._embed_pixel(tokens, prev_row, prev_col, cache))
             if col == 0:
                 self._start_row(row, cache)
             cache["features"] = self._trunk_at(row, col, cache)  # (b, hidden)
@@ -330,7 +331,7 @@ class AutoregressiveImageModel(ModelMixin, ConfigMixin):
                 :, :, channel
             ]
         if channel > 0:  # channel k also reads channels 0..k-1 of its own pixel
-            z = z + _conv_at(self.channel_context[channel - 1], self._embed_pixel(tokens, row, col, channel))
+            z = z + _conv_at(self.channel_context[channel - 1], self._embed_pixel(tokens, row, col, cache, channel))
         return _conv_at(self.to_logits[channel][1], F.relu(z)).float()  # (b, num_levels): ReLU then the 1x1
 
     def _init_trunk_cache(self, cache: dict, like: torch.Tensor, b: int, h: int, w: int):

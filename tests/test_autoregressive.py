@@ -535,6 +535,26 @@ class TestAutoregressiveTrainer(TrainerTesterMixin):
     def test_unknown_architecture_raises(self, tmp_path):
         with pytest.raises(ValueError, match="--architecture must be one of"):
             self.build_trainer(tmp_path, "--architecture", "pixelgan")
+        with pytest.raises(ValueError, match="--output_distribution must be one of"):
+            self.build_trainer(tmp_path, "--output_distribution", "gaussian")
+        with pytest.raises(ValueError, match="convolutional and recurrent"):
+            self.build_trainer(tmp_path, "--architecture", "transformer", "--output_distribution", "logistic_mixture")
+
+    def test_logistic_mixture_trains_and_samples(self, tmp_path):
+        """`--output_distribution logistic_mixture` reaches the model; two steps change every parameter of its head,
+        and the saved pipeline samples with the cache."""
+        trainer = self.build_trainer(
+            tmp_path, "--max_train_steps", "2", "--conditioning", "none", "--output_distribution", "logistic_mixture",
+            "--num_mixtures", "3",
+        )  # fmt: skip
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        assert model.config.output_distribution == "logistic_mixture" and model.config.num_mixtures == 3
+        before = model.to_mixture[1].weight.detach().clone()
+        summary = trainer.train()
+        assert np.isfinite(summary["metrics"]["train_loss"])
+        assert not torch.equal(before, model.to_mixture[1].weight)
+        pipe = hfgen.load_pipeline(str(tmp_path))
+        assert pipe(batch_size=2, generator=torch.manual_seed(0), output_type="np").images.shape == (2, 8, 8, 1)
 
     def test_two_cpu_ranks_train_together(self, tmp_path, repo_root):
         command = [

@@ -191,9 +191,10 @@ class CausalMap:
 
 class AutoregressiveImageModel(ModelMixin, ConfigMixin):
     r"""What the convolutional and recurrent models share: the token embedding, the condition, the per-channel output
-    head and the exact log-likelihood. A subclass builds `self.trunk_*` layers and defines `trunk(x, cond)`: (b,
-    c * embedding_dim, h, w) embedded tokens -> (b, hidden_channels, h, w) features of each pixel that depend on the
-    pixels before it only."""
+    head (a softmax per channel, or PixelCNN++'s logistic mixture), the exact log-likelihood and the cached sampler.
+    A subclass builds `self.trunk_*` layers and defines `trunk(x, cond)`: (b, c * embedding_dim, h, w) embedded tokens
+    -> (b, hidden_channels, h, w) features of each pixel that depend on the pixels before it only; and, for
+    `cached_logits`, the same computation at one pixel: `_init_trunk_cache`, `_start_row` and `_trunk_at`."""
 
     def _build_common(
         self, sample_size, in_channels, num_levels, embedding_dim, hidden_channels, condition_type, num_classes,

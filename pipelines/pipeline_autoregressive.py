@@ -91,9 +91,10 @@ class AutoregressivePipeline(HFGenPipeline):
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): One, or one per image: each token
                 is drawn by inverting its CDF at a uniform number from the generator.
             temperature (`float`, *optional*, defaults to 1.0): Divides the logits (< 1 sharper, > 1 flatter).
-            use_cache (`bool`, *optional*): The transformer's key/value cache, or for the convolutional models only
-                the window of rows and columns the next pixel depends on; the same samples as without it, faster.
-                Default: when the model has one (the LSTMs have none).
+            use_cache (`bool`, *optional*): The transformer's key/value cache, or for the convolutional and recurrent
+                models every layer's activations at the pixels drawn so far (`init_cache` / `cached_logits`: each
+                step computes every layer at the next pixel only); the same samples as without it, faster.
+                Defaults to True.
             output_type (`str`, *optional*, defaults to "pil"): "pil", "np" or "pt".
             return_dict (`bool`, *optional*, defaults to True): Return an [`ImagePipelineOutput`] or a tuple.
             callback_on_step_end (`Callable`, *optional*): Called after each row as
@@ -127,13 +128,9 @@ class AutoregressivePipeline(HFGenPipeline):
     def check_sampling(self, temperature, use_cache) -> bool:
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
             raise ValueError(f"temperature must be a number > 0, got {temperature!r}.")
-        has_cache = self.is_transformer or self.prior.receptive_field() is not None
-        if use_cache and not has_cache:
-            raise ValueError(
-                f"{type(self.prior).__name__} has no cached sampler (a recurrent state reaches every row above): "
-                "pass use_cache=False or leave it out."
-            )
-        return has_cache if use_cache is None else bool(use_cache)
+        if use_cache is not None and not isinstance(use_cache, bool):
+            raise ValueError(f"use_cache must be True, False or None, got {use_cache!r}.")
+        return True if use_cache is None else use_cache
 
     def draw_uniforms(self, num_images: int, num_tokens: int, generator) -> torch.Tensor:
         """(num_images, num_tokens) uniform numbers, one per token, from one generator or one per image."""
@@ -166,7 +163,10 @@ class AutoregressivePipeline(HFGenPipeline):
         uniforms = self.draw_uniforms(b, c * h * w, generator)  # drawn first: cached and naive use the same numbers
         if negative is not None:  # classifier-free guidance: [null or negative, conditional] in one batch
             condition = Condition.cat([negative, condition])
-        first = int(start.min())
+        # The convolutional and recurrent caches are filled pixel by pixel from the first one, so they step through
+        # the given prefix too (drawing nothing there); the transformer reads its prefix in one pass.
+        first = 0 if use_cache and not self.is_transformer else int(start.min())
+        last_given = int(start.max())  # from here on every image draws every token
         state = {}
         with self.progress_bar(total=h * w - first // c) as progress:
             for index in range(first, c * h * w):
@@ -175,11 +175,13 @@ class AutoregressivePipeline(HFGenPipeline):
                 logits = self.next_logits(both, index, condition, use_cache, state)  # (b or 2b, num_levels)
                 if negative is not None:
                     logits = self.guide(*logits.chunk(2), guidance_scale)
-                cdf = torch.softmax(logits.float() / temperature, dim=-1).cumsum(-1)  # (b, num_levels)
-                drawn = torch.searchsorted(cdf, (uniforms[:, index] * cdf[:, -1]).unsqueeze(1)).squeeze(1)
+                logits = logits.float() if temperature == 1 else logits.float() / temperature
+                cdf = torch.softmax(logits, dim=-1).cumsum(-1)  # (b, num_levels)
+                drawn = torch.searchsorted(cdf, uniforms[:, index, None] * cdf[:, -1:]).squeeze(1)
                 drawn = drawn.clamp(max=cdf.shape[1] - 1)
-                given = tokens[:, channel, row, col]
-                tokens[:, channel, row, col] = torch.where(index >= start, drawn, given)
+                if index < last_given:  # some images keep their given token here
+                    drawn = torch.where(index >= start, drawn, tokens[:, channel, row, col])
+                tokens[:, channel, row, col] = drawn
                 if channel == c - 1:
                     progress.update()
                 if channel == c - 1 and col == w - 1:
@@ -210,11 +212,10 @@ class AutoregressivePipeline(HFGenPipeline):
             return output.logits[:, -1, : config.num_levels]
         if not use_cache:  # a full forward pass over the grid
             return self.prior(tokens, condition).logits[:, :, channel, row, col]
-        # Only the window the next pixel depends on: rows above it and columns around it, up to its row.
-        up, left, right = self.prior.receptive_field()
-        top, first_col, last_col = max(0, row - up), max(0, col - left), min(w, col + right + 1)
-        window = tokens[:, :, top : row + 1, first_col:last_col]
-        return self.prior(window, condition).logits[:, :, channel, row - top, col - first_col]
+        # Every layer at this pixel only, from the activations cached at the pixels before (token 0 onwards).
+        if "cache" not in state:
+            state["cache"] = self.prior.init_cache(tokens, condition)
+        return self.prior.cached_logits(tokens, index, state["cache"])
 
     # ----- completion and likelihood --------------------------------------------------------------------------------
     def _images(self, images) -> torch.Tensor:

@@ -22,6 +22,7 @@ from hfgen.models.modeling_autoregressive import (
     ARCHITECTURES,
     MODEL_CLASSES,
     build_transformer_prior,
+    discretized_logistic_mixture_logits,
     images_to_tokens,
     prior_forward,
 )
@@ -77,6 +78,8 @@ MODEL_VARIANTS = {
     "row_lstm-class": ("row_lstm", dict(sample_size=5, in_channels=1, num_levels=4, condition_type="class",
                                         num_classes=3)),
     "diagonal_bilstm-rgb": ("diagonal_bilstm", dict(sample_size=4, in_channels=3, num_levels=4)),
+    "pixelcnn-rgb-mixture": ("pixelcnn", dict(sample_size=4, in_channels=3, num_levels=256,
+                                              output_distribution="logistic_mixture", num_mixtures=2)),
 }  # fmt: skip
 
 
@@ -107,6 +110,8 @@ class TestAutoregressiveModel(ModelTesterMixin):
             {**base, "kernel_size": 4},
             {**base, "condition_type": "class", "num_classes": None},
             {**base, "condition_type": "audio"},
+            {**base, "output_distribution": "gaussian"},
+            {**base, "output_distribution": "logistic_mixture", "num_mixtures": 0},
         ]
 
 
@@ -198,56 +203,110 @@ def test_class_conditional_probabilities_sum_to_one_per_class():
 
 
 # ----- sampling ------------------------------------------------------------------------------------------------------
+CONV_AND_RNN = ["pixelcnn", "gated_pixelcnn", "row_lstm", "diagonal_bilstm"]
+
+
 @pytest.mark.parametrize(
     "architecture, kwargs",
-    [("pixelcnn", {}), ("gated_pixelcnn", {"class_labels": [2, 5], "guidance_scale": 3.0}), ("transformer", {})],
+    [
+        ("pixelcnn", {}),
+        ("gated_pixelcnn", {"class_labels": [2, 5], "guidance_scale": 3.0}),
+        ("row_lstm", {"class_labels": [0, 9]}),
+        ("diagonal_bilstm", {}),
+        ("transformer", {}),
+    ],
 )
 def test_cached_sampling_equals_naive_sampling(architecture, kwargs):
-    """A 10x10 grid (6x6 RGB for the transformer): the cached sampler (the transformer's key/value cache; for the
-    convolutional models only the window of rows and columns the next pixel depends on) gives the same images as a
-    full forward pass per token, and really computes less."""
+    """A 7x7 grid (6x6 RGB for the transformer): the cached sampler (the transformer's key/value cache; for the
+    other models every layer's activations at the pixels drawn so far) gives exactly the images of a full forward
+    pass per token, and the convolutional and recurrent models never run a full forward pass."""
     conditioning = dict(condition_type="class", num_classes=10) if "class_labels" in kwargs else {}
     if architecture == "transformer":
         pipe = tiny_pipeline(architecture, sample_size=6, in_channels=3, num_levels=4)
     else:
-        pipe = tiny_pipeline(
-            architecture, sample_size=10, in_channels=1, num_levels=4, first_kernel_size=3, **conditioning
-        )
+        pipe = tiny_pipeline(architecture, sample_size=7, in_channels=1, num_levels=4, first_kernel_size=3,
+                             **conditioning)  # fmt: skip
     kwargs = kwargs or {"batch_size": 2}
     widths = []
     hook = pipe.prior.register_forward_pre_hook(
         lambda module, args, kw: widths.append(tuple((args[0] if args else kw["input_ids"]).shape)), with_kwargs=True
     )
     naive = pipe(**kwargs, generator=torch.manual_seed(0), use_cache=False, output_type="np").images
-    naive_shapes, widths[:] = set(widths), []
+    widths[:] = []
     cached = pipe(**kwargs, generator=torch.manual_seed(0), use_cache=True, output_type="np").images
     hook.remove()
     np.testing.assert_array_equal(cached, naive)
     assert len(np.unique(naive)) > 1
     if architecture == "transformer":  # the prefix once, then one token per step
         assert [shape[1] for shape in widths[1:]] == [1] * (len(widths) - 1)
-    else:  # windows smaller than the grid
-        assert max(np.prod(shape[2:]) for shape in widths) < min(np.prod(shape[2:]) for shape in naive_shapes)
+    else:  # no full forward pass at all: every step is the cache's
+        assert widths == []
 
 
-@pytest.mark.parametrize("architecture", ["pixelcnn", "gated_pixelcnn"])
-def test_cached_window_gives_the_full_forward_logits(architecture):
-    """For every token of a 10x10 grid, the logits from the window `receptive_field()` names equal those of the
-    full grid: the window holds everything the token depends on (a window one row or column too small fails)."""
-    pipe = tiny_pipeline(architecture, sample_size=10, in_channels=2, num_levels=5, first_kernel_size=3)
-    tokens = torch.randint(0, 5, (2, 2, 10, 10), generator=torch.Generator().manual_seed(0))
-    full = pipe.prior(tokens).logits  # (2, 5, 2, 10, 10)
-    for index in range(2 * 10 * 10):
-        row, col, channel = index // 20, (index // 2) % 10, index % 2
-        window = pipe.next_logits(tokens, index, None, use_cache=True, state={})
-        torch.testing.assert_close(window, full[:, :, channel, row, col], rtol=0, atol=1e-5, msg=f"token {index}")
+@pytest.mark.parametrize("architecture", CONV_AND_RNN)
+def test_cached_sampling_equals_naive_on_a_non_square_grid_with_text_guidance(architecture):
+    """A 5x7 grid of 2-channel pixels with a pooled-text condition and classifier-free guidance (the pipeline's
+    sampling loop on a grid the model was not built square for): cached and naive draw the same tokens."""
+    pipe = tiny_pipeline(architecture, sample_size=7, in_channels=2, num_levels=5, first_kernel_size=3,
+                         condition_type="text", text_embed_dim=6)  # fmt: skip
+    text = torch.randn(2, 6, generator=torch.Generator().manual_seed(1))
+    condition, negative = Condition(text_embeds=text), Condition(text_embeds=torch.zeros(2, 6))
+    drawn = {}
+    for use_cache in (False, True):
+        tokens = torch.zeros(2, 2, 5, 7, dtype=torch.long)
+        start = torch.zeros(2, dtype=torch.long)
+        drawn[use_cache] = pipe.sample_tokens(
+            tokens, start, condition, negative, 2.5, torch.manual_seed(0), 1.0, use_cache
+        )  # fmt: skip
+    assert torch.equal(drawn[True], drawn[False])
+    assert len(drawn[True].unique()) > 2
 
 
-def test_lstm_has_no_cache():
-    pipe = tiny_pipeline("row_lstm", sample_size=3, in_channels=1, num_levels=4)
-    with pytest.raises(ValueError, match="use_cache=False"):
-        pipe(use_cache=True)
-    assert pipe(batch_size=2, output_type="np").images.shape == (2, 3, 3, 1)  # the default: no cache
+CACHE_VARIANTS = {
+    "plain": dict(sample_size=7, in_channels=1, num_levels=5),
+    "rgb-k5": dict(sample_size=7, in_channels=3, num_levels=4, first_kernel_size=3, kernel_size=5),
+    "class": dict(sample_size=7, in_channels=2, num_levels=4, condition_type="class", num_classes=3),
+    "text": dict(sample_size=7, in_channels=1, num_levels=4, condition_type="text", text_embed_dim=6),
+}
+
+
+@pytest.mark.parametrize("variant", list(CACHE_VARIANTS))
+@pytest.mark.parametrize("architecture", CONV_AND_RNN)
+def test_cached_logits_equal_the_full_forward_logits(architecture, variant):
+    """The strongest check of the cache: on a random 5x7 grid (not a sample: every token is arbitrary), the logits
+    `cached_logits` gives for every token, stepping in raster order, equal those of one full forward pass (1e-5)."""
+    config = CACHE_VARIANTS[variant]
+    model = tiny_prior(architecture, **config)
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, config["num_levels"], (3, config["in_channels"], 5, 7), generator=generator)
+    condition = None
+    if variant == "class":
+        condition = Condition(class_labels=torch.tensor([0, 2, 3]))  # 3 is the null class
+    elif variant == "text":
+        condition = Condition(text_embeds=torch.randn(3, 6, generator=generator))
+    with torch.no_grad():
+        full = model(tokens, condition).logits  # (3, num_levels, c, 5, 7)
+        cache = model.init_cache(tokens, condition)
+        c = config["in_channels"]
+        for index in range(c * 5 * 7):
+            row, col, channel = index // (c * 7), (index // c) % 7, index % c
+            cached = model.cached_logits(tokens, index, cache)
+            torch.testing.assert_close(cached, full[:, :, channel, row, col], rtol=0, atol=1e-5, msg=f"token {index}")
+
+
+def test_cached_logits_must_be_called_in_order():
+    model = tiny_prior("pixelcnn", sample_size=4, in_channels=2, num_levels=4)
+    tokens = torch.zeros(1, 2, 4, 4, dtype=torch.long)
+    cache = model.init_cache(tokens)
+    with pytest.raises(ValueError, match="raster order"):
+        model.cached_logits(tokens, 2, cache)  # pixel 1 before pixel 0
+    model.cached_logits(tokens, 0, cache)
+    with pytest.raises(ValueError, match="call its channel 0 first"):
+        model.cached_logits(tokens, 3, cache)  # channel 1 of pixel 1
+    with pytest.raises(ValueError, match="shape"):
+        model.cached_logits(tokens[:, :, :3], 2, cache)
+    with pytest.raises(ValueError, match="use_cache"):
+        tiny_pipeline("row_lstm", sample_size=3)(use_cache="yes")
 
 
 def test_temperature():
@@ -275,7 +334,7 @@ def test_guidance_changes_the_samples_and_needs_a_condition():
 
 
 # ----- completion ----------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("architecture", ["gated_pixelcnn", "transformer"])
+@pytest.mark.parametrize("architecture", ["gated_pixelcnn", "diagonal_bilstm", "transformer"])
 def test_completion_keeps_the_given_pixels(architecture):
     pipe = tiny_pipeline(architecture, sample_size=8, in_channels=1, num_levels=17)
     digits = torch.stack(
@@ -292,6 +351,9 @@ def test_completion_keeps_the_given_pixels(architecture):
     assert not torch.equal(images_to_tokens(completed, 17), tokens)
     again = pipe.complete(images, mask, generator=torch.manual_seed(0), output_type="pt") * 2 - 1
     assert torch.equal(again, completed)
+    # The cache steps through the given prefix (drawing nothing there): the naive completion is the same.
+    naive = pipe.complete(images, mask, generator=torch.manual_seed(0), use_cache=False, output_type="pt") * 2 - 1
+    assert torch.equal(naive, completed)
 
     holes = torch.ones(8, 8)
     holes[2, 2] = 0  # a hole before kept pixels: not a raster-order prefix
@@ -309,6 +371,113 @@ def test_log_likelihood_is_exact_and_sums_the_conditionals():
     picked = logits.log_softmax(1).gather(1, images_to_tokens(images, 5)[:, None])  # log p(x_i | x_<i)
     torch.testing.assert_close(output.log_likelihood, picked.flatten(1).sum(1).detach())
     torch.testing.assert_close(output.bits_per_dim, -output.log_likelihood / (48 * np.log(2)))
+
+
+# ----- PixelCNN++'s discretized logistic mixture ---------------------------------------------------------------------
+MIXTURE = dict(in_channels=3, num_levels=256, output_distribution="logistic_mixture", num_mixtures=3)
+
+
+def brute_force_log_prob(params: torch.Tensor, pixel: list[int], num_mixtures: int, num_levels: int) -> float:
+    """log p(pixel) of PixelCNN++'s mixture written out as in the paper: one component and channel at a time,
+    differences of sigmoids and the two tail cases, in 80-digit arithmetic (mpmath) so that far tails, where float64
+    would cancel to 0, are exact too: the reference the vectorised log-space version is checked against."""
+    import mpmath
+
+    mpmath.mp.dps = 80
+    c = len(pixel)
+    params = params.double().view(num_mixtures, 1 + 2 * c + c * (c - 1) // 2).tolist()
+    x = [mpmath.mpf(2 * v) / (num_levels - 1) - 1 for v in pixel]
+    half_bin = mpmath.mpf(1) / (num_levels - 1)
+    normaliser = sum(mpmath.exp(component[0]) for component in params)
+    total = mpmath.mpf(0)
+    for component in params:
+        coefs = [mpmath.tanh(value) for value in component[1 + 2 * c :]]
+        probability = mpmath.exp(component[0]) / normaliser
+        for k in range(c):
+            mean = component[1 + k] + sum(coefs[k * (k - 1) // 2 + i] * x[i] for i in range(k))
+            scale = mpmath.exp(max(component[1 + c + k], -7.0))
+            upper = 1 / (1 + mpmath.exp(-(x[k] + half_bin - mean) / scale))
+            lower = 1 / (1 + mpmath.exp(-(x[k] - half_bin - mean) / scale))
+            if pixel[k] == 0:
+                probability *= upper  # all the mass below the first bin's upper edge
+            elif pixel[k] == num_levels - 1:
+                probability *= 1 - lower  # all the mass above the last bin's lower edge
+            else:
+                probability *= upper - lower
+        total += probability
+    return float(mpmath.log(total))
+
+
+@pytest.mark.parametrize("architecture", CONV_AND_RNN)
+def test_logistic_mixture_probabilities_of_all_256_values_sum_to_one(architecture):
+    """Every sub-pixel's conditional over its 256 values sums to 1, also given pixels at the edges (0 and 255),
+    where the first and last bins take the logistic's tails."""
+    model = tiny_prior(architecture, sample_size=4, **MIXTURE)
+    tokens = torch.randint(0, 256, (2, 3, 3, 4), generator=torch.Generator().manual_seed(0))
+    tokens[0, :, 0] = 0
+    tokens[1, :, 1] = 255
+    with torch.no_grad():
+        logits = model(tokens).logits.double()  # (2, 256, 3, 3, 4) normalised log-probabilities
+    torch.testing.assert_close(logits.exp().sum(1), torch.ones(2, 3, 3, 4, dtype=torch.double), rtol=0, atol=1e-5)
+
+
+def test_logistic_mixture_likelihood_matches_brute_force():
+    """The model's exact log p(x) (the sum of the per-channel conditionals) equals the paper's formula summed over
+    components and written out pixel by pixel, for random parameters with wide and narrow scales and pixels at 0,
+    255 and in between; so does the function on its own."""
+    model = tiny_prior("gated_pixelcnn", sample_size=4, **MIXTURE)
+    tokens = torch.randint(0, 256, (2, 3, 3, 4), generator=torch.Generator().manual_seed(0))
+    tokens[0, :, 0, :2], tokens[1, :, 2, 1:] = 0, 255
+    tokens[0, 1, 1, 1] = 255
+    captured = {}
+    model.to_mixture.register_forward_hook(lambda module, args, output: captured.update(params=output))
+    with torch.no_grad():
+        log_likelihood = model(tokens).log_likelihood  # (2,)
+    params = captured["params"]  # (2, K * 10, 3, 4)
+    expected = [
+        sum(brute_force_log_prob(params[b, :, r, c], tokens[b, :, r, c].tolist(), 3, 256)
+            for r in range(3) for c in range(4))
+        for b in range(2)
+    ]  # fmt: skip
+    torch.testing.assert_close(log_likelihood.double(), torch.tensor(expected, dtype=torch.double), rtol=1e-5, atol=0)
+
+    # The function alone: means anywhere, scales from wide to the -7 floor (rows 16-23, means within a few bins of
+    # the pixel, where a bin holds most of the mass), tails far out, pixels at 0, 255 and in between.
+    generator = torch.Generator().manual_seed(1)
+    params = torch.randn(64, 3, 10, generator=generator) * 1.5
+    pixels = torch.randint(0, 256, (64, 3), generator=generator)
+    pixels[:8] = 0
+    pixels[8:16] = 255
+    narrow = slice(16, 24)
+    params[narrow, :, 4:7] = -8.0  # log-scales below the floor
+    params[narrow, :, 7:] = 0.0  # no channel coefficients: the means are where they are set
+    x = pixels[narrow].float() * 2 / 255 - 1  # (8, 3)
+    params[narrow, :, 1:4] = x[:, None] + torch.randn(8, 3, 3, generator=generator) * 3 / 255
+    params = params.flatten(1)  # (64, 30)
+    logits = discretized_logistic_mixture_logits(params, pixels, 256)  # (64, 256, 3)
+    ours = logits.gather(1, pixels[:, None]).sum((1, 2)).double()
+    expected = torch.tensor([brute_force_log_prob(params[i], pixels[i].tolist(), 3, 256) for i in range(64)])
+    torch.testing.assert_close(ours, expected.double(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("architecture", ["pixelcnn", "diagonal_bilstm"])
+def test_logistic_mixture_cached_sampling_equals_naive(architecture):
+    """8-bit RGB through the mixture: the cached logits match the full pass (log-probabilities of 256 values in
+    float32: 1e-4) and the cached sampler draws the same images as the naive one."""
+    pipe = tiny_pipeline(architecture, sample_size=4, first_kernel_size=3, **MIXTURE)
+    tokens = torch.randint(0, 256, (2, 3, 3, 4), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = pipe.prior(tokens).logits
+        cache = pipe.prior.init_cache(tokens)
+        for index in range(3 * 3 * 4):
+            row, col, channel = index // 12, (index // 3) % 4, index % 3
+            torch.testing.assert_close(
+                pipe.prior.cached_logits(tokens, index, cache), full[:, :, channel, row, col], rtol=0, atol=1e-4
+            )
+    naive = pipe(batch_size=2, generator=torch.manual_seed(0), use_cache=False, output_type="np").images
+    cached = pipe(batch_size=2, generator=torch.manual_seed(0), use_cache=True, output_type="np").images
+    np.testing.assert_array_equal(cached, naive)
+    assert len(np.unique(naive)) > 10
 
 
 # ----- training ------------------------------------------------------------------------------------------------------
@@ -366,6 +535,26 @@ class TestAutoregressiveTrainer(TrainerTesterMixin):
     def test_unknown_architecture_raises(self, tmp_path):
         with pytest.raises(ValueError, match="--architecture must be one of"):
             self.build_trainer(tmp_path, "--architecture", "pixelgan")
+        with pytest.raises(ValueError, match="--output_distribution must be one of"):
+            self.build_trainer(tmp_path, "--output_distribution", "gaussian")
+        with pytest.raises(ValueError, match="convolutional and recurrent"):
+            self.build_trainer(tmp_path, "--architecture", "transformer", "--output_distribution", "logistic_mixture")
+
+    def test_logistic_mixture_trains_and_samples(self, tmp_path):
+        """`--output_distribution logistic_mixture` reaches the model; two steps change every parameter of its head,
+        and the saved pipeline samples with the cache."""
+        trainer = self.build_trainer(
+            tmp_path, "--max_train_steps", "2", "--conditioning", "none", "--output_distribution", "logistic_mixture",
+            "--num_mixtures", "3",
+        )  # fmt: skip
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        assert model.config.output_distribution == "logistic_mixture" and model.config.num_mixtures == 3
+        before = model.to_mixture[1].weight.detach().clone()
+        summary = trainer.train()
+        assert np.isfinite(summary["metrics"]["train_loss"])
+        assert not torch.equal(before, model.to_mixture[1].weight)
+        pipe = hfgen.load_pipeline(str(tmp_path))
+        assert pipe(batch_size=2, generator=torch.manual_seed(0), output_type="np").images.shape == (2, 8, 8, 1)
 
     def test_two_cpu_ranks_train_together(self, tmp_path, repo_root):
         command = [

@@ -15,6 +15,7 @@ from hfgen.conditioning import Condition
 from hfgen.models.modeling_autoregressive import (
     ARCHITECTURES,
     MODEL_CLASSES,
+    OUTPUT_DISTRIBUTIONS,
     build_transformer_prior,
     images_to_tokens,
     prior_forward,
@@ -36,6 +37,14 @@ class AutoregressiveTrainingConfig(TrainingConfig):
         default=None, metadata={"help": "GPT-2 width (default: 64, or the text encoder's width for text)."}
     )
     n_head: int = field(default=4, metadata={"help": "GPT-2 attention heads."})
+    output_distribution: str = field(
+        default="categorical",
+        metadata={
+            "help": "categorical (a softmax over the levels) or logistic_mixture (PixelCNN++'s discretized mixture of "
+            "logistics, for 8-bit RGB); not for the transformer."
+        },
+    )
+    num_mixtures: int = field(default=5, metadata={"help": "Mixture components for logistic_mixture."})
     eval_max_images: int = field(default=256, metadata={"help": "Test images for the final exact bits/dim."})
 
     def __post_init__(self):
@@ -46,6 +55,16 @@ class AutoregressiveTrainingConfig(TrainingConfig):
             self.num_levels = 17 if self.dataset_name == "digits" else 256
         if self.num_levels < 2:
             raise ValueError(f"--num_levels must be at least 2, got {self.num_levels}.")
+        if self.output_distribution not in OUTPUT_DISTRIBUTIONS:
+            raise ValueError(
+                f"--output_distribution must be one of {', '.join(OUTPUT_DISTRIBUTIONS)}, got "
+                f"{self.output_distribution!r}."
+            )
+        if self.output_distribution == "logistic_mixture" and self.architecture == "transformer":
+            raise ValueError(
+                "--output_distribution logistic_mixture is for the convolutional and recurrent models: the GPT-2 "
+                "prior predicts one token at a time over its vocabulary."
+            )
 
 
 class AutoregressiveTrainer(Trainer):
@@ -77,6 +96,8 @@ class AutoregressiveTrainer(Trainer):
             num_layers=config.num_layers,
             kernel_size=config.kernel_size,
             first_kernel_size=config.first_kernel_size,
+            output_distribution=config.output_distribution,
+            num_mixtures=config.num_mixtures,
             **condition,
         )
 

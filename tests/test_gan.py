@@ -317,24 +317,30 @@ def test_gan_learns_digits(tmp_path):
     assert after["sample_class_entropy"] > before["sample_class_entropy"] + 0.3, (before, after)
 
 
-def test_alternation_freezes_the_other_network(tmp_path):
-    trainer = build_trainer(tmp_path, "--max_train_steps", "2")
+@pytest.mark.parametrize("text_encoder_loss", ["discriminator", "generator"])
+def test_alternation_freezes_the_other_network(tmp_path, text_encoder_loss):
+    trainer = build_trainer(tmp_path, "--max_train_steps", "2", "--text_encoder_loss", text_encoder_loss)
+    by_discriminator = text_encoder_loss == "discriminator"
     generator, discriminator = trainer.model, trainer.accelerator.unwrap_model(trainer.discriminator)
     batch = next(iter(trainer.train_dataloader))
+
     condition = trainer.condition_from_batch(batch)
-
-    g_before, d_before = parameters_of(generator), parameters_of(discriminator)
-    trainer.discriminator_step(batch["pixel_values"], condition.detach(), step=1)
-    assert_changed(g_before, generator, changed=False)
-    assert_changed(d_before, discriminator, changed=True)
-
     g_before, d_before = parameters_of(generator), parameters_of(discriminator)
     text_before = parameters_of(trainer.text_encoder)
-    trainer.generator_step(batch["pixel_values"], condition, step=2)
+    trainer.discriminator_step(batch["pixel_values"], condition if by_discriminator else condition.detach(), step=1)
+    assert_changed(g_before, generator, changed=False)
+    assert_changed(d_before, discriminator, changed=True)
+    assert_changed(text_before, trainer.text_encoder, changed=by_discriminator)  # in D's optimizer, or G's
+
+    condition = trainer.condition_from_batch(batch)
+    g_before, d_before = parameters_of(generator), parameters_of(discriminator)
+    text_before = parameters_of(trainer.text_encoder)
+    trainer.generator_step(batch["pixel_values"], condition.detach() if by_discriminator else condition, step=2)
     assert_changed(d_before, discriminator, changed=False)
     assert_changed(g_before, generator, changed=True)
-    assert_changed(text_before, trainer.text_encoder, changed=True)  # the text encoder trains with the generator
+    assert_changed(text_before, trainer.text_encoder, changed=not by_discriminator)
     assert all(p.requires_grad and p.grad is None for p in discriminator.parameters()), "D left frozen or dirty"
+    assert all(p.grad is None for p in trainer.text_encoder.parameters()), "the text encoder kept a gradient"
 
     # With --n_critic 2 a step is D only on odd steps, D then G on even ones.
     g_before = parameters_of(generator)

@@ -353,7 +353,7 @@ class Trainer:
             batches = len(self.train_dataloader) // self.accelerator.num_processes
             self.max_train_steps = config.num_epochs * math.ceil(batches / config.gradient_accumulation_steps)
         parameters = list(self.model.parameters())
-        if self.train_text_encoder:
+        if self.train_text_encoder and self.text_encoder_learns_with_model():
             parameters += list(self.text_encoder.parameters())
         self.optimizer, self.lr_scheduler = self.build_optimizer(parameters)
         self.model, self.optimizer, self.train_dataloader, self.lr_scheduler = self.accelerator.prepare(
@@ -401,6 +401,11 @@ class Trainer:
         """What the model trains on, from a batch (e.g. images -> a frozen autoencoder's latents). Called once per
         batch, under `torch.no_grad()`; `self.example_batch` gives the shapes to `build_model`."""
         return batch
+
+    def text_encoder_learns_with_model(self) -> bool:
+        """Whether a jointly trained text encoder is in the model's optimizer (a GAN may give it to the
+        discriminator's instead, see [`prepare_auxiliary_models`])."""
+        return True
 
     def prepare_auxiliary_models(self):
         """Builds and prepares the networks a family trains besides `self.model` (a GAN's discriminator), each with

@@ -91,6 +91,14 @@ class GANTrainingConfig(TrainingConfig):
         default="projection", metadata={"help": f"How D sees the condition: {', '.join(DISCRIMINATOR_CONDITIONINGS)}."}
     )
     condition_dim: int = field(default=32, metadata={"help": "Size the condition is embedded to."})
+    text_encoder_loss: str = field(
+        default="discriminator",
+        metadata={
+            "help": "Which loss trains a jointly trained text encoder: discriminator (it must tell the captions apart "
+            "to judge image-caption pairs) or generator (the generator could then move the embeddings wherever the "
+            "discriminator scores high, whatever the image)."
+        },
+    )
     mismatch_weight: float = field(
         default=0.0,
         metadata={
@@ -148,7 +156,7 @@ class GANTrainingConfig(TrainingConfig):
     }
     model_settings: ClassVar[tuple[str, ...]] = (
         "generator_type", "noise_dim", "block_out_channels", "discriminator_norm", "spectral_norm",
-        "discriminator_conditioning", "condition_dim", "norm_num_groups",
+        "discriminator_conditioning", "condition_dim", "norm_num_groups", "text_encoder_loss",
     )  # fmt: skip
 
     def __post_init__(self):
@@ -161,6 +169,10 @@ class GANTrainingConfig(TrainingConfig):
             raise ValueError(
                 "GAN training alternates the two networks' optimizer steps batch by batch, so it does not accumulate "
                 "gradients: raise --train_batch_size instead of --gradient_accumulation_steps."
+            )
+        if self.text_encoder_loss not in ("discriminator", "generator"):
+            raise ValueError(
+                f"--text_encoder_loss must be discriminator or generator, got {self.text_encoder_loss!r}."
             )
         if self.mismatch_weight and (self.conditioning == "none" or self.gan_loss not in BOUNDED_LOSSES):
             raise ValueError(
@@ -220,9 +232,10 @@ class GANTrainer(Trainer):
             config.adam_beta1 if config.discriminator_adam_beta1 is None else config.discriminator_adam_beta1,
             config.adam_beta2 if config.discriminator_adam_beta2 is None else config.discriminator_adam_beta2,
         )
-        optimizer, lr_scheduler = self.build_optimizer(
-            discriminator.parameters(), config.discriminator_learning_rate, betas
-        )
+        parameters = list(discriminator.parameters())
+        if self.train_text_encoder and not self.text_encoder_learns_with_model():
+            parameters += list(self.text_encoder.parameters())
+        optimizer, lr_scheduler = self.build_optimizer(parameters, config.discriminator_learning_rate, betas)
         self.discriminator, self.d_optimizer, self.d_lr_scheduler = self.accelerator.prepare(
             discriminator, optimizer, lr_scheduler
         )
@@ -234,6 +247,9 @@ class GANTrainer(Trainer):
         if config.mode_collapse_samples and config.dataset_name == "digits" and self.image_shape == (1, 8, 8):
             self.digit_classifier = load_feature_extractor("digits")  # hfgen's shipped digit classifier
 
+    def text_encoder_learns_with_model(self) -> bool:
+        return self.config.text_encoder_loss == "generator"
+
     def build_pipeline(self, model, tokenizer=None, text_encoder=None) -> GANPipeline | VAEPipeline:
         if isinstance(model, VAEModel):
             return VAEPipeline(vae=model, tokenizer=tokenizer, text_encoder=text_encoder)
@@ -243,15 +259,17 @@ class GANTrainer(Trainer):
     def training_step(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
         generator_turn = step % self.config.n_critic == 0
         drop = torch.rand(len(batch["labels"])) < self.config.caption_dropout
-        with torch.set_grad_enabled(generator_turn):  # a trained text encoder learns from the generator's loss only
+        by_discriminator = self.config.text_encoder_loss == "discriminator"
+        with torch.set_grad_enabled(by_discriminator or generator_turn):  # a trained text encoder learns from one loss
             condition = self.condition_from_batch(batch, drop)
         real = batch["pixel_values"]
         mismatch = (
             self.mismatched_pairs(batch, drop) if condition is not None and self.config.mismatch_weight else None
         )
-        losses = self.discriminator_step(real, None if condition is None else condition.detach(), step, mismatch)
+        detached = None if condition is None else condition.detach()
+        losses = self.discriminator_step(real, condition if by_discriminator else detached, step, mismatch)
         if generator_turn:
-            losses.update(self.generator_step(real, condition, step))
+            losses.update(self.generator_step(real, detached if by_discriminator else condition, step))
         with warnings.catch_warnings():  # both schedules follow the global step (one discriminator update each), so
             warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)  # G's may lead
             self.lr_scheduler.step()

@@ -159,10 +159,10 @@ def plot(panels, figure: str):
             unit = field / field.norm(dim=1, keepdim=True).clamp(min=1e-12)  # directions; length would hide them
             ax.scatter(data[:, 0], data[:, 1], s=1, color="0.7")
             ax.quiver(grid[:, 0], grid[:, 1], unit[:, 0], unit[:, 1], color="C0" if label == "true" else "C3")
-            ax.set_title(f"{name}: {label} score (directions), sigma {sigma:.2f}", fontsize=9)
+            ax.set_title(f"{name}: {label} score, sigma {sigma:.2f}", fontsize=9)
         row[2].scatter(data[:, 0], data[:, 1], s=1, color="0.7", label="data")
         row[2].scatter(samples[:, 0], samples[:, 1], s=1, color="C1", label="Langevin samples")
-        row[2].set_title("annealed Langevin samples (orange) over the data", fontsize=9)
+        row[2].set_title("Langevin samples (orange), data (grey)", fontsize=9)
         row[2].legend(loc="lower right", markerscale=6, fontsize=8)
         for ax in row:
             ax.set_xlim(-4.5, 4.5)

@@ -53,8 +53,8 @@ class ScoreTrainingConfig(UNetTrainingConfig):
         default=True, metadata={"help": "End sampling with x + sigma_L^2 s(x, sigma_L) (NCSNv2)."}
     )
     validation_steps_per_level: int = field(
-        default=10,
-        metadata={"help": "Langevin steps per level of the validation grids (few: validation stays cheap)."},
+        default=100,
+        metadata={"help": "Langevin steps per level of the validation grids (10 on the digits left only noise)."},
     )
 
     ranges: ClassVar[dict[str, str]] = {

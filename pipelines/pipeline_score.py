@@ -80,8 +80,10 @@ class ScorePipeline(HFGenPipeline):
 
     model_cpu_offload_seq = "text_encoder->unet"
     model_component = "unet"
-    family_capabilities = frozenset({"guidance", "steps"})
-    sampling_controls = {"steps_per_level": (1, 200, 20, "Langevin steps per noise level")}
+    # No "steps": the Spaces' steps slider runs to 1000, but `num_inference_steps` here counts noise levels (at most
+    # the scheduler's L); the Langevin steps per level are the knob a Space shows (T = 100 is what gave digits).
+    family_capabilities = frozenset({"guidance"})
+    sampling_controls = {"steps_per_level": (1, 200, 100, "Langevin steps per noise level")}
 
     def __init__(self, unet, scheduler: AnnealedLangevinScheduler, tokenizer=None, text_encoder=None):
         super().__init__()

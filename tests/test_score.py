@@ -306,7 +306,7 @@ def test_score_is_the_unet_output_over_sigma_and_guidance_combines_scores(tiny_t
     unconditional = pipeline.score(latents, level, null, None, 1.0)
     guided = pipeline.score(latents, level, condition, null, 3.0)
     torch.testing.assert_close(guided, unconditional + 3 * (conditional - unconditional), rtol=1e-5, atol=1e-5)
-    assert {"class", "guidance", "steps"} <= pipeline.capabilities and "likelihood" not in pipeline.capabilities
+    assert {"class", "guidance"} <= pipeline.capabilities and "likelihood" not in pipeline.capabilities
 
 
 # ----- loading without hfgen ----------------------------------------------------------------------------------------
@@ -360,3 +360,14 @@ def test_the_last_step_denoises_by_tweedie():
     last = scheduler.timesteps[-1]
     out = scheduler.step(-x / (s**2 + sigma_L**2), last, x, generator=torch.Generator().manual_seed(1)).prev_sample
     torch.testing.assert_close(out, x * s**2 / (s**2 + sigma_L**2), rtol=1e-6, atol=1e-7)
+
+
+def test_the_space_tab_comes_from_the_pipeline():
+    """The gallery's score tab is built by `hfgen.demo.build_tab` from the pipeline's declarations alone: a class
+    dropdown, guidance, and the Langevin steps per level (T, default 100), with no generic steps slider."""
+    from test_demo import tab
+
+    endpoints, widgets, _ = tab(tiny_pipeline("class"), family="score")
+    assert endpoints["/generate_score"] == ["class_label", "seed", "num_images", "guidance_scale", "steps_per_level"]
+    assert widgets["Langevin steps per noise level"]["props"]["value"] == 100
+    assert "Sampling steps" not in widgets

@@ -86,7 +86,8 @@ class TestScorePipeline(PipelineTesterMixin):
 TINY_ARGS = (
     "--family score --dataset_name digits --train_batch_size 16 --block_out_channels 8 16 --norm_num_groups 4 "
     "--attention_head_dim 4 --num_noise_levels 4 --report_to none --text_hidden_size 32 --text_num_layers 1 "
-    "--num_validation_images 2 --no_attention --steps_per_level 2 --validation_steps_per_level 1"
+    "--num_validation_images 2 --no_attention --steps_per_level 2 --validation_steps_per_level 1 "
+    "--adherence_samples 10"
 ).split()
 
 
@@ -151,7 +152,8 @@ class TestScoreTrainer(TrainerTesterMixin):
     def test_two_cpu_ranks_train_together(self, tmp_path, repo_root):
         command = [
             sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-            str(repo_root / "training" / "train.py"), *tiny_args(tmp_path / "run", "--max_train_steps", "3"),
+            str(repo_root / "training" / "train.py"),
+            *tiny_args(tmp_path / "run", "--max_train_steps", "3", "--conditioning", "none"),
         ]  # fmt: skip
         result = subprocess.run(
             command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300

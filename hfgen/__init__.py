@@ -17,11 +17,14 @@ from hfgen.models.modeling_autoregressive import (
 )
 from hfgen.models.modeling_flow import FlowModel
 from hfgen.models.modeling_gan import GANDiscriminator, GANGenerator
+from hfgen.models.modeling_score import ScoreMLPModel
 from hfgen.models.modeling_vae import VAEModel
+from hfgen.models.scheduling_score import AnnealedLangevinScheduler
 from hfgen.pipelines.pipeline_autoregressive import AutoregressivePipeline
 from hfgen.pipelines.pipeline_diffusion import DiffusionImagePipeline
 from hfgen.pipelines.pipeline_flow import FlowPipeline
 from hfgen.pipelines.pipeline_gan import GANPipeline
+from hfgen.pipelines.pipeline_score import ScorePipeline
 from hfgen.pipelines.pipeline_utils import HFGenPipeline, LikelihoodOutput
 from hfgen.pipelines.pipeline_vae import VAEPipeline
 
@@ -29,6 +32,7 @@ from hfgen.pipelines.pipeline_vae import VAEPipeline
 load_pipeline = HFGenPipeline.from_pretrained
 
 __all__ = [
+    "AnnealedLangevinScheduler",
     "AutoregressivePipeline",
     "DiagonalBiLSTMModel",
     "GatedPixelCNNModel",
@@ -45,6 +49,8 @@ __all__ = [
     "GANPipeline",
     "HFGenPipeline",
     "LikelihoodOutput",
+    "ScoreMLPModel",
+    "ScorePipeline",
     "VAEModel",
     "VAEPipeline",
     "load_pipeline",

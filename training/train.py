@@ -15,12 +15,13 @@ from hfgen.training.trainer_autoregressive import AutoregressiveTrainer
 from hfgen.training.trainer_diffusion import DiffusionTrainer
 from hfgen.training.trainer_flow import FlowTrainer
 from hfgen.training.trainer_gan import GANTrainer
+from hfgen.training.trainer_score import ScoreTrainer
 from hfgen.training.trainer_vae import VAETrainer
 from transformers import HfArgumentParser
 
 TRAINERS = {
     trainer.family: trainer
-    for trainer in (VAETrainer, GANTrainer, DiffusionTrainer, FlowTrainer, AutoregressiveTrainer)
+    for trainer in (VAETrainer, GANTrainer, DiffusionTrainer, FlowTrainer, AutoregressiveTrainer, ScoreTrainer)
 }
 
 

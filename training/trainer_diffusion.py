@@ -29,7 +29,9 @@ from hfgen.data import collate_fn
 
 
 @dataclass
-class DiffusionTrainingConfig(TrainingConfig):
+class UNetTrainingConfig(TrainingConfig):
+    """The diffusers UNet of the families that denoise images (diffusion, score models)."""
+
     # ----- UNet -----
     block_out_channels: list[int] = field(
         default_factory=lambda: [32, 64], metadata={"help": "UNet widths per resolution (each level halves it)."}
@@ -44,6 +46,24 @@ class DiffusionTrainingConfig(TrainingConfig):
         default=None,
         metadata={"help": "Text UNets: the levels (0 = full resolution) with cross-attention; default every level."},
     )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if any(width % self.norm_num_groups for width in self.block_out_channels):
+            raise ValueError(
+                f"--norm_num_groups {self.norm_num_groups} must divide every --block_out_channels "
+                f"{self.block_out_channels}."
+            )
+        levels = range(len(self.block_out_channels))
+        if self.cross_attention_levels is not None and not set(self.cross_attention_levels) <= set(levels):
+            raise ValueError(
+                f"--cross_attention_levels {self.cross_attention_levels} must be levels of --block_out_channels "
+                f"{self.block_out_channels}: {list(levels)}."
+            )
+
+
+@dataclass
+class DiffusionTrainingConfig(UNetTrainingConfig):
     # ----- diffusion -----
     prediction_type: str = field(default="epsilon", metadata={"help": "epsilon, sample (x0) or v_prediction."})
     beta_schedule: str = field(default="linear", metadata={"help": "linear or squaredcos_cap_v2 (cosine)."})
@@ -87,21 +107,10 @@ class DiffusionTrainingConfig(TrainingConfig):
             raise ValueError(f"--num_train_timesteps must be at least 2, got {self.num_train_timesteps}.")
         if self.snr_gamma is not None and self.snr_gamma <= 0:
             raise ValueError(f"--snr_gamma must be positive (5.0 in the paper), got {self.snr_gamma}.")
-        if any(width % self.norm_num_groups for width in self.block_out_channels):
-            raise ValueError(
-                f"--norm_num_groups {self.norm_num_groups} must divide every --block_out_channels "
-                f"{self.block_out_channels}."
-            )
         if not 1 <= self.validation_inference_steps <= self.num_train_timesteps:
             raise ValueError(
                 f"--validation_inference_steps must be in [1, --num_train_timesteps={self.num_train_timesteps}], got "
                 f"{self.validation_inference_steps}."
-            )
-        levels = range(len(self.block_out_channels))
-        if self.cross_attention_levels is not None and not set(self.cross_attention_levels) <= set(levels):
-            raise ValueError(
-                f"--cross_attention_levels {self.cross_attention_levels} must be levels of --block_out_channels "
-                f"{self.block_out_channels}: {list(levels)}."
             )
         if self.num_bins is None:
             self.num_bins = 17 if self.dataset_name == "digits" else 256
@@ -110,6 +119,51 @@ class DiffusionTrainingConfig(TrainingConfig):
                 "--eval_likelihood_images bounds log p(x) of pixels; a latent diffusion model has no such bound "
                 "here: set it to 0."
             )
+
+
+def build_unet(trainer: Trainer, channels: int, height: int, width: int) -> UNet2DModel | UNet2DConditionModel:
+    """The diffusers UNet a `UNetTrainingConfig` describes, for inputs (channels, height, width), conditioned as
+    --conditioning says (text: cross-attention; class: `num_class_embeds` with the null class last)."""
+    config = trainer.config
+    levels = len(config.block_out_channels)
+    if height != width or height % 2 ** (levels - 1):
+        raise ValueError(
+            f"The UNet takes square inputs whose size halves {levels - 1} times; got {height}x{width} for "
+            f"--block_out_channels {config.block_out_channels}: pass --resolution or fewer levels."
+        )
+    shared = dict(
+        sample_size=height,
+        in_channels=channels,
+        out_channels=channels,
+        block_out_channels=tuple(config.block_out_channels),
+        layers_per_block=config.layers_per_block,
+        norm_num_groups=config.norm_num_groups,
+        attention_head_dim=config.attention_head_dim,
+    )
+    if config.conditioning == "text":
+        # Cross-attention to the prompt's per-token states at the chosen resolutions (and in the middle block).
+        text_encoder = trainer.accelerator.unwrap_model(trainer.text_encoder, keep_fp32_wrapper=True)
+        attend = range(levels) if config.cross_attention_levels is None else config.cross_attention_levels
+        down = [("CrossAttnDownBlock2D" if level in attend else "DownBlock2D") for level in range(levels)]
+        up = [("CrossAttnUpBlock2D" if level in attend else "UpBlock2D") for level in reversed(range(levels))]
+        return UNet2DConditionModel(
+            **shared,
+            down_block_types=tuple(down),
+            up_block_types=tuple(up),
+            cross_attention_dim=text_encoder.config.hidden_size,
+        )
+    down = ["DownBlock2D"] * levels
+    up = ["UpBlock2D"] * levels
+    if config.attention:
+        down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
+    return UNet2DModel(
+        **shared,
+        down_block_types=tuple(down),
+        up_block_types=tuple(up),
+        add_attention=config.attention,
+        # The null class (caption dropout, guidance) is the extra last index.
+        num_class_embeds=trainer.num_classes + 1 if config.conditioning == "class" else None,
+    )
 
 
 class DiffusionTrainer(Trainer):
@@ -164,45 +218,7 @@ class DiffusionTrainer(Trainer):
             with torch.no_grad():
                 example = self.preprocess_batch({"pixel_values": self.example_batch["pixel_values"]})["latents"]
             channels, height, width = example.shape[1:]
-        levels = len(config.block_out_channels)
-        if height != width or height % 2 ** (levels - 1):
-            raise ValueError(
-                f"The UNet takes square inputs whose size halves {levels - 1} times; got {height}x{width} for "
-                f"--block_out_channels {config.block_out_channels}: pass --resolution or fewer levels."
-            )
-        shared = dict(
-            sample_size=height,
-            in_channels=channels,
-            out_channels=channels,
-            block_out_channels=tuple(config.block_out_channels),
-            layers_per_block=config.layers_per_block,
-            norm_num_groups=config.norm_num_groups,
-            attention_head_dim=config.attention_head_dim,
-        )
-        if config.conditioning == "text":
-            # Cross-attention to the prompt's per-token states at the chosen resolutions (and in the middle block).
-            text_encoder = self.accelerator.unwrap_model(self.text_encoder, keep_fp32_wrapper=True)
-            attend = range(levels) if config.cross_attention_levels is None else config.cross_attention_levels
-            down = [("CrossAttnDownBlock2D" if level in attend else "DownBlock2D") for level in range(levels)]
-            up = [("CrossAttnUpBlock2D" if level in attend else "UpBlock2D") for level in reversed(range(levels))]
-            return UNet2DConditionModel(
-                **shared,
-                down_block_types=tuple(down),
-                up_block_types=tuple(up),
-                cross_attention_dim=text_encoder.config.hidden_size,
-            )
-        down = ["DownBlock2D"] * levels
-        up = ["UpBlock2D"] * levels
-        if config.attention:
-            down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
-        return UNet2DModel(
-            **shared,
-            down_block_types=tuple(down),
-            up_block_types=tuple(up),
-            add_attention=config.attention,
-            # The null class (caption dropout, guidance) is the extra last index.
-            num_class_embeds=self.num_classes + 1 if config.conditioning == "class" else None,
-        )
+        return build_unet(self, channels, height, width)
 
     def prepare_auxiliary_models(self):
         if self.ema is not None:  # diffusers' EMA warm-up (train_unconditional.py's --use_ema_warmup)

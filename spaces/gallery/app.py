@@ -39,6 +39,7 @@ FAMILIES = {
     "diffusion": "HFGEN_MODEL_DIFFUSION",
     "flow": "HFGEN_MODEL_FLOW",
     "autoregressive": "HFGEN_MODEL_AUTOREGRESSIVE",
+    "score": "HFGEN_MODEL_SCORE",
 }
 
 

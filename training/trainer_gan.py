@@ -91,12 +91,13 @@ class GANTrainingConfig(TrainingConfig):
         default="projection", metadata={"help": f"How D sees the condition: {', '.join(DISCRIMINATOR_CONDITIONINGS)}."}
     )
     condition_dim: int = field(default=32, metadata={"help": "Size the condition is embedded to."})
-    text_encoder_loss: str = field(
-        default="discriminator",
+    text_encoder_loss: str | None = field(
+        default=None,
         metadata={
             "help": "Which loss trains a jointly trained text encoder: discriminator (it must tell the captions apart "
-            "to judge image-caption pairs) or generator (the generator could then move the embeddings wherever the "
-            "discriminator scores high, whatever the image)."
+            "to judge image-caption pairs) or generator (the generator can then move the embeddings wherever the "
+            "discriminator scores high, whatever the image). Default: discriminator for the bounded losses, "
+            "generator for the WGAN critics (their unbounded scores are not tried with a text encoder behind them)."
         },
     )
     mismatch_weight: float = field(
@@ -170,6 +171,8 @@ class GANTrainingConfig(TrainingConfig):
                 "GAN training alternates the two networks' optimizer steps batch by batch, so it does not accumulate "
                 "gradients: raise --train_batch_size instead of --gradient_accumulation_steps."
             )
+        if self.text_encoder_loss is None:
+            self.text_encoder_loss = "discriminator" if self.gan_loss in BOUNDED_LOSSES else "generator"
         if self.text_encoder_loss not in ("discriminator", "generator"):
             raise ValueError(
                 f"--text_encoder_loss must be discriminator or generator, got {self.text_encoder_loss!r}."

@@ -238,3 +238,20 @@ def test_evaluate_and_compare_commands_report_adherence(digit_captions, tmp_path
     assert 0 <= rows[0]["adherence_paraphrase"] <= 1 and "adherence (paraphrases)" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="adherence is measured on"):
         hfgen_main(["evaluate", path, "--metrics", "adherence", "--dataset", "cifar10"])
+
+
+@pytest.mark.parametrize("recipe", ["vae_digits", "gan_text_digits", "vae_text_mnist", "gan_text_mnist"])
+def test_text_recipes_train_on_every_wording(recipe, tmp_path):
+    """The text recipes of the adherence table read `text_variants`, so their tokenizer knows numerals and names."""
+    from accelerate.state import AcceleratorState, GradientState
+    from hfgen.training.train import parse_config
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    path = os.path.join(os.path.dirname(__file__), "..", "training", "recipes", f"{recipe}.yaml")
+    trainer_class, config = parse_config(
+        ["--recipe", path, "--output_dir", str(tmp_path), "--report_to", "none", "--max_train_samples", "200"]
+    )
+    assert config.caption_column == "text_variants" and config.conditioning == "text"
+    vocabulary = set(trainer_class(config).tokenizer.get_vocab())
+    assert {"7", "seven", "number", "digit", "handwritten"} <= vocabulary

@@ -283,7 +283,7 @@ class DiffusionImagePipeline(HFGenPipeline):
                 f"{what} works in pixel space; this pipeline denoises a vae's latents (latent diffusion). Use a pixel "
                 "diffusion model."
             )
-        return self.preprocess(images, self.unet.config.sample_size, self.unet.config.in_channels)
+        return self.model_images(images)
 
     def _mask(self, mask_image, images: torch.Tensor) -> torch.Tensor:
         """A mask (h, w), (b, h, w), (b, 1, h, w) or PIL image(s) -> (b, 1, h, w) floats: 1 in the hole."""

@@ -25,7 +25,7 @@ from diffusers.models.unets.unet_2d import UNet2DOutput
 from hfgen.pipelines.pipeline_diffusion import encode_to_latents, predicted_original_and_noise, unet_forward
 from hfgen.training.trainer_diffusion import DiffusionTrainer
 from test_remote_code import SUBPROCESS_SCRIPT
-from testing_utils import PipelineTesterMixin, TrainerTesterMixin, free_port
+from testing_utils import ConditionVariantsPipelineTesterMixin, TrainerTesterMixin, free_port
 
 import hfgen
 from hfgen.data import make_digits_dataset
@@ -77,32 +77,14 @@ def digit_images() -> torch.Tensor:
 
 
 # ----- the shared mixins --------------------------------------------------------------------------------------------
-class TestDiffusionPipeline(PipelineTesterMixin):
+class TestDiffusionPipeline(ConditionVariantsPipelineTesterMixin):
     pipeline_class = hfgen.DiffusionImagePipeline
 
-    @pytest.fixture(autouse=True, params=["unconditional", "class", "text"])
-    def variant(self, request, tiny_text_components):
-        self.variant = request.param
-        self.text_components = tiny_text_components
-
     def get_pipeline(self):
-        condition = None if self.variant == "unconditional" else self.variant
-        return tiny_pipeline(condition, self.text_components)
+        return tiny_pipeline(self.condition, self.text_components)
 
     def get_call_kwargs(self):
-        kwargs = {"num_inference_steps": 4}
-        if self.variant == "text":
-            return {
-                "prompt": ["a handwritten digit seven", "a handwritten digit one"],
-                "guidance_scale": 2.0,
-                **kwargs,
-            }
-        if self.variant == "class":
-            return {"class_labels": [1, 2], "num_images_per_prompt": 2, **kwargs}
-        return {"batch_size": 3, **kwargs}
-
-    def get_expected_shape(self):
-        return ({"unconditional": 3, "class": 4, "text": 2}[self.variant], 1, 8, 8)
+        return {**super().get_call_kwargs(), "num_inference_steps": 4}
 
 
 TINY_ARGS = (

@@ -18,7 +18,13 @@ from hfgen.pipelines.pipeline_score import annealed_langevin, score_forward
 from hfgen.training.trainer_score import ScoreTrainer, denoising_score_matching_loss
 from test_diffusion import tiny_unet
 from test_remote_code import SUBPROCESS_SCRIPT
-from testing_utils import ModelTesterMixin, PipelineTesterMixin, TrainerTesterMixin, free_port, load_app
+from testing_utils import (
+    ConditionVariantsPipelineTesterMixin,
+    ModelTesterMixin,
+    TrainerTesterMixin,
+    free_port,
+    load_app,
+)
 
 import hfgen
 
@@ -61,26 +67,11 @@ class TestScoreMLPModel(ModelTesterMixin):
         return [{"in_features": 0}, {"num_levels": 0}, {"hidden_size": 2.5}, {"num_layers": True}]
 
 
-class TestScorePipeline(PipelineTesterMixin):
+class TestScorePipeline(ConditionVariantsPipelineTesterMixin):
     pipeline_class = hfgen.ScorePipeline
 
-    @pytest.fixture(autouse=True, params=["unconditional", "class", "text"])
-    def variant(self, request, tiny_text_components):
-        self.variant = request.param
-        self.text_components = tiny_text_components
-
     def get_pipeline(self):
-        return tiny_pipeline(None if self.variant == "unconditional" else self.variant, self.text_components)
-
-    def get_call_kwargs(self):
-        if self.variant == "text":
-            return {"prompt": ["a handwritten digit seven", "a handwritten digit one"], "guidance_scale": 2.0}
-        if self.variant == "class":
-            return {"class_labels": [1, 2], "num_images_per_prompt": 2}
-        return {"batch_size": 3}
-
-    def get_expected_shape(self):
-        return ({"unconditional": 3, "class": 4, "text": 2}[self.variant], 1, 8, 8)
+        return tiny_pipeline(self.condition, self.text_components)
 
 
 TINY_ARGS = (

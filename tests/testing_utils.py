@@ -169,6 +169,28 @@ class PipelineTesterMixin:
             pipeline(**{**self.get_call_kwargs(), "prompt": []})
 
 
+class ConditionVariantsPipelineTesterMixin(PipelineTesterMixin):
+    """[`PipelineTesterMixin`] once per condition of an 8x8 grey model: "unconditional" (3 images), "class" (labels 1
+    and 2, two images each) and "text" (two digit prompts, guided). `get_pipeline` builds the model for
+    `self.condition` (None, "class" or "text") with `self.text_components` (the tiny tokenizer and text encoder)."""
+
+    @pytest.fixture(autouse=True, params=["unconditional", "class", "text"])
+    def variant(self, request, tiny_text_components):
+        self.variant = request.param
+        self.condition = None if request.param == "unconditional" else request.param
+        self.text_components = tiny_text_components
+
+    def get_call_kwargs(self):
+        if self.variant == "text":
+            return {"prompt": ["a handwritten digit seven", "a handwritten digit one"], "guidance_scale": 2.0}
+        if self.variant == "class":
+            return {"class_labels": [1, 2], "num_images_per_prompt": 2}
+        return {"batch_size": 3}
+
+    def get_expected_shape(self):
+        return ({"unconditional": 3, "class": 4, "text": 2}[self.variant], 1, 8, 8)
+
+
 def saved_pipeline_tensors(output_dir) -> dict[str, torch.Tensor]:
     """Every tensor of a pipeline saved in `output_dir` (each subfolder's *.safetensors), keyed "folder/file:name"."""
     from safetensors.torch import load_file

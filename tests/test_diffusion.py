@@ -25,7 +25,7 @@ from diffusers.models.unets.unet_2d import UNet2DOutput
 from hfgen.pipelines.pipeline_diffusion import encode_to_latents, predicted_original_and_noise, unet_forward
 from hfgen.training.trainer_diffusion import DiffusionTrainer
 from test_remote_code import SUBPROCESS_SCRIPT
-from testing_utils import ConditionVariantsPipelineTesterMixin, TrainerTesterMixin, free_port
+from testing_utils import ConditionVariantsPipelineTesterMixin, TrainerTesterMixin, train_on_two_cpu_ranks
 
 import hfgen
 from hfgen.data import make_digits_dataset
@@ -190,18 +190,7 @@ class TestDiffusionTrainer(TrainerTesterMixin):
         assert logged[-1] < logged[0] * 0.85, logged
 
     def test_two_cpu_ranks_train_together(self, tmp_path, repo_root):
-        command = [
-            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-            str(repo_root / "training" / "train.py"), *tiny_args(tmp_path / "run", "--max_train_steps", "3"),
-        ]  # fmt: skip
-        result = subprocess.run(
-            command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300
-        )
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
-        assert summary["world_size"] == 2 and "MULTI_CPU" in summary["distributed_type"]
-        checksums = summary["rank_weight_checksums"]
-        assert len(checksums) == 2 and checksums[0] == checksums[1]
+        train_on_two_cpu_ranks(repo_root, tmp_path / "run", tiny_args(tmp_path / "run", "--max_train_steps", "3"))
 
     def test_ema_warmup_settings_reach_the_ema(self, tmp_path):
         trainer = self.build_trainer(

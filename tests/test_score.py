@@ -22,8 +22,8 @@ from testing_utils import (
     ConditionVariantsPipelineTesterMixin,
     ModelTesterMixin,
     TrainerTesterMixin,
-    free_port,
     load_app,
+    train_on_two_cpu_ranks,
 )
 
 import hfgen
@@ -141,19 +141,8 @@ class TestScoreTrainer(TrainerTesterMixin):
         assert logged[-1] < logged[0] * 0.85, logged
 
     def test_two_cpu_ranks_train_together(self, tmp_path, repo_root):
-        command = [
-            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-            str(repo_root / "training" / "train.py"),
-            *tiny_args(tmp_path / "run", "--max_train_steps", "3", "--conditioning", "none"),
-        ]  # fmt: skip
-        result = subprocess.run(
-            command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300
-        )
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
-        assert summary["world_size"] == 2 and "MULTI_CPU" in summary["distributed_type"]
-        checksums = summary["rank_weight_checksums"]
-        assert len(checksums) == 2 and checksums[0] == checksums[1]
+        args = tiny_args(tmp_path / "run", "--max_train_steps", "3", "--conditioning", "none")
+        train_on_two_cpu_ranks(repo_root, tmp_path / "run", args)
         scheduler = hfgen.load_pipeline(str(tmp_path / "run")).scheduler
         assert type(scheduler) is hfgen.AnnealedLangevinScheduler and scheduler.config.num_train_timesteps == 4
 

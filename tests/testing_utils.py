@@ -6,8 +6,12 @@ the CPU on a tiny, seeded configuration.
 """
 
 import importlib.util
+import json
 import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -366,6 +370,25 @@ class TrainerTesterMixin:
                 losses.append(self.conditioned_loss(trainer, candidate, trainer.condition_from_batch(candidate)))
         assert losses[0] == losses[2], "the loss is not deterministic for a seed"
         assert losses[0] != losses[1], "the loss does not depend on the batch's captions / labels"
+
+
+def train_on_two_cpu_ranks(repo_root, output_dir, args: list[str]) -> dict:
+    """Runs training/train.py with `args` (which write to `output_dir`) in two CPU processes (torch.distributed.run)
+    and checks that the ranks trained together: world size 2, and equal weights on both (gradients all-reduced, each
+    rank on its own half of the data). Returns the run's train_summary.json."""
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+        str(Path(repo_root) / "training" / "train.py"), *args,
+    ]  # fmt: skip
+    result = subprocess.run(
+        command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((Path(output_dir) / "train_summary.json").read_text())
+    assert summary["world_size"] == 2 and "MULTI_CPU" in summary["distributed_type"]
+    checksums = summary["rank_weight_checksums"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1]
+    return summary
 
 
 # ----- Spaces and servers --------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from diffusers.models.unets.unet_2d import UNet2DOutput
 from hfgen.pipelines.pipeline_diffusion import encode_to_latents, predicted_original_and_noise, unet_forward
 from hfgen.training.trainer_diffusion import DiffusionTrainer
 from test_remote_code import SUBPROCESS_SCRIPT
-from testing_utils import ConditionVariantsPipelineTesterMixin, TrainerTesterMixin, train_on_two_cpu_ranks
+from testing_utils import ConditionVariantsPipelineTesterMixin, TrainerTesterMixin, record_logs, train_on_two_cpu_ranks
 
 import hfgen
 from hfgen.data import make_digits_dataset
@@ -177,14 +177,11 @@ class TestDiffusionTrainer(TrainerTesterMixin):
             tmp_path, "--max_train_steps", "60", "--learning_rate", "3e-3", "--logging_steps", "20",
             "--conditioning", "none",
         )  # fmt: skip
-        logged = []
-        log = trainer.accelerator.log
-        trainer.accelerator.log = lambda values, step=None, **kwargs: (
-            logged.append(values["loss"]) or log(values, step)
-        )
+        logs = record_logs(trainer)
 
         trainer.train()
 
+        logged = [values["loss"] for _, values in logs]
         assert len(logged) == 3
         # Measured (seed 0, two runs): mean loss of steps 1-20 0.76-0.81, of steps 41-60 0.58 (a ratio of 0.71-0.76).
         assert logged[-1] < logged[0] * 0.85, logged

@@ -23,6 +23,7 @@ from testing_utils import (
     ModelTesterMixin,
     TrainerTesterMixin,
     load_app,
+    record_logs,
     train_on_two_cpu_ranks,
 )
 
@@ -128,14 +129,11 @@ class TestScoreTrainer(TrainerTesterMixin):
             tmp_path, "--max_train_steps", "60", "--learning_rate", "3e-3", "--logging_steps", "20",
             "--conditioning", "none",
         )  # fmt: skip
-        logged = []
-        log = trainer.accelerator.log
-        trainer.accelerator.log = lambda values, step=None, **kwargs: (
-            logged.append(values["loss"]) or log(values, step)
-        )
+        logs = record_logs(trainer)
 
         trainer.train()
 
+        logged = [values["loss"] for _, values in logs]
         assert len(logged) == 3
         # Measured (seed 0): mean loss of steps 1-20 0.40, of steps 41-60 0.31 (a ratio of 0.76).
         assert logged[-1] < logged[0] * 0.85, logged

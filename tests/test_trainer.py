@@ -10,7 +10,7 @@ from hfgen.training.train import parse_config
 from hfgen.training.trainer import load_frozen_component
 from hfgen.training.trainer_vae import VAETrainer, VAETrainingConfig
 from safetensors.torch import load_file
-from testing_utils import TrainerTesterMixin, train_on_two_cpu_ranks
+from testing_utils import TrainerTesterMixin, record_logs, train_on_two_cpu_ranks
 
 import hfgen
 
@@ -23,19 +23,6 @@ TINY_ARGS = (
 
 def tiny_args(output_dir, *extra_args: str) -> list[str]:
     return [*TINY_ARGS, "--output_dir", str(output_dir), *extra_args]
-
-
-def record_logs(trainer) -> list[tuple[int, dict]]:
-    """Wraps the real `trainer.accelerator.log` so that every (step, values) it receives is also recorded."""
-    calls = []
-    log = trainer.accelerator.log
-
-    def recording_log(values, step=None, **kwargs):
-        calls.append((step, dict(values)))
-        return log(values, step=step, **kwargs)
-
-    trainer.accelerator.log = recording_log
-    return calls
 
 
 def checkpoint_names(output_dir) -> list[str]:

@@ -372,6 +372,19 @@ class TrainerTesterMixin:
         assert losses[0] != losses[1], "the loss does not depend on the batch's captions / labels"
 
 
+def record_logs(trainer) -> list[tuple[int, dict]]:
+    """Wraps the real `trainer.accelerator.log` so that every (step, values) it receives is also recorded."""
+    calls = []
+    log = trainer.accelerator.log
+
+    def recording_log(values, step=None, **kwargs):
+        calls.append((step, dict(values)))
+        return log(values, step=step, **kwargs)
+
+    trainer.accelerator.log = recording_log
+    return calls
+
+
 def train_on_two_cpu_ranks(repo_root, output_dir, args: list[str]) -> dict:
     """Runs training/train.py with `args` (which write to `output_dir`) in two CPU processes (torch.distributed.run)
     and checks that the ranks trained together: world size 2, and equal weights on both (gradients all-reduced, each

@@ -246,12 +246,10 @@ def model_image(pipeline, image) -> torch.Tensor:
     model of `num_bins` grey levels, snapped to them. (1, c, s, s) in [0, 1], as pipelines take images."""
     if image is None:
         raise gr.Error("Upload an image first.")
-    config = pipeline.conditioned_model.config
-    size = config.sample_size
-    channels = getattr(config, "in_channels", None) or config.out_channels
+    channels, size = pipeline.image_format
     mode = {1: "L", 3: "RGB", 4: "RGBA"}[channels]
-    images = pipeline.preprocess(image.convert(mode).resize((size, size), PIL.Image.BOX), size, channels)
-    num_bins = getattr(config, "num_bins", None)
+    images = pipeline.model_images(image.convert(mode).resize((size, size), PIL.Image.BOX))
+    num_bins = getattr(pipeline.conditioned_model.config, "num_bins", None)
     images = quantize(images, num_bins) if num_bins else images  # `preprocess` gives the models' [-1, 1]
     return (images + 1) / 2
 

@@ -218,10 +218,6 @@ class AutoregressivePipeline(HFGenPipeline):
         return self.prior.cached_logits(tokens, index, state["cache"])
 
     # ----- completion and likelihood --------------------------------------------------------------------------------
-    def _images(self, images) -> torch.Tensor:
-        config = self.prior.config
-        return self.preprocess(images, config.sample_size, config.in_channels)
-
     @torch.no_grad()
     def complete(
         self,
@@ -243,7 +239,7 @@ class AutoregressivePipeline(HFGenPipeline):
                 be the first ones in raster order (all rows above a point, then the start of its row).
             prompt, class_labels, guidance_scale, generator, temperature, use_cache: As in `__call__`.
         """
-        images = self._images(image)
+        images = self.model_images(image)
         b, c, h, w = images.shape
         mask = torch.as_tensor(mask, device=self.device)
         if mask.ndim == 4:
@@ -270,7 +266,7 @@ class AutoregressivePipeline(HFGenPipeline):
     def log_likelihood(self, images, prompt=None, class_labels=None, generator=None) -> LikelihoodOutput:
         """log p(x), exact: the sum of the log-probabilities of every token given the ones before it (`generator`
         is unused: nothing is sampled)."""
-        images = self._images(images)
+        images = self.model_images(images)
         config = self.prior.config
         condition = self.condition_for_images(len(images), prompt, class_labels)
         tokens = images_to_tokens(images, config.num_levels)

@@ -125,7 +125,29 @@ def encode_to_latents(vae, images: torch.Tensor, generator: torch.Generator | No
     return latents * vae.config.scaling_factor
 
 
-class DiffusionImagePipeline(HFGenPipeline):
+class UNetPipelineMixin:
+    """What the pipelines around a diffusers UNet (diffusion, score) read off it: how it is conditioned (a
+    `UNet2DConditionModel` takes text; a `UNet2DModel` with `num_class_embeds` takes classes, the last the null class)
+    and the shape of the noise it starts from."""
+
+    @property
+    def condition_type(self) -> str | None:
+        if isinstance(self.unet, UNet2DConditionModel):
+            return "text"
+        return "class" if self.unet.config.num_class_embeds else None
+
+    @property
+    def num_classes(self) -> int | None:
+        num_class_embeds = getattr(self.unet.config, "num_class_embeds", None)
+        return num_class_embeds - 1 if self.condition_type == "class" else None
+
+    def latent_shape(self, num_images: int) -> tuple[int, int, int, int]:
+        size = self.unet.config.sample_size
+        height, width = (size, size) if isinstance(size, int) else size
+        return (num_images, self.unet.config.in_channels, height, width)
+
+
+class DiffusionImagePipeline(UNetPipelineMixin, HFGenPipeline):
     r"""Sampling from a diffusion model: a diffusers UNet that predicts the noise (or x0, or v) and a diffusers
     scheduler that turns the prediction into x_{t-1}; with a `vae`, in its latent space.
 
@@ -154,22 +176,6 @@ class DiffusionImagePipeline(HFGenPipeline):
         self.register_modules(unet=unet, scheduler=scheduler, tokenizer=tokenizer, text_encoder=text_encoder, vae=vae)
         # Saved in model_index.json: the data's levels, for the likelihood of discrete pixels in bits/dim.
         self.register_to_config(num_bins=num_bins)
-
-    @property
-    def condition_type(self) -> str | None:
-        if isinstance(self.unet, UNet2DConditionModel):
-            return "text"
-        return "class" if self.unet.config.num_class_embeds else None
-
-    @property
-    def num_classes(self) -> int | None:
-        num_class_embeds = getattr(self.unet.config, "num_class_embeds", None)
-        return num_class_embeds - 1 if self.condition_type == "class" else None
-
-    def latent_shape(self, num_images: int) -> tuple[int, int, int, int]:
-        size = self.unet.config.sample_size
-        height, width = (size, size) if isinstance(size, int) else size
-        return (num_images, self.unet.config.in_channels, height, width)
 
     def predict(self, latents: torch.Tensor, t, condition, negative, guidance_scale: float) -> torch.Tensor:
         """The UNet's output at step t, guided away from `negative` when it is given (one batched call)."""
@@ -283,7 +289,7 @@ class DiffusionImagePipeline(HFGenPipeline):
                 f"{what} works in pixel space; this pipeline denoises a vae's latents (latent diffusion). Use a pixel "
                 "diffusion model."
             )
-        return self.preprocess(images, self.unet.config.sample_size, self.unet.config.in_channels)
+        return self.model_images(images)
 
     def _mask(self, mask_image, images: torch.Tensor) -> torch.Tensor:
         """A mask (h, w), (b, h, w), (b, 1, h, w) or PIL image(s) -> (b, 1, h, w) floats: 1 in the hole."""

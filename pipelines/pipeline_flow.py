@@ -106,13 +106,10 @@ class FlowPipeline(HFGenPipeline):
         return ImagePipelineOutput(images=images)
 
     # ----- what a flow is good at ------------------------------------------------------------------------------------
-    def _images(self, images) -> torch.Tensor:
-        return self.preprocess(images, self.flow.config.sample_size, self.flow.config.in_channels)
-
     @torch.no_grad()
     def encode(self, images, prompt=None, class_labels=None) -> torch.Tensor:
         """Images -> z (b, D), exactly: each pixel at the centre of its bin, so `decode(encode(x))` gives x back."""
-        images = self._images(images)
+        images = self.model_images(images)
         return self.flow.encode(images, self.condition_for_images(len(images), prompt, class_labels)).latents
 
     @torch.no_grad()
@@ -155,7 +152,7 @@ class FlowPipeline(HFGenPipeline):
         """
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive int, got {num_samples!r}.")
-        images = self._images(images)
+        images = self.model_images(images)
         condition = self.condition_for_images(len(images), prompt, class_labels)
         num_dims, bins = self.flow.num_dims, self.flow.config.num_bins
         # 1. S dequantisations of each image, a few thousand images per pass: log p(y_s), y in [0, 1]^D

@@ -14,9 +14,8 @@ timestep, so one UNet serves every level.
 from dataclasses import dataclass
 
 import torch
-from diffusers import UNet2DConditionModel
 from diffusers.utils import BaseOutput, replace_example_docstring
-from hfgen.pipelines.pipeline_diffusion import unet_forward
+from hfgen.pipelines.pipeline_diffusion import UNetPipelineMixin, unet_forward
 from hfgen.pipelines.pipeline_utils import HFGenPipeline
 
 from hfgen.conditioning import Condition
@@ -67,7 +66,7 @@ def annealed_langevin(
     return latents
 
 
-class ScorePipeline(HFGenPipeline):
+class ScorePipeline(UNetPipelineMixin, HFGenPipeline):
     r"""Sampling from a noise-conditional score network by annealed Langevin dynamics.
 
     Parameters:
@@ -88,21 +87,6 @@ class ScorePipeline(HFGenPipeline):
     def __init__(self, unet, scheduler: AnnealedLangevinScheduler, tokenizer=None, text_encoder=None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, tokenizer=tokenizer, text_encoder=text_encoder)
-
-    @property
-    def condition_type(self) -> str | None:
-        if isinstance(self.unet, UNet2DConditionModel):
-            return "text"
-        return "class" if self.unet.config.num_class_embeds else None
-
-    @property
-    def num_classes(self) -> int | None:
-        return self.unet.config.num_class_embeds - 1 if self.condition_type == "class" else None
-
-    def latent_shape(self, num_images: int) -> tuple[int, int, int, int]:
-        size = self.unet.config.sample_size
-        height, width = (size, size) if isinstance(size, int) else size
-        return (num_images, self.unet.config.in_channels, height, width)
 
     def score(self, latents: torch.Tensor, level, condition, negative, guidance_scale: float) -> torch.Tensor:
         """s(x, sigma_level), guided away from `negative` when it is given (one batched call)."""

@@ -467,6 +467,18 @@ class HFGenPipeline(DiffusionPipeline):
         """The shape of the noise that `__call__` starts from for `num_images` images."""
         raise NotImplementedError(f"{type(self).__name__} does not define latent_shape.")
 
+    @property
+    def image_format(self) -> tuple[int, int]:
+        """(channels, side) of the images the pipeline's model (`model_component`) takes and makes."""
+        config = self.conditioned_model.config
+        return getattr(config, "in_channels", None) or config.out_channels, config.sample_size
+
+    def model_images(self, images) -> torch.Tensor:
+        """Images as a user has them (any form `preprocess` takes, in [0, 1]) -> (b, c, h, w) in [-1, 1] at the
+        pipeline's `image_format`, on its device: what `encode`, `complete`, inpainting and likelihoods start from."""
+        channels, sample_size = self.image_format
+        return self.preprocess(images, sample_size, channels)
+
     def preprocess(self, images, sample_size: int, channels: int) -> torch.Tensor:
         """Images as a user has them -> a tensor (b, c, h, w) in [-1, 1] (the models' scale) on the pipeline's device.
 

@@ -115,13 +115,10 @@ class VAEPipeline(HFGenPipeline):
         return ImagePipelineOutput(images=images)
 
     # ----- what a VAE is good at -------------------------------------------------------------------------------------
-    def _images(self, images) -> torch.Tensor:
-        return self.preprocess(images, self.vae.config.sample_size, self.vae.config.in_channels)
-
     @torch.no_grad()
     def encode(self, images, prompt=None, class_labels=None) -> torch.Tensor:
         """Images -> the mean of q(z | x), (b, latent_dim)."""
-        images = self._images(images)
+        images = self.model_images(images)
         return self.vae.encode(images, self.condition_for_images(len(images), prompt, class_labels)).latent_mean
 
     @torch.no_grad()
@@ -164,7 +161,7 @@ class VAEPipeline(HFGenPipeline):
         """The importance-weighted lower bound on log p(x) with K = `num_samples` (IWAE; K = 1 is the ELBO)."""
         if num_samples < 1:
             raise ValueError(f"num_samples must be at least 1, got {num_samples}.")
-        images = self._images(images)
+        images = self.model_images(images)
         condition = self.condition_for_images(len(images), prompt, class_labels)
         log_px = self.vae.importance_weighted_log_likelihood(images, num_samples, condition, generator).float()
         config = self.vae.config

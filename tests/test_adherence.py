@@ -169,21 +169,25 @@ def test_images_outside_zero_one_are_refused():
 
 class ReplayPipeline:
     """Stands in for a text-conditioned pipeline that draws exactly what it is asked: a real test image of the
-    prompted digit, returned as `output_type` asks (scaled by `scale` to fake a wrong convention)."""
+    prompted digit, returned as `output_type` asks (scaled by `scale` to fake a wrong convention). It samples
+    through the base's `generate`, so its `default_sampling_kwargs` reach `__call__` (recorded in `steps`)."""
 
     components = {}
     tokenizer = text_encoder = object()
+    default_sampling_kwargs = {"num_inference_steps": 3}
+    generate = hfgen.HFGenPipeline.generate
 
     def __init__(self, scale=lambda x: x):
         test = load_image_dataset("digits", label_column="label")["test"]
         self.by_digit = {}
         for i in range(len(test)):
             self.by_digit.setdefault(test[i]["labels"], test[i]["pixel_values"])
-        self.scale, self.prompts = scale, []
+        self.scale, self.prompts, self.steps = scale, [], []
 
-    def __call__(self, prompt, generator, output_type):
+    def __call__(self, prompt, generator, output_type, num_inference_steps=1000):
         assert output_type == "pt"
         self.prompts += prompt
+        self.steps.append(num_inference_steps)
         images = [self.by_digit[DIGIT_NAMES.index(parse_prompt(p, "digits")["digit"])] for p in prompt]
         return ImagePipelineOutput(images=self.scale(torch.stack(images) / 2 + 0.5))
 
@@ -195,6 +199,7 @@ def test_a_pipeline_is_sampled_on_the_template_and_the_paraphrases():
     assert results["seen"]["all"] == results["paraphrase"]["all"] == 1.0
     assert pipeline.prompts[:10] == default_prompts("digits")["seen"]
     assert len(set(pipeline.prompts[40:])) == 40  # every paraphrase once
+    assert pipeline.steps == [3] * 5  # 80 images in batches of 16, each with the pipeline's sampling defaults
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
         prompt_adherence(ReplayPipeline(scale=lambda x: x * 2 - 1), "digits", num_samples=10)
 

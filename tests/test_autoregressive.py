@@ -4,7 +4,6 @@ cached sampling equal to naive sampling, completion, the exact likelihood and it
 
 import itertools
 import json
-import os
 import subprocess
 import sys
 
@@ -12,7 +11,13 @@ import numpy as np
 import pytest
 import torch
 from hfgen.training.trainer_autoregressive import AutoregressiveTrainer
-from testing_utils import ModelTesterMixin, PipelineTesterMixin, TrainerTesterMixin, free_port
+from testing_utils import (
+    ModelTesterMixin,
+    PipelineTesterMixin,
+    TrainerTesterMixin,
+    record_logs,
+    train_on_two_cpu_ranks,
+)
 
 import hfgen
 from hfgen.conditioning import Condition
@@ -501,11 +506,9 @@ class TestAutoregressiveTrainer(TrainerTesterMixin):
             tmp_path, "--max_train_steps", "60", "--learning_rate", "5e-3", "--logging_steps", "10",
             "--conditioning", "none", "--hidden_channels", "16", "--train_batch_size", "32",
         )  # fmt: skip
-        logged = []
-        log = trainer.accelerator.log
-        trainer.accelerator.log = lambda values, step=None, **kw: logged.append(values) or log(values, step=step, **kw)
+        logs = record_logs(trainer)
         summary = trainer.train()
-        first, last = logged[0]["bits_per_dim"], logged[-1]["bits_per_dim"]
+        first, last = logs[0][1]["bits_per_dim"], logs[-1][1]["bits_per_dim"]
         # Measured: 3.79 -> 2.39 bits/dim (seed 0), 3.67 -> 2.29 (seed 1), test 2.30 / 2.34, AUROC 1.0 against noise
         # (5.1 bits/dim); uniform over 17 levels is 4.09.
         assert last < first * 0.85, (first, last)
@@ -557,17 +560,8 @@ class TestAutoregressiveTrainer(TrainerTesterMixin):
         assert pipe(batch_size=2, generator=torch.manual_seed(0), output_type="np").images.shape == (2, 8, 8, 1)
 
     def test_two_cpu_ranks_train_together(self, tmp_path, repo_root):
-        command = [
-            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-            str(repo_root / "training" / "train.py"), *self.get_args(tmp_path / "run"), "--max_train_steps", "3",
-        ]  # fmt: skip
-        result = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                                timeout=300)  # fmt: skip
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
-        assert summary["world_size"] == 2 and "MULTI_CPU" in summary["distributed_type"]
-        checksums = summary["rank_weight_checksums"]
-        assert len(checksums) == 2 and checksums[0] == checksums[1]
+        args = [*self.get_args(tmp_path / "run"), "--max_train_steps", "3"]
+        train_on_two_cpu_ranks(repo_root, tmp_path / "run", args)
 
 
 # ----- Hub and remote code -------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from diffusers.models.unets.unet_2d import UNet2DOutput
 from hfgen.pipelines.pipeline_diffusion import encode_to_latents, predicted_original_and_noise, unet_forward
 from hfgen.training.trainer_diffusion import DiffusionTrainer
 from test_remote_code import SUBPROCESS_SCRIPT
-from testing_utils import PipelineTesterMixin, TrainerTesterMixin, free_port
+from testing_utils import ConditionVariantsPipelineTesterMixin, TrainerTesterMixin, record_logs, train_on_two_cpu_ranks
 
 import hfgen
 from hfgen.data import make_digits_dataset
@@ -77,32 +77,14 @@ def digit_images() -> torch.Tensor:
 
 
 # ----- the shared mixins --------------------------------------------------------------------------------------------
-class TestDiffusionPipeline(PipelineTesterMixin):
+class TestDiffusionPipeline(ConditionVariantsPipelineTesterMixin):
     pipeline_class = hfgen.DiffusionImagePipeline
 
-    @pytest.fixture(autouse=True, params=["unconditional", "class", "text"])
-    def variant(self, request, tiny_text_components):
-        self.variant = request.param
-        self.text_components = tiny_text_components
-
     def get_pipeline(self):
-        condition = None if self.variant == "unconditional" else self.variant
-        return tiny_pipeline(condition, self.text_components)
+        return tiny_pipeline(self.condition, self.text_components)
 
     def get_call_kwargs(self):
-        kwargs = {"num_inference_steps": 4}
-        if self.variant == "text":
-            return {
-                "prompt": ["a handwritten digit seven", "a handwritten digit one"],
-                "guidance_scale": 2.0,
-                **kwargs,
-            }
-        if self.variant == "class":
-            return {"class_labels": [1, 2], "num_images_per_prompt": 2, **kwargs}
-        return {"batch_size": 3, **kwargs}
-
-    def get_expected_shape(self):
-        return ({"unconditional": 3, "class": 4, "text": 2}[self.variant], 1, 8, 8)
+        return {**super().get_call_kwargs(), "num_inference_steps": 4}
 
 
 TINY_ARGS = (
@@ -195,31 +177,17 @@ class TestDiffusionTrainer(TrainerTesterMixin):
             tmp_path, "--max_train_steps", "60", "--learning_rate", "3e-3", "--logging_steps", "20",
             "--conditioning", "none",
         )  # fmt: skip
-        logged = []
-        log = trainer.accelerator.log
-        trainer.accelerator.log = lambda values, step=None, **kwargs: (
-            logged.append(values["loss"]) or log(values, step)
-        )
+        logs = record_logs(trainer)
 
         trainer.train()
 
+        logged = [values["loss"] for _, values in logs]
         assert len(logged) == 3
         # Measured (seed 0, two runs): mean loss of steps 1-20 0.76-0.81, of steps 41-60 0.58 (a ratio of 0.71-0.76).
         assert logged[-1] < logged[0] * 0.85, logged
 
     def test_two_cpu_ranks_train_together(self, tmp_path, repo_root):
-        command = [
-            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-            str(repo_root / "training" / "train.py"), *tiny_args(tmp_path / "run", "--max_train_steps", "3"),
-        ]  # fmt: skip
-        result = subprocess.run(
-            command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300
-        )
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
-        assert summary["world_size"] == 2 and "MULTI_CPU" in summary["distributed_type"]
-        checksums = summary["rank_weight_checksums"]
-        assert len(checksums) == 2 and checksums[0] == checksums[1]
+        train_on_two_cpu_ranks(repo_root, tmp_path / "run", tiny_args(tmp_path / "run", "--max_train_steps", "3"))
 
     def test_ema_warmup_settings_reach_the_ema(self, tmp_path):
         trainer = self.build_trainer(

@@ -4,8 +4,6 @@ divergence detection, the mode-collapse number, truncation and slerp, conditioni
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +17,7 @@ from hfgen.training.trainer_gan import (
     modes_covered,
 )
 from safetensors.torch import load_file
-from testing_utils import ModelTesterMixin, PipelineTesterMixin, TrainerTesterMixin, free_port
+from testing_utils import ModelTesterMixin, PipelineTesterMixin, TrainerTesterMixin, train_on_two_cpu_ranks
 
 import hfgen
 from hfgen.conditioning import Condition
@@ -482,23 +480,8 @@ def test_vae_gan_reuses_the_vae(tmp_path):
 
 
 def test_two_cpu_ranks_train_together(tmp_path, repo_root):
-    command = [
-        sys.executable,
-        *("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())),
-        str(repo_root / "training" / "train.py"),
-        *TINY_ARGS,
-        *("--output_dir", str(tmp_path), "--max_train_steps", "4", "--mode_collapse_samples", "0"),
-        *("--gan_loss", "wgan-gp", "--discriminator_norm", "layer"),
-    ]
-    result = subprocess.run(
-        command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300
-    )
-
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    summary = json.loads((tmp_path / "train_summary.json").read_text())
-    assert summary["world_size"] == 2 and "MULTI_CPU" in summary["distributed_type"]
-    checksums = summary["rank_weight_checksums"]
-    assert len(checksums) == 2 and checksums[0] == checksums[1]
+    args = [*TINY_ARGS, "--output_dir", str(tmp_path), "--max_train_steps", "4", "--mode_collapse_samples", "0"]
+    train_on_two_cpu_ranks(repo_root, tmp_path, [*args, "--gan_loss", "wgan-gp", "--discriminator_norm", "layer"])
 
 
 # ----- conditioning, truncation, interpolation ----------------------------------------------------------------------

@@ -18,7 +18,14 @@ from hfgen.pipelines.pipeline_score import annealed_langevin, score_forward
 from hfgen.training.trainer_score import ScoreTrainer, denoising_score_matching_loss
 from test_diffusion import tiny_unet
 from test_remote_code import SUBPROCESS_SCRIPT
-from testing_utils import ModelTesterMixin, PipelineTesterMixin, TrainerTesterMixin, free_port, load_app
+from testing_utils import (
+    ConditionVariantsPipelineTesterMixin,
+    ModelTesterMixin,
+    TrainerTesterMixin,
+    load_app,
+    record_logs,
+    train_on_two_cpu_ranks,
+)
 
 import hfgen
 
@@ -61,26 +68,11 @@ class TestScoreMLPModel(ModelTesterMixin):
         return [{"in_features": 0}, {"num_levels": 0}, {"hidden_size": 2.5}, {"num_layers": True}]
 
 
-class TestScorePipeline(PipelineTesterMixin):
+class TestScorePipeline(ConditionVariantsPipelineTesterMixin):
     pipeline_class = hfgen.ScorePipeline
 
-    @pytest.fixture(autouse=True, params=["unconditional", "class", "text"])
-    def variant(self, request, tiny_text_components):
-        self.variant = request.param
-        self.text_components = tiny_text_components
-
     def get_pipeline(self):
-        return tiny_pipeline(None if self.variant == "unconditional" else self.variant, self.text_components)
-
-    def get_call_kwargs(self):
-        if self.variant == "text":
-            return {"prompt": ["a handwritten digit seven", "a handwritten digit one"], "guidance_scale": 2.0}
-        if self.variant == "class":
-            return {"class_labels": [1, 2], "num_images_per_prompt": 2}
-        return {"batch_size": 3}
-
-    def get_expected_shape(self):
-        return ({"unconditional": 3, "class": 4, "text": 2}[self.variant], 1, 8, 8)
+        return tiny_pipeline(self.condition, self.text_components)
 
 
 TINY_ARGS = (
@@ -137,32 +129,18 @@ class TestScoreTrainer(TrainerTesterMixin):
             tmp_path, "--max_train_steps", "60", "--learning_rate", "3e-3", "--logging_steps", "20",
             "--conditioning", "none",
         )  # fmt: skip
-        logged = []
-        log = trainer.accelerator.log
-        trainer.accelerator.log = lambda values, step=None, **kwargs: (
-            logged.append(values["loss"]) or log(values, step)
-        )
+        logs = record_logs(trainer)
 
         trainer.train()
 
+        logged = [values["loss"] for _, values in logs]
         assert len(logged) == 3
         # Measured (seed 0): mean loss of steps 1-20 0.40, of steps 41-60 0.31 (a ratio of 0.76).
         assert logged[-1] < logged[0] * 0.85, logged
 
     def test_two_cpu_ranks_train_together(self, tmp_path, repo_root):
-        command = [
-            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-            str(repo_root / "training" / "train.py"),
-            *tiny_args(tmp_path / "run", "--max_train_steps", "3", "--conditioning", "none"),
-        ]  # fmt: skip
-        result = subprocess.run(
-            command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300
-        )
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
-        assert summary["world_size"] == 2 and "MULTI_CPU" in summary["distributed_type"]
-        checksums = summary["rank_weight_checksums"]
-        assert len(checksums) == 2 and checksums[0] == checksums[1]
+        args = tiny_args(tmp_path / "run", "--max_train_steps", "3", "--conditioning", "none")
+        train_on_two_cpu_ranks(repo_root, tmp_path / "run", args)
         scheduler = hfgen.load_pipeline(str(tmp_path / "run")).scheduler
         assert type(scheduler) is hfgen.AnnealedLangevinScheduler and scheduler.config.num_train_timesteps == 4
 

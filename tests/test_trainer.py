@@ -3,8 +3,6 @@
 import json
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,7 +10,7 @@ from hfgen.training.train import parse_config
 from hfgen.training.trainer import load_frozen_component
 from hfgen.training.trainer_vae import VAETrainer, VAETrainingConfig
 from safetensors.torch import load_file
-from testing_utils import TrainerTesterMixin, free_port
+from testing_utils import TrainerTesterMixin, record_logs, train_on_two_cpu_ranks
 
 import hfgen
 
@@ -25,19 +23,6 @@ TINY_ARGS = (
 
 def tiny_args(output_dir, *extra_args: str) -> list[str]:
     return [*TINY_ARGS, "--output_dir", str(output_dir), *extra_args]
-
-
-def record_logs(trainer) -> list[tuple[int, dict]]:
-    """Wraps the real `trainer.accelerator.log` so that every (step, values) it receives is also recorded."""
-    calls = []
-    log = trainer.accelerator.log
-
-    def recording_log(values, step=None, **kwargs):
-        calls.append((step, dict(values)))
-        return log(values, step=step, **kwargs)
-
-    trainer.accelerator.log = recording_log
-    return calls
 
 
 def checkpoint_names(output_dir) -> list[str]:
@@ -232,29 +217,7 @@ class TestVAETrainer(TrainerTesterMixin):
 
     # ----- processes, precision, accumulation, EMA -------------------------------------------------------------------
     def test_two_cpu_ranks_train_together(self, tmp_path, repo_root):
-        command = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            str(free_port()),
-            str(repo_root / "training" / "train.py"),
-            *tiny_args(tmp_path / "run", "--max_train_steps", "4"),
-        ]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
-        assert summary["world_size"] == 2
-        assert "MULTI_CPU" in summary["distributed_type"]
-        # Both ranks end with the same weights: gradients were all-reduced (each rank saw its own half of the data).
-        checksums = summary["rank_weight_checksums"]
-        assert len(checksums) == 2
-        assert checksums[0] == checksums[1]
+        train_on_two_cpu_ranks(repo_root, tmp_path / "run", tiny_args(tmp_path / "run", "--max_train_steps", "4"))
 
     def test_ema_weights_are_saved(self, tmp_path):
         trainer = self.build_trainer(tmp_path, "--max_train_steps", "3", "--use_ema", "--ema_decay", "0.9")

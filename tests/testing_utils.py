@@ -6,8 +6,12 @@ the CPU on a tiny, seeded configuration.
 """
 
 import importlib.util
+import json
 import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -167,6 +171,28 @@ class PipelineTesterMixin:
         pipeline = self.get_pipeline()
         with pytest.raises(ValueError, match="empty"):
             pipeline(**{**self.get_call_kwargs(), "prompt": []})
+
+
+class ConditionVariantsPipelineTesterMixin(PipelineTesterMixin):
+    """[`PipelineTesterMixin`] once per condition of an 8x8 grey model: "unconditional" (3 images), "class" (labels 1
+    and 2, two images each) and "text" (two digit prompts, guided). `get_pipeline` builds the model for
+    `self.condition` (None, "class" or "text") with `self.text_components` (the tiny tokenizer and text encoder)."""
+
+    @pytest.fixture(autouse=True, params=["unconditional", "class", "text"])
+    def variant(self, request, tiny_text_components):
+        self.variant = request.param
+        self.condition = None if request.param == "unconditional" else request.param
+        self.text_components = tiny_text_components
+
+    def get_call_kwargs(self):
+        if self.variant == "text":
+            return {"prompt": ["a handwritten digit seven", "a handwritten digit one"], "guidance_scale": 2.0}
+        if self.variant == "class":
+            return {"class_labels": [1, 2], "num_images_per_prompt": 2}
+        return {"batch_size": 3}
+
+    def get_expected_shape(self):
+        return ({"unconditional": 3, "class": 4, "text": 2}[self.variant], 1, 8, 8)
 
 
 def saved_pipeline_tensors(output_dir) -> dict[str, torch.Tensor]:
@@ -344,6 +370,38 @@ class TrainerTesterMixin:
                 losses.append(self.conditioned_loss(trainer, candidate, trainer.condition_from_batch(candidate)))
         assert losses[0] == losses[2], "the loss is not deterministic for a seed"
         assert losses[0] != losses[1], "the loss does not depend on the batch's captions / labels"
+
+
+def record_logs(trainer) -> list[tuple[int, dict]]:
+    """Wraps the real `trainer.accelerator.log` so that every (step, values) it receives is also recorded."""
+    calls = []
+    log = trainer.accelerator.log
+
+    def recording_log(values, step=None, **kwargs):
+        calls.append((step, dict(values)))
+        return log(values, step=step, **kwargs)
+
+    trainer.accelerator.log = recording_log
+    return calls
+
+
+def train_on_two_cpu_ranks(repo_root, output_dir, args: list[str]) -> dict:
+    """Runs training/train.py with `args` (which write to `output_dir`) in two CPU processes (torch.distributed.run)
+    and checks that the ranks trained together: world size 2, and equal weights on both (gradients all-reduced, each
+    rank on its own half of the data). Returns the run's train_summary.json."""
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+        str(Path(repo_root) / "training" / "train.py"), *args,
+    ]  # fmt: skip
+    result = subprocess.run(
+        command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((Path(output_dir) / "train_summary.json").read_text())
+    assert summary["world_size"] == 2 and "MULTI_CPU" in summary["distributed_type"]
+    checksums = summary["rank_weight_checksums"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1]
+    return summary
 
 
 # ----- Spaces and servers --------------------------------------------------------------------------------------------

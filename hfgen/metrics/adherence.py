@@ -333,18 +333,13 @@ def _value_order(attribute: str):
 
 @torch.no_grad()
 def generate_for_prompts(pipeline, prompts: list[str], seed: int = 0, batch_size: int = 250) -> torch.Tensor:
-    """One image per prompt as (n, c, h, w) in [0, 1] (`output_type="pt"`), one seeded generator through all
-    batches, as `hfgen.metrics.evaluate.generate_images` samples."""
+    """One image per prompt as (n, c, h, w) in [0, 1], through the pipeline's `generate` (the one sampling path:
+    its `default_sampling_kwargs`, one generator seeded with `seed` through all batches of `batch_size`)."""
     if getattr(pipeline, "tokenizer", None) is None or getattr(pipeline, "text_encoder", None) is None:
         raise ValueError(
             f"Prompt adherence needs a text-conditioned pipeline; this {type(pipeline).__name__} has no text encoder."
         )
-    generator = torch.Generator().manual_seed(seed)
-    batches = [
-        pipeline(prompt=prompts[first : first + batch_size], generator=generator, output_type="pt").images
-        for first in range(0, len(prompts), batch_size)
-    ]
-    return torch.cat(batches).cpu()
+    return pipeline.generate(1, prompt=prompts, seed=seed, max_batch_size=batch_size, output_type="pt").cpu()
 
 
 def prompt_adherence(

@@ -152,7 +152,7 @@ def test_image_mode_default_keeps_grey():
 def test_missing_column_error(digits):
     with pytest.raises(ValueError, match="--image_column") as error:
         load_image_dataset("digits", image_column="img")
-    assert "'img'" in str(error.value) and "['image', 'label', 'text']" in str(error.value)
+    assert "'img'" in str(error.value) and "['image', 'label', 'text', 'text_variants']" in str(error.value)
     with pytest.raises(ValueError, match="--caption_column"):
         load_image_dataset("digits", caption_column="caption")
     with pytest.raises(ValueError, match="--label_column"):

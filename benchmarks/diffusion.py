@@ -24,11 +24,13 @@ steps for DDPM / DDIM / DPM-Solver++, the variational bound in bits/dim, and pro
    with the samples alone.
 3. The bound (`--parts bound`): the pipeline's `log_likelihood` (the DDPM L_vlb, "lower bound") on the test split.
 4. Guidance (`--parts guidance`): prompt adherence (`hfgen.metrics.adherence.prompt_adherence` on images with their
-   prompts) of `--guidance_samples` images per digit class, sampled with DDIM `--guidance_steps` steps at each
-   `--guidance_scales` value, scored against the template prompt of their class.
+   prompts) of `--guidance_samples` images per digit class, sampled with `--guidance_sampler` (DDIM) in
+   `--guidance_steps` steps at each `--guidance_scales` value, scored against the template prompt of their class, with
+   the two digits the classifier sees most often.
 """
 
 import argparse
+import collections
 import datetime
 import json
 import os
@@ -46,7 +48,7 @@ from torch.utils.data import DataLoader
 
 import hfgen
 from hfgen.data import collate_fn
-from hfgen.metrics.adherence import default_prompts, prompt_adherence, summary
+from hfgen.metrics.adherence import default_prompts, predict_attributes, prompt_adherence, summary
 from hfgen.metrics.evaluate import features_and_probabilities, likelihood, real_images
 from hfgen.metrics.features import load_feature_extractor
 from hfgen.metrics.sample_quality import fid
@@ -99,7 +101,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # 4. guidance
     parser.add_argument("--guidance_scales", default="1,2,4,7.5", help="Classifier-free guidance scales.")
     parser.add_argument("--guidance_samples", type=int, default=50, help="Images per digit class and scale.")
-    parser.add_argument("--guidance_steps", type=int, default=50, help="DDIM steps of the guidance samples.")
+    parser.add_argument(
+        "--guidance_sampler", default="ddim", choices=list(SAMPLERS), help="Guidance samples' sampler."
+    )
+    parser.add_argument("--guidance_steps", type=int, default=50, help="Sampling steps of the guidance samples.")
     parser.add_argument("--json", metavar="PATH", help="Also write the results to this JSON file.")
     return parser.parse_args(argv)
 
@@ -306,7 +311,7 @@ def guidance(args: argparse.Namespace, pipeline) -> list[dict]:
     prompts = default_prompts("digits")["seen"]  # "a handwritten digit zero", ... in class order
     labels = list(range(len(prompts)))
     original = pipeline.scheduler
-    pipeline.scheduler = DDIMScheduler.from_config(original.config)
+    pipeline.scheduler = SAMPLERS[args.guidance_sampler].from_config(original.config)
     rows = []
     for scale in [float(s) for s in args.guidance_scales.split(",")]:
         start = time.perf_counter()
@@ -320,8 +325,9 @@ def guidance(args: argparse.Namespace, pipeline) -> list[dict]:
         seconds = (time.perf_counter() - start) / len(images)
         image_prompts = [prompts[label] for label in labels for _ in range(args.guidance_samples)]
         result = summary(prompt_adherence(images, "digits", prompts=image_prompts))
-        rows.append({"guidance_scale": scale, **result, "seconds_per_image": seconds})
-        print(f"guidance {scale}: {result}", flush=True)
+        predicted = collections.Counter(predict_attributes(images, "digits")["digit"]).most_common(2)
+        rows.append({"guidance_scale": scale, **result, "most_predicted": predicted, "seconds_per_image": seconds})
+        print(f"guidance {scale}: {result}, most predicted {predicted}", flush=True)
     pipeline.scheduler = original
     return rows
 

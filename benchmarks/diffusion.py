@@ -57,7 +57,22 @@ from hfgen.metrics.sample_quality import fid
 
 PARTS = ("throughput", "fid", "bound", "guidance")
 RECIPE = os.path.join(os.path.dirname(__file__), "..", "training", "recipes", "diffusion_digits.yaml")
-SAMPLERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm++": DPMSolverMultistepScheduler}
+# name: (scheduler class, overrides of the pipeline's scheduler config). "ddim-noclip": DDIM without the x0 clipping
+# that `from_config` carries over from the DDPMScheduler's `clip_sample=True`.
+SAMPLERS = {
+    "ddpm": (DDPMScheduler, {}),
+    "ddim": (DDIMScheduler, {}),
+    "ddim-noclip": (DDIMScheduler, {"clip_sample": False}),
+    "dpm++": (DPMSolverMultistepScheduler, {}),
+}
+
+
+def swap_scheduler(pipeline, original, sampler: str):
+    """The diffusers way: `Scheduler.from_config(pipe.scheduler.config)`."""
+    scheduler_class, overrides = SAMPLERS[sampler]
+    pipeline.scheduler = scheduler_class.from_config(original.config, **overrides)
+
+
 TARGET_RATIO = 1.0
 # The throughput comparison: the recipe's UNet and schedule, unconditional epsilon prediction, plain MSE, no EMA.
 THROUGHPUT_ARGS = [
@@ -93,7 +108,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--settings",
         default="ddpm:1000,ddpm:250,ddpm:100,ddim:10,ddim:25,ddim:50,ddim:100,dpm++:5,dpm++:10,dpm++:20,dpm++:25",
-        help="sampler:steps pairs; samplers: ddpm, ddim, dpm++. The first ddpm:1000 is the reference.",
+        help=f"sampler:steps pairs; samplers: {', '.join(SAMPLERS)}. ddpm:1000 is the reference.",
+    )
+    parser.add_argument(
+        "--reference_fid", type=float, help="DDPM-1000's FID (vs train) from an earlier run, when it is not sampled."
     )
     parser.add_argument(
         "--reseeded_settings",
@@ -261,10 +279,10 @@ def fid_against_steps(args: argparse.Namespace, pipeline) -> list[dict]:
     original = pipeline.scheduler
     rows = []
     settings = [(*setting, args.seed) for setting in parse_settings(args.settings)]
-    if args.reseeded_settings:
+    if args.reseeded_settings:  # "" for none
         settings += [(*setting, args.seed + 1) for setting in parse_settings(args.reseeded_settings)]
     for sampler, steps, seed in settings:
-        pipeline.scheduler = SAMPLERS[sampler].from_config(original.config)
+        swap_scheduler(pipeline, original, sampler)
         start = time.perf_counter()
         images = pipeline.generate(
             args.num_samples, seed=seed, max_batch_size=args.num_samples, num_inference_steps=steps
@@ -283,9 +301,10 @@ def fid_against_steps(args: argparse.Namespace, pipeline) -> list[dict]:
     reference = next(
         (row for row in rows if (row["sampler"], row["steps"], row["seed"]) == ("ddpm", 1000, args.seed)), None
     )
-    if reference is not None:
+    reference_fid = reference["fid_train"] if reference is not None else args.reference_fid
+    if reference_fid is not None:
         for row in rows:
-            row["within_10_percent"] = row["fid_train"] <= 1.1 * reference["fid_train"]
+            row["within_10_percent"] = row["fid_train"] <= 1.1 * reference_fid
     return rows
 
 
@@ -316,7 +335,7 @@ def guidance(args: argparse.Namespace, pipeline) -> list[dict]:
     prompts = default_prompts("digits")["seen"]  # "a handwritten digit zero", ... in class order
     labels = list(range(len(prompts)))
     original = pipeline.scheduler
-    pipeline.scheduler = SAMPLERS[args.guidance_sampler].from_config(original.config)
+    swap_scheduler(pipeline, original, args.guidance_sampler)
     rows = []
     for scale in [float(s) for s in args.guidance_scales.split(",")]:
         start = time.perf_counter()

@@ -19,7 +19,8 @@ steps for DDPM / DDIM / DPM-Solver++, the variational bound in bits/dim, and pro
    medians and the ratio within each turn are reported too (one lucky run can decide the best-of ratio).
 2. FID against sampling steps (`--parts fid`): `--num_samples` unconditional samples (the null class of the
    class-conditional digits model, guidance 1, seed `--seed`, one batch) per setting, the scheduler swapped the
-   diffusers way (`Scheduler.from_config(pipe.scheduler.config)`), FID in the features of the shipped digits
+   diffusers way (`Scheduler.from_config(pipe.scheduler.config)`; "ddim-noclip" also passes `clip_sample=False`,
+   which DDIM otherwise inherits from the training DDPMScheduler), FID in the features of the shipped digits
    extractor against the training split (as `hfgen evaluate`) and against the test split (180 images), with the
    sampling wall time per image; `--reseeded_settings` are sampled again with seed + 1, to show how far FID moves
    with the samples alone.

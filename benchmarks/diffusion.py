@@ -1,0 +1,422 @@
+"""The diffusion family's figures in one run: training throughput against diffusers' own loop, FID against sampling
+steps for DDPM / DDIM / DPM-Solver++, the variational bound in bits/dim, and prompt adherence against guidance.
+
+    OMP_NUM_THREADS=1 python benchmarks/diffusion.py --json diffusion.json            # trains the digits recipe first
+    OMP_NUM_THREADS=1 python benchmarks/diffusion.py --model out/diffusion-digits      # a model trained already
+    OMP_NUM_THREADS=1 python benchmarks/diffusion.py --parts throughput --steps 300 --repeats 3
+
+1. Throughput (`--parts throughput`): hfgen's `DiffusionTrainer` against the inner loop of diffusers'
+   `examples/unconditional_image_generation/train_unconditional.py` (noise, a random timestep per image,
+   `noise_scheduler.add_noise`, `model(noisy, timesteps).sample`, `F.mse_loss` against the noise, backward,
+   `clip_grad_norm_(1.0)`, `optimizer.step()`, `lr_scheduler.step()`, gradients to None, `loss.item()` for its log),
+   on the same `UNet2DModel` config (the one the trainer builds, rebuilt with `from_config`), the same cosine noise
+   schedule, the embedded digits through the same `DataLoader` settings, batch size, AdamW and learning-rate schedule.
+   Unconditional epsilon prediction, no Min-SNR, no EMA on either side. Both loops load their data inside the timed
+   loop; the trainer also runs its tqdm bar, its NaN check and its every-`logging_steps` averaged log. The time of
+   `Trainer.finish` (pipeline save, sample grid, model card) is measured and subtracted, as in `trainer_overhead.py`.
+   After an untimed warm-up of each, the two loops run `--repeats` times in turns in this one process, and the
+   fastest run of each is compared: other processes on a shared machine only ever slow a run down. The ratio of the
+   medians and the ratio within each turn are reported too (one lucky run can decide the best-of ratio).
+2. FID against sampling steps (`--parts fid`): `--num_samples` unconditional samples (the null class of the
+   class-conditional digits model, guidance 1, seed `--seed`, one batch) per setting, the scheduler swapped the
+   diffusers way (`Scheduler.from_config(pipe.scheduler.config)`; "ddim-noclip" also passes `clip_sample=False`,
+   which DDIM otherwise inherits from the training DDPMScheduler), FID in the features of the shipped digits
+   extractor against the training split (as `hfgen evaluate`) and against the test split (180 images), with the
+   sampling wall time per image; `--reseeded_settings` are sampled again with seed + 1, to show how far FID moves
+   with the samples alone.
+3. The bound (`--parts bound`): the pipeline's `log_likelihood` (the DDPM L_vlb, "lower bound") on the test split.
+4. Guidance (`--parts guidance`): prompt adherence (`hfgen.metrics.adherence.prompt_adherence` on images with their
+   prompts) of `--guidance_samples` images per digit class, sampled with `--guidance_sampler` (DDIM) in
+   `--guidance_steps` steps at each `--guidance_scales` value, scored against the template prompt of their class, with
+   the two digits the classifier sees most often.
+"""
+
+import argparse
+import collections
+import datetime
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
+from diffusers.optimization import get_scheduler
+from hfgen.training.train import main as train_main
+from hfgen.training.train import parse_config
+from torch.utils.data import DataLoader
+
+import hfgen
+from hfgen.data import collate_fn
+from hfgen.metrics.adherence import default_prompts, predict_attributes, prompt_adherence, summary
+from hfgen.metrics.evaluate import features_and_probabilities, likelihood, real_images
+from hfgen.metrics.features import load_feature_extractor
+from hfgen.metrics.sample_quality import fid
+
+PARTS = ("throughput", "fid", "bound", "guidance")
+RECIPE = os.path.join(os.path.dirname(__file__), "..", "training", "recipes", "diffusion_digits.yaml")
+# name: (scheduler class, overrides of the pipeline's scheduler config). "ddim-noclip": DDIM without the x0 clipping
+# that `from_config` carries over from the DDPMScheduler's `clip_sample=True`.
+SAMPLERS = {
+    "ddpm": (DDPMScheduler, {}),
+    "ddim": (DDIMScheduler, {}),
+    "ddim-noclip": (DDIMScheduler, {"clip_sample": False}),
+    "dpm++": (DPMSolverMultistepScheduler, {}),
+}
+
+
+def swap_scheduler(pipeline, original, sampler: str):
+    """The diffusers way: `Scheduler.from_config(pipe.scheduler.config)`."""
+    scheduler_class, overrides = SAMPLERS[sampler]
+    pipeline.scheduler = scheduler_class.from_config(original.config, **overrides)
+
+
+TARGET_RATIO = 1.0
+# The throughput comparison: the recipe's UNet and schedule, unconditional epsilon prediction, plain MSE, no EMA.
+THROUGHPUT_ARGS = [
+    "--family", "diffusion",
+    "--dataset_name", "digits",
+    "--conditioning", "none",
+    "--prediction_type", "epsilon",
+    "--beta_schedule", "squaredcos_cap_v2",
+    "--lr_scheduler", "cosine",
+    "--lr_warmup_steps", "100",
+    "--max_grad_norm", "1.0",
+    "--validation_steps", "0",
+    "--eval_likelihood_images", "0",
+    "--logging_steps", "50",
+    "--report_to", "none",
+]  # fmt: skip
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--parts", default="throughput,fid,bound,guidance", help=f"Comma-separated: {PARTS}.")
+    parser.add_argument("--model", help="A trained digits diffusion pipeline; default: train the digits recipe.")
+    parser.add_argument("--max_train_steps", type=int, help="Steps of that training run (default: the recipe's).")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of weights, data order and samples.")
+    # 1. throughput
+    parser.add_argument("--steps", type=int, default=300, help="Timed optimizer steps per throughput run.")
+    parser.add_argument("--warmup_steps", type=int, default=20, help="Untimed steps each loop runs first.")
+    parser.add_argument("--repeats", type=int, default=3, help="Timed runs of each loop, in turns; the best counts.")
+    parser.add_argument("--batch_size", type=int, default=64, help="Training batch size of both loops.")
+    parser.add_argument("--learning_rate", type=float, default=1e-3, help="AdamW learning rate of both loops.")
+    # 2. FID
+    parser.add_argument("--num_samples", type=int, default=500, help="Samples per FID setting (one batch).")
+    parser.add_argument(
+        "--settings",
+        default="ddpm:1000,ddpm:250,ddpm:100,ddim:10,ddim:25,ddim:50,ddim:100,dpm++:5,dpm++:10,dpm++:20,dpm++:25",
+        help=f"sampler:steps pairs; samplers: {', '.join(SAMPLERS)}. ddpm:1000 is the reference.",
+    )
+    parser.add_argument(
+        "--reference_fid", type=float, help="DDPM-1000's FID (vs train) from an earlier run, when it is not sampled."
+    )
+    parser.add_argument(
+        "--reseeded_settings",
+        default="ddim:50,dpm++:20",
+        help="Settings sampled again with seed + 1: how far FID moves with the samples alone.",
+    )
+    # 4. guidance
+    parser.add_argument("--guidance_scales", default="1,2,4,7.5", help="Classifier-free guidance scales.")
+    parser.add_argument("--guidance_samples", type=int, default=50, help="Images per digit class and scale.")
+    parser.add_argument(
+        "--guidance_sampler", default="ddim", choices=list(SAMPLERS), help="Guidance samples' sampler."
+    )
+    parser.add_argument("--guidance_steps", type=int, default=50, help="Sampling steps of the guidance samples.")
+    parser.add_argument("--json", metavar="PATH", help="Also write the results to this JSON file.")
+    return parser.parse_args(argv)
+
+
+# ----- 1. throughput: the hfgen trainer ------------------------------------------------------------------------------
+def build_trainer(args: argparse.Namespace, steps: int, output_dir: str):
+    """An unconditional epsilon `DiffusionTrainer` on the digits whose `finish` is timed (and skippable)."""
+    trainer_class, config = parse_config(
+        [
+            *THROUGHPUT_ARGS,
+            "--output_dir", output_dir,
+            "--seed", str(args.seed),
+            "--train_batch_size", str(args.batch_size),
+            "--learning_rate", str(args.learning_rate),
+            "--max_train_steps", str(steps),
+            "--checkpointing_steps", str(steps + 1),
+        ]
+    )  # fmt: skip
+    trainer = trainer_class(config)
+    finish = trainer.finish
+    trainer.finish_seconds, trainer.run_finish = 0.0, True
+
+    def timed_finish(global_step: int, logged: dict) -> dict:
+        start = time.perf_counter()
+        try:
+            return finish(global_step, logged) if trainer.run_finish else {}
+        finally:
+            trainer.finish_seconds = time.perf_counter() - start
+
+    trainer.finish = timed_finish
+    return trainer
+
+
+def time_trainer(trainer) -> float:
+    """Seconds of `trainer.train()` less its `finish`."""
+    start = time.perf_counter()
+    trainer.train()
+    return time.perf_counter() - start - trainer.finish_seconds
+
+
+# ----- 1. throughput: diffusers' train_unconditional.py inner loop ---------------------------------------------------
+def diffusers_loss(model, noise_scheduler, clean_images: torch.Tensor) -> torch.Tensor:
+    """train_unconditional.py's loss on a batch (b, c, h, w): epsilon prediction, plain MSE."""
+    # Sample noise and a random timestep per image, and noise the images (the forward process)
+    noise = torch.randn(clean_images.shape).to(clean_images.device)
+    timesteps = torch.randint(
+        0, noise_scheduler.config.num_train_timesteps, (len(clean_images),), device=clean_images.device
+    ).long()
+    noisy_images = noise_scheduler.add_noise(clean_images, noise, timesteps)
+    # Predict the noise residual
+    noise_pred = model(noisy_images, timesteps).sample
+    return F.mse_loss(noise_pred.float(), noise.float())
+
+
+def build_plain_loop(args: argparse.Namespace, trainer, steps: int):
+    """The trainer's UNet config, noise schedule and training split, in diffusers' example loop: a function that runs
+    `steps` optimizer steps."""
+    config = trainer.config
+    torch.manual_seed(args.seed)
+    model = UNet2DModel.from_config(trainer.accelerator.unwrap_model(trainer.model).config).train()
+    noise_scheduler = DDPMScheduler.from_config(trainer.noise_scheduler.config)
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=args.learning_rate,
+        betas=(config.adam_beta1, config.adam_beta2),
+        weight_decay=config.adam_weight_decay,
+    )
+    lr_scheduler = get_scheduler(
+        config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=steps
+    )
+    dataloader = DataLoader(
+        trainer.splits["train"],
+        batch_size=args.batch_size,
+        shuffle=True,
+        collate_fn=collate_fn,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+
+    def run():
+        done = 0
+        while done < steps:
+            for batch in dataloader:
+                loss = diffusers_loss(model, noise_scheduler, batch["pixel_values"])
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                loss.detach().item()  # the script's per-step log
+                done += 1
+                if done >= steps:
+                    break
+
+    return run, model, noise_scheduler
+
+
+def time_plain_loop(run) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def throughput(args: argparse.Namespace, tmp: str) -> dict:
+    if args.warmup_steps > 0:
+        warmup = build_trainer(args, args.warmup_steps, os.path.join(tmp, "warmup"))
+        warmup.run_finish = False
+        time_trainer(warmup)
+        build_plain_loop(args, warmup, args.warmup_steps)[0]()
+        del warmup
+    plain_runs, trainer_runs = [], []
+    for repeat in range(args.repeats):  # in turns: a burst of load from elsewhere does not hit only one loop
+        trainer = build_trainer(args, args.steps, os.path.join(tmp, f"trainer-{repeat}"))
+        run, _, _ = build_plain_loop(args, trainer, args.steps)
+        plain_runs.append(time_plain_loop(run))
+        trainer_runs.append(time_trainer(trainer))
+        del trainer, run
+    images = args.steps * args.batch_size
+    plain = [images / seconds for seconds in plain_runs]
+    hfgen_ = [images / seconds for seconds in trainer_runs]
+    ratio = max(hfgen_) / max(plain)
+    return {
+        # On a loaded machine one lucky run decides the best-of ratio; the medians and the per-turn ratios show it.
+        "median_ratio": statistics.median(hfgen_) / statistics.median(plain),
+        "turn_ratios": [t / p for t, p in zip(hfgen_, plain)],
+        "plain_images_per_second": max(plain),
+        "trainer_images_per_second": max(hfgen_),
+        "plain_runs": plain,
+        "trainer_runs": hfgen_,
+        "ratio": ratio,
+        "passed": ratio >= TARGET_RATIO,
+    }
+
+
+# ----- 2. FID against sampling steps ---------------------------------------------------------------------------------
+def parse_settings(text: str) -> list[tuple[str, int]]:
+    settings = []
+    for item in text.split(","):
+        sampler, _, steps = item.strip().partition(":")
+        if sampler not in SAMPLERS or not steps.isdigit():
+            raise SystemExit(f"--settings takes sampler:steps pairs with a sampler of {list(SAMPLERS)}, got {item!r}.")
+        settings.append((sampler, int(steps)))
+    return settings
+
+
+@torch.no_grad()
+def fid_against_steps(args: argparse.Namespace, pipeline) -> list[dict]:
+    extractor = load_feature_extractor("digits")
+    real = {
+        split: features_and_probabilities(extractor, real_images("digits", split))[0] for split in ("train", "test")
+    }
+    original = pipeline.scheduler
+    rows = []
+    settings = [(*setting, args.seed) for setting in parse_settings(args.settings)]
+    if args.reseeded_settings:  # "" for none
+        settings += [(*setting, args.seed + 1) for setting in parse_settings(args.reseeded_settings)]
+    for sampler, steps, seed in settings:
+        swap_scheduler(pipeline, original, sampler)
+        start = time.perf_counter()
+        images = pipeline.generate(
+            args.num_samples, seed=seed, max_batch_size=args.num_samples, num_inference_steps=steps
+        )
+        seconds = (time.perf_counter() - start) / args.num_samples
+        features = features_and_probabilities(extractor, images * 2 - 1)[0]
+        row = {"sampler": sampler, "steps": steps, "seed": seed, "seconds_per_image": seconds}
+        row.update({f"fid_{split}": fid(real[split], features) for split in real})
+        rows.append(row)
+        print(
+            f"{sampler:>6} {steps:>5} steps, seed {seed}: FID train {row['fid_train']:.3f}, test "
+            f"{row['fid_test']:.3f}, {seconds * 1000:.1f} ms/image",
+            flush=True,
+        )
+    pipeline.scheduler = original
+    reference = next(
+        (row for row in rows if (row["sampler"], row["steps"], row["seed"]) == ("ddpm", 1000, args.seed)), None
+    )
+    reference_fid = reference["fid_train"] if reference is not None else args.reference_fid
+    if reference_fid is not None:
+        for row in rows:
+            row["within_10_percent"] = row["fid_train"] <= 1.1 * reference_fid
+    return rows
+
+
+def fewest_steps(rows: list[dict]) -> dict:
+    """For each sampler, the fewest steps whose FID (train split) is within 10% of DDPM-1000's."""
+    best = {}
+    for row in rows:
+        if (
+            row.get("within_10_percent")
+            and row["seed"] == rows[0]["seed"]
+            and row["steps"] < best.get(row["sampler"], float("inf"))
+        ):
+            best[row["sampler"]] = row["steps"]
+    return best
+
+
+# ----- 3. the bound, 4. guidance -------------------------------------------------------------------------------------
+def bound(args: argparse.Namespace, pipeline) -> dict:
+    start = time.perf_counter()
+    result = likelihood(pipeline, real_images("digits", "test"), batch_size=500, seed=args.seed)
+    return {**result, "seconds": time.perf_counter() - start}
+
+
+@torch.no_grad()
+def guidance(args: argparse.Namespace, pipeline) -> list[dict]:
+    if pipeline.condition_type != "class":
+        raise SystemExit("--parts guidance needs the class-conditional digits model.")
+    prompts = default_prompts("digits")["seen"]  # "a handwritten digit zero", ... in class order
+    labels = list(range(len(prompts)))
+    original = pipeline.scheduler
+    swap_scheduler(pipeline, original, args.guidance_sampler)
+    rows = []
+    for scale in [float(s) for s in args.guidance_scales.split(",")]:
+        start = time.perf_counter()
+        images = pipeline.generate(
+            args.guidance_samples,
+            class_labels=labels,
+            seed=args.seed,
+            num_inference_steps=args.guidance_steps,
+            guidance_scale=scale,
+        )
+        seconds = (time.perf_counter() - start) / len(images)
+        image_prompts = [prompts[label] for label in labels for _ in range(args.guidance_samples)]
+        result = summary(prompt_adherence(images, "digits", prompts=image_prompts))
+        predicted = collections.Counter(predict_attributes(images, "digits")["digit"]).most_common(2)
+        rows.append({"guidance_scale": scale, **result, "most_predicted": predicted, "seconds_per_image": seconds})
+        print(f"guidance {scale}: {result}, most predicted {predicted}", flush=True)
+    pipeline.scheduler = original
+    return rows
+
+
+# ----- the run -------------------------------------------------------------------------------------------------------
+def trained_model(args: argparse.Namespace, tmp: str) -> tuple[str, float]:
+    if args.model:
+        return args.model, 0.0
+    output_dir = os.path.join(tmp, "diffusion-digits")
+    argv = ["--recipe", RECIPE, "--output_dir", output_dir, "--seed", str(args.seed), "--report_to", "none"]
+    if args.max_train_steps:
+        argv += ["--max_train_steps", str(args.max_train_steps)]
+    start = time.perf_counter()
+    train_main(argv)
+    return output_dir, time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    parts = [part.strip() for part in args.parts.split(",") if part.strip()]
+    if not parts or set(parts) - set(PARTS):
+        raise SystemExit(f"--parts takes a list of {', '.join(PARTS)}, got {args.parts!r}.")
+    results = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "settings": vars(args),
+        "environment": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+            "load_average_start": os.getloadavg(),
+        },
+    }
+    with tempfile.TemporaryDirectory(prefix="hfgen-diffusion-bench-") as tmp:
+        if "throughput" in parts:
+            results["throughput"] = throughput(args, tmp)
+            t = results["throughput"]
+            print(
+                f"throughput: plain {t['plain_images_per_second']:.1f} img/s, trainer "
+                f"{t['trainer_images_per_second']:.1f} img/s, ratio {t['ratio']:.3f} "
+                f"(medians {t['median_ratio']:.3f})",
+                flush=True,
+            )
+        if {"fid", "bound", "guidance"} & set(parts):
+            path, results["train_seconds"] = trained_model(args, tmp)
+            pipeline = hfgen.DiffusionImagePipeline.from_pretrained(path)
+            pipeline.set_progress_bar_config(disable=True)
+            results["model"] = args.model or f"diffusion_digits.yaml, {args.max_train_steps or 'recipe'} steps"
+            if "fid" in parts:
+                results["fid"] = fid_against_steps(args, pipeline)
+                results["fewest_steps_within_10_percent"] = fewest_steps(results["fid"])
+            if "bound" in parts:
+                results["bound"] = bound(args, pipeline)
+                print(f"bound: {results['bound']}", flush=True)
+            if "guidance" in parts:
+                results["guidance"] = guidance(args, pipeline)
+    results["environment"]["load_average_end"] = os.getloadavg()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+        print(f"Wrote {args.json}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""benchmarks/diffusion.py compares like with like: its plain loop (diffusers' train_unconditional.py) trains the
+trainer's UNet config on the trainer's noise schedule, and with the same weights and random numbers losses agree."""
+
+import importlib.util
+
+import torch
+from conftest import REPO_ROOT
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("benchmark_diffusion", REPO_ROOT / "benchmarks" / "diffusion.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_plain_loop_trains_the_trainers_unet_with_the_same_loss(tmp_path):
+    bench = load_benchmark()
+    args = bench.parse_args(["--batch_size", "16", "--seed", "0"])
+    trainer = bench.build_trainer(args, steps=2, output_dir=str(tmp_path / "run"))
+    assert trainer.config.conditioning == "none" and trainer.config.snr_gamma is None and trainer.ema is None
+    run, model, noise_scheduler = bench.build_plain_loop(args, trainer, steps=2)
+    trainer_unet = trainer.accelerator.unwrap_model(trainer.model)
+    assert dict(model.config) == dict(trainer_unet.config)
+    assert dict(noise_scheduler.config) == dict(trainer.noise_scheduler.config)
+
+    # Same weights, same random numbers: the trainer's loss is diffusers' loss, exactly.
+    model.load_state_dict(trainer_unet.state_dict())
+    clean = torch.rand(16, 1, 8, 8) * 2 - 1
+    torch.manual_seed(1)
+    expected = bench.diffusers_loss(model, noise_scheduler, clean)
+    torch.manual_seed(1)
+    got = trainer.compute_loss({"pixel_values": clean}, None)["loss"]
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
+
+    # The plain loop really trains.
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    run()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert not torch.equal(before[name], p), f"Parameter {name} has not changed."

@@ -38,6 +38,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 
@@ -55,6 +56,9 @@ from hfgen.metrics.adherence import default_prompts, predict_attributes, prompt_
 from hfgen.metrics.evaluate import features_and_probabilities, likelihood, real_images
 from hfgen.metrics.features import load_feature_extractor
 from hfgen.metrics.sample_quality import fid
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from trainer_overhead import with_timed_finish  # noqa: E402  (the same timing of the trainer as its overhead figure)
 
 PARTS = ("throughput", "fid", "bound", "guidance")
 RECIPE = os.path.join(os.path.dirname(__file__), "..", "training", "recipes", "diffusion_digits.yaml")
@@ -144,19 +148,7 @@ def build_trainer(args: argparse.Namespace, steps: int, output_dir: str):
             "--checkpointing_steps", str(steps + 1),
         ]
     )  # fmt: skip
-    trainer = trainer_class(config)
-    finish = trainer.finish
-    trainer.finish_seconds, trainer.run_finish = 0.0, True
-
-    def timed_finish(global_step: int, logged: dict) -> dict:
-        start = time.perf_counter()
-        try:
-            return finish(global_step, logged) if trainer.run_finish else {}
-        finally:
-            trainer.finish_seconds = time.perf_counter() - start
-
-    trainer.finish = timed_finish
-    return trainer
+    return with_timed_finish(trainer_class(config))
 
 
 def time_trainer(trainer) -> float:

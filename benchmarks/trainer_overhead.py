@@ -77,8 +77,12 @@ def build_trainer(args: argparse.Namespace, family: str, steps: int, output_dir:
             "--report_to", "none",
         ]
     )  # fmt: skip
-    trainer = trainer_class(config)
-    # Time `finish` (and, for the warm-up, skip it): it is the end of the run, not the step loop.
+    return with_timed_finish(trainer_class(config))
+
+
+def with_timed_finish(trainer):
+    """Times `trainer.finish` into `trainer.finish_seconds` (and skips it when `trainer.run_finish` is False, for a
+    warm-up): it is the end of the run, not the step loop, so the benchmarks subtract it."""
     finish = trainer.finish
     trainer.finish_seconds = 0.0
     trainer.run_finish = True

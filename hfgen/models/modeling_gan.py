@@ -208,19 +208,17 @@ def discriminator_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor, gan
     - "hinge": E[max(0, 1 - D(x))] + E[max(0, 1 + D(G(z)))].
     """
     _check_loss(gan_loss)
-    if gan_loss in ("non-saturating", "minimax"):
-        return (
-            F.softplus(-real_scores).mean() + F.softplus(fake_scores).mean()
-        )  # -log sigmoid(r) - log(1 - sigmoid(f))
+    if gan_loss in ("non-saturating", "minimax"):  # -log sigmoid(r) - log(1 - sigmoid(f))
+        return F.softplus(-real_scores).mean() + discriminator_fake_loss(fake_scores, gan_loss)
     if gan_loss == "hinge":
-        return F.relu(1 - real_scores).mean() + F.relu(1 + fake_scores).mean()
+        return F.relu(1 - real_scores).mean() + discriminator_fake_loss(fake_scores, gan_loss)
     return fake_scores.mean() - real_scores.mean()
 
 
 def discriminator_fake_loss(fake_scores: torch.Tensor, gan_loss: str) -> torch.Tensor:
-    """The half of [`discriminator_loss`] for images that must be judged fake (the matching-aware discriminator's
-    real images with a wrong condition): -log(1 - D(x)) or E[max(0, 1 + D(x))]. Bounded losses only: a critic's
-    unbounded score would simply run off."""
+    """The half of [`discriminator_loss`] for images that must be judged fake (generated ones, and the matching-aware
+    discriminator's real images with a wrong condition): -log(1 - D(x)) or E[max(0, 1 + D(x))]. Bounded losses only:
+    a critic's unbounded score would simply run off."""
     if gan_loss in ("non-saturating", "minimax"):
         return F.softplus(fake_scores).mean()
     if gan_loss == "hinge":

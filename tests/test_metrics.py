@@ -199,3 +199,38 @@ def test_validation_fid_needs_validation_steps_and_an_extractor():
         parse_config(
             ["--family", "vae", "--validation_fid", "--validation_steps", "5", "--dataset_name", "/data/cats"]
         )
+
+
+# ----- completion accuracy ------------------------------------------------------------------------------------------
+def test_completion_accuracy_separates_oracle_masked_and_wrong_completions():
+    from hfgen.metrics.completion import completion_accuracy, labelled_test_images
+
+    images, labels = labelled_test_images("digits")
+    assert images.min() >= 0 and images.max() <= 1 and len(images) == len(labels) == 180
+    assert sorted(set(labels.tolist())) == list(range(10))
+
+    oracle = completion_accuracy(lambda batch, keep: batch, "digits")
+    assert oracle["completed"] == oracle["original"] >= 0.95 and oracle["known_pixels_changed"] == 0
+    masked = completion_accuracy(lambda batch, keep: batch * keep, "digits")
+    assert masked["completed"] == masked["masked"] < oracle["original"] - 0.2
+
+    # Another image's bottom half under this image's top: the classifier no longer agrees, and the known pixels of a
+    # completion that overwrites them are reported.
+    def swap_bottoms(batch, keep):
+        return batch * keep + batch.roll(1, 0) * (1 - keep)
+
+    swapped = completion_accuracy(swap_bottoms, "digits")
+    assert swapped["completed"] < oracle["original"] - 0.2 and swapped["known_pixels_changed"] == 0
+    overwrite = completion_accuracy(lambda batch, keep: batch.roll(1, 0), "digits", num_images=20)
+    assert overwrite["known_pixels_changed"] > 0.5
+
+
+def test_completion_accuracy_refuses_unlabelled_data_and_bad_masks():
+    from hfgen.metrics.completion import completion_accuracy
+
+    with pytest.raises(ValueError, match="labelled digit data set"):
+        completion_accuracy(lambda batch, keep: batch, "shapes")
+    with pytest.raises(ValueError, match=r"keep must be \(h, w\)"):
+        completion_accuracy(lambda batch, keep: batch, "digits", keep=torch.ones(4, 4))
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        completion_accuracy(lambda batch, keep: batch * 2 - 1, "digits", num_images=4)

@@ -19,8 +19,9 @@ steps for DDPM / DDIM / DPM-Solver++, the variational bound in bits/dim, and pro
    medians and the ratio within each turn are reported too (one lucky run can decide the best-of ratio).
 2. FID against sampling steps (`--parts fid`): `--num_samples` unconditional samples (the null class of the
    class-conditional digits model, guidance 1, seed `--seed`, one batch) per setting, the scheduler swapped the
-   diffusers way (`Scheduler.from_config(pipe.scheduler.config)`; "ddim-noclip" also passes `clip_sample=False`,
-   which DDIM otherwise inherits from the training DDPMScheduler), FID in the features of the shipped digits
+   diffusers way (`Scheduler.from_config(pipe.scheduler.config)`, which inherits the trained scheduler's `clip_sample`;
+   "ddim-clip" and "ddpm-clip" force `clip_sample=True`, diffusers' default and hfgen's before the trainer's
+   `--clip_sample` option), FID in the features of the shipped digits
    extractor against the training split (as `hfgen evaluate`) and against the test split (180 images), with the
    sampling wall time per image; `--reseeded_settings` are sampled again with seed + 1, to show how far FID moves
    with the samples alone.
@@ -29,6 +30,10 @@ steps for DDPM / DDIM / DPM-Solver++, the variational bound in bits/dim, and pro
    prompts) of `--guidance_samples` images per digit class, sampled with `--guidance_sampler` (DDIM) in
    `--guidance_steps` steps at each `--guidance_scales` value, scored against the template prompt of their class, with
    the two digits the classifier sees most often.
+5. Inpainting (`--parts inpainting`): `hfgen.metrics.completion.completion_accuracy` on the test digits: the top half
+   kept, the bottom half filled by the pipeline's RePaint `inpaint` (the null class, `--inpaint_steps`, jump length 10,
+   `jump_n_sample` 10 and 1, i.e. with and without resampling), and the shipped classifier's accuracy on the originals,
+   on the top halves alone and on the completions.
 """
 
 import argparse
@@ -53,6 +58,7 @@ from torch.utils.data import DataLoader
 import hfgen
 from hfgen.data import collate_fn
 from hfgen.metrics.adherence import default_prompts, predict_attributes, prompt_adherence, summary
+from hfgen.metrics.completion import completion_accuracy
 from hfgen.metrics.evaluate import features_and_probabilities, likelihood, real_images
 from hfgen.metrics.features import load_feature_extractor
 from hfgen.metrics.sample_quality import fid
@@ -60,14 +66,16 @@ from hfgen.metrics.sample_quality import fid
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from trainer_overhead import with_timed_finish  # noqa: E402  (the same timing of the trainer as its overhead figure)
 
-PARTS = ("throughput", "fid", "bound", "guidance")
+PARTS = ("throughput", "fid", "bound", "guidance", "inpainting")
 RECIPE = os.path.join(os.path.dirname(__file__), "..", "training", "recipes", "diffusion_digits.yaml")
-# name: (scheduler class, overrides of the pipeline's scheduler config). "ddim-noclip": DDIM without the x0 clipping
-# that `from_config` carries over from the DDPMScheduler's `clip_sample=True`.
+# name: (scheduler class, overrides of the pipeline's scheduler config). The "-clip" samplers clamp every x0
+# prediction to [-1, 1], as diffusers' default `clip_sample=True` does (what hfgen's trainer saved before its
+# `--clip_sample` option, default off); DPM-Solver++ has no such clamp (its `thresholding` is off).
 SAMPLERS = {
     "ddpm": (DDPMScheduler, {}),
+    "ddpm-clip": (DDPMScheduler, {"clip_sample": True}),
     "ddim": (DDIMScheduler, {}),
-    "ddim-noclip": (DDIMScheduler, {"clip_sample": False}),
+    "ddim-clip": (DDIMScheduler, {"clip_sample": True}),
     "dpm++": (DPMSolverMultistepScheduler, {}),
 }
 
@@ -98,7 +106,9 @@ THROUGHPUT_ARGS = [
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--parts", default="throughput,fid,bound,guidance", help=f"Comma-separated: {PARTS}.")
+    parser.add_argument(
+        "--parts", default="throughput,fid,bound,guidance,inpainting", help=f"Comma-separated: {PARTS}."
+    )
     parser.add_argument("--model", help="A trained digits diffusion pipeline; default: train the digits recipe.")
     parser.add_argument("--max_train_steps", type=int, help="Steps of that training run (default: the recipe's).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of weights, data order and samples.")
@@ -130,6 +140,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--guidance_sampler", default="ddim", choices=list(SAMPLERS), help="Guidance samples' sampler."
     )
     parser.add_argument("--guidance_steps", type=int, default=50, help="Sampling steps of the guidance samples.")
+    # 5. inpainting
+    parser.add_argument("--inpaint_steps", type=int, default=100, help="RePaint's num_inference_steps.")
     parser.add_argument("--json", metavar="PATH", help="Also write the results to this JSON file.")
     return parser.parse_args(argv)
 
@@ -349,6 +361,31 @@ def guidance(args: argparse.Namespace, pipeline) -> list[dict]:
     return rows
 
 
+@torch.no_grad()
+def inpainting(args: argparse.Namespace, pipeline) -> list[dict]:
+    """Completion accuracy of the bottom halves of the test digits, with and without RePaint's resampling."""
+    rows = []
+    for jump_n_sample in (10, 1):
+
+        def complete(images, keep):
+            return pipeline.inpaint(
+                images,
+                1 - keep,  # the pipeline's mask is 1 where pixels are generated
+                num_inference_steps=args.inpaint_steps,
+                jump_length=10,
+                jump_n_sample=jump_n_sample,
+                generator=torch.Generator().manual_seed(args.seed),
+                output_type="pt",
+            )
+
+        start = time.perf_counter()
+        result = completion_accuracy(complete, "digits", batch_size=500)
+        seconds = (time.perf_counter() - start) / result["num_images"]
+        rows.append({"jump_n_sample": jump_n_sample, **result, "seconds_per_image": seconds})
+        print(f"inpainting, jump_n_sample {jump_n_sample}: {rows[-1]}", flush=True)
+    return rows
+
+
 # ----- the run -------------------------------------------------------------------------------------------------------
 def trained_model(args: argparse.Namespace, tmp: str) -> tuple[str, float]:
     if args.model:
@@ -389,7 +426,7 @@ def main(argv: list[str] | None = None) -> dict:
                 f"(medians {t['median_ratio']:.3f})",
                 flush=True,
             )
-        if {"fid", "bound", "guidance"} & set(parts):
+        if {"fid", "bound", "guidance", "inpainting"} & set(parts):
             path, results["train_seconds"] = trained_model(args, tmp)
             pipeline = hfgen.DiffusionImagePipeline.from_pretrained(path)
             pipeline.set_progress_bar_config(disable=True)
@@ -402,6 +439,8 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"bound: {results['bound']}", flush=True)
             if "guidance" in parts:
                 results["guidance"] = guidance(args, pipeline)
+            if "inpainting" in parts:
+                results["inpainting"] = inpainting(args, pipeline)
     results["environment"]["load_average_end"] = os.getloadavg()
     if args.json:
         with open(args.json, "w") as f:

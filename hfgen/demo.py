@@ -11,6 +11,11 @@ and in the gallery) by declaring those, with no Space code of its own:
 - "interpolation": two seeds and a number of steps, through `pipeline.interpolate(start_seed, end_seed, num_steps)`.
 - "likelihood": an uploaded image's bits/dim, through `pipeline.log_likelihood`.
 - "inpainting": an image and a mask, through `pipeline.inpaint(image, mask)`.
+- `samplers` ({label: scheduler class}, diffusion): a sampler dropdown, the scheduler swapped the diffusers way.
+- "trajectory": one sample's denoising trajectory, through `pipeline(..., return_trajectory=True)`.
+
+A pipeline with a scheduler samples each request on a copy of itself with a scheduler of its own (`own_scheduler`):
+schedulers keep state between steps, and a Space runs two requests at once.
 
 Every endpoint's API parameters are named like the pipeline's arguments (`prompt`, `class_label`, `seed`,
 `num_images`, `guidance_scale`, `negative_prompt`, `num_inference_steps`, `temperature`, ...), so `gradio_client` can
@@ -20,6 +25,7 @@ shows to the user and returns to API callers as an error naming the allowed rang
 """
 
 import argparse
+import copy
 import functools
 import inspect
 import math
@@ -29,6 +35,7 @@ import time
 from collections.abc import Callable
 
 import gradio as gr
+import numpy as np
 import PIL.Image
 import torch
 
@@ -42,6 +49,7 @@ MAX_INFERENCE_STEPS = 1000  # sampling steps of an iterative sampler
 MAX_GUIDANCE_SCALE = 20.0
 MAX_PROMPT_CHARS = 200
 DISPLAY_SIZE = 128  # pixels of the longer side shown in galleries
+TRAJECTORY_STEPS = 8  # snapshots in a denoising trajectory strip
 
 # What a capability adds to a model's description.
 CAPABILITY_NAMES = {
@@ -50,6 +58,7 @@ CAPABILITY_NAMES = {
     "interpolation": "interpolation between two seeds",
     "likelihood": "the likelihood of an uploaded image",
     "inpainting": "inpainting",
+    "trajectory": "the denoising trajectory",
 }
 
 
@@ -216,11 +225,42 @@ def sampling_inputs(pipeline) -> dict[str, tuple[gr.components.Component, Callab
             functools.partial(check_int, name="Sampling steps", low=1, high=MAX_INFERENCE_STEPS),
         )
     for argument, (low, high, default, label) in pipeline.sampling_controls.items():
+        if argument in inputs:  # e.g. num_inference_steps, which the "steps" capability already shows
+            raise ValueError(f"{type(pipeline).__name__}.sampling_controls repeats {argument!r}, which has a control.")
         step = _slider_step(low, high, default)
         slider = gr.Slider(low, high, value=defaults.get(argument, default), step=step, label=label)
         check = check_int if step == 1 else check_float
         inputs[argument] = (slider, functools.partial(check, name=label, low=low, high=high))
     return inputs
+
+
+def sampler_input(pipeline) -> dict[str, gr.components.Component]:
+    """{"sampler": dropdown} of the family's `samplers`, on the saved scheduler's by default; {} without samplers."""
+    if not pipeline.samplers:
+        return {}
+    labels = list(pipeline.samplers)
+    saved = type(pipeline.scheduler)
+    default = next((label for label, cls in pipeline.samplers.items() if cls is saved), labels[0])
+    return {"sampler": gr.Dropdown(choices=labels, value=default, label="Sampler")}
+
+
+def own_scheduler(pipeline, sampler: str | None = None):
+    """`pipeline` for one request: a shallow copy (the same models, no weights copied) with its own scheduler, built
+    the diffusers way (`Scheduler.from_config(pipe.scheduler.config)`) from the `sampler` label or the saved class.
+    Schedulers keep state between steps (`set_timesteps`, DPM-Solver++'s last outputs), so two requests must never
+    share one. A pipeline without a scheduler is returned as it is."""
+    scheduler = getattr(pipeline, "scheduler", None)
+    if scheduler is None:
+        return pipeline
+    if sampler is None:
+        scheduler_class = type(scheduler)
+    elif sampler in pipeline.samplers:
+        scheduler_class = pipeline.samplers[sampler]
+    else:
+        raise gr.Error(f"Sampler must be one of {', '.join(pipeline.samplers)}; got {sampler!r}.")
+    request = copy.copy(pipeline)
+    request.scheduler = scheduler_class.from_config(scheduler.config)
+    return request
 
 
 def read_inputs(pipeline, values: dict, controls: dict) -> dict:
@@ -272,6 +312,7 @@ def build_tab(pipeline, title: str | None = None, family: str | None = None) -> 
         seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
         num_images = gr.Slider(1, MAX_IMAGES, value=8, step=1, label="Number of images")
     with gr.Row():
+        sampler = sampler_input(pipeline)
         controls = sampling_inputs(pipeline)
     button = gr.Button("Generate", variant="primary", elem_id=name("generate", "-"))
     samples = gr.Gallery(label="Samples", columns=8, format="png", object_fit="contain", elem_id=name("gallery", "-"))
@@ -281,14 +322,16 @@ def build_tab(pipeline, title: str | None = None, family: str | None = None) -> 
         """Samples `num_images` images with `seed` through `pipeline.generate`; returns them and the time taken."""
         seed = check_int(values.pop("seed"), "Seed", 0, MAX_SEED)
         count = check_int(values.pop("num_images"), "Number of images", 1, MAX_IMAGES)
+        request = own_scheduler(pipeline, values.pop("sampler", None))
         kwargs = read_inputs(pipeline, values, controls)
-        images, seconds = run(pipeline.generate, count, seed=seed, output_type="pil", **kwargs)
+        images, seconds = run(request.generate, count, seed=seed, output_type="pil", **kwargs)
         return enlarge(images), timing(seconds, len(images))
 
     inputs = {
         **condition,
         "seed": seed,
         "num_images": num_images,
+        **sampler,
         **{k: widget for k, (widget, _) in controls.items()},
     }
     button.click(generate, inputs_kwargs=inputs, outputs=[samples, samples_time], api_name=name("generate"))
@@ -300,6 +343,8 @@ def build_tab(pipeline, title: str | None = None, family: str | None = None) -> 
         _likelihood_section(pipeline, condition, name)
     if "inpainting" in capabilities:
         _inpainting_section(pipeline, condition, controls, name, timing)
+    if "trajectory" in capabilities:
+        _trajectory_section(pipeline, condition, seed, sampler, controls, name, timing)
 
 
 def _interpolation_section(pipeline, condition: dict, controls: dict, name, timing) -> None:
@@ -354,11 +399,38 @@ def _likelihood_section(pipeline, condition: dict, name) -> None:
     button.click(likelihood, inputs_kwargs={"image": image, **condition}, outputs=result, api_name=name("likelihood"))
 
 
+def painted_image_and_mask(editor, mask) -> tuple[PIL.Image.Image, PIL.Image.Image]:
+    """The image and the inpainting mask (L, white = repaint) of the inpainting inputs: an `ImageEditor` value
+    ({"background", "layers", "composite"}; what is painted over the background is the mask) or a plain image, and
+    an optional uploaded mask, which wins over the painting."""
+    if isinstance(editor, dict):
+        background, layers = editor.get("background"), [layer for layer in editor.get("layers") or [] if layer]
+    else:
+        background, layers = editor, []
+    if background is None:
+        raise gr.Error("Upload an image first.")
+    if mask is None and layers:
+        painted = [np.asarray(layer.convert("RGBA"))[..., 3] > 0 for layer in layers]  # the brush strokes
+        mask = PIL.Image.fromarray((np.logical_or.reduce(painted) * 255).astype(np.uint8), mode="L")
+    if mask is None or not mask.convert("L").getbbox():
+        raise gr.Error("Paint over the part of the image to repaint (or upload a mask: white = repaint).")
+    return background.convert("RGB"), mask
+
+
 def _inpainting_section(pipeline, condition: dict, controls: dict, name, timing) -> None:
-    gr.Markdown("### Inpainting\nRepaints the white part of the mask, keeping the rest of the image.")
+    gr.Markdown(
+        "### Inpainting\nUpload an image and paint over the part to repaint (or upload a mask: white = repaint); "
+        "the rest of the image is kept."
+    )
     with gr.Row():
-        image = gr.Image(label="Image", type="pil", image_mode="RGB")
-        mask = gr.Image(label="Mask (white = repaint)", type="pil", image_mode="L")
+        image = gr.ImageEditor(
+            label="Image (paint over what to repaint)",
+            type="pil",
+            image_mode="RGBA",
+            brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"),
+            layers=False,
+        )
+        mask = gr.Image(label="Mask (optional; white = repaint)", type="pil", image_mode="L")
     seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
     button = gr.Button("Inpaint")
     result = gr.Gallery(label="Inpainted", columns=4, format="png", object_fit="contain")
@@ -367,9 +439,8 @@ def _inpainting_section(pipeline, condition: dict, controls: dict, name, timing)
 
     def inpaint(**values):
         """The image with the mask's white part repainted, for `seed`, with the time taken."""
-        if values["mask"] is None:
-            raise gr.Error("Upload a mask: white where the image is to be repainted.")
-        image, mask = model_image(pipeline, values.pop("image")), values.pop("mask")
+        picture, mask = painted_image_and_mask(values.pop("image"), values.pop("mask"))
+        image = model_image(pipeline, picture)
         mask = mask.convert("L").resize(image.shape[-2:][::-1], PIL.Image.NEAREST)
         seed = check_int(values.pop("seed"), "Seed", 0, MAX_SEED)
         kwargs = read_inputs(pipeline, values, controls)
@@ -381,6 +452,32 @@ def _inpainting_section(pipeline, condition: dict, controls: dict, name, timing)
     inputs = {"image": image, "mask": mask, **condition, "seed": seed}
     inputs.update({k: widget for k, (widget, _) in controls.items()})
     button.click(inpaint, inputs_kwargs=inputs, outputs=[result, result_time], api_name=name("inpaint"))
+
+
+def _trajectory_section(pipeline, condition: dict, seed, sampler: dict, controls: dict, name, timing) -> None:
+    gr.Markdown(
+        "### Denoising trajectory\nThe first sample of the settings above (seed, condition, sampler, steps), from "
+        "pure noise to the image, at evenly spaced steps."
+    )
+    button = gr.Button("Show the trajectory")
+    strip = gr.Gallery(label="Trajectory", columns=TRAJECTORY_STEPS, format="png", object_fit="contain")
+    strip_time = gr.Markdown()
+
+    def trajectory(**values):
+        """`TRAJECTORY_STEPS` snapshots x_T ... x_0 of one sample for `seed`, with the time taken."""
+        generator = torch.Generator().manual_seed(check_int(values.pop("seed"), "Seed", 0, MAX_SEED))
+        request = own_scheduler(pipeline, values.pop("sampler", None))
+        kwargs = read_inputs(pipeline, values, controls)
+        if "prompt" not in kwargs and "class_labels" not in kwargs:
+            kwargs["batch_size"] = 1
+        output, seconds = run(
+            request, generator=generator, return_trajectory=True, trajectory_steps=TRAJECTORY_STEPS, **kwargs
+        )
+        snapshots = [images[0] for images in output.trajectory]  # the first image at each snapshot
+        return enlarge(snapshots), timing(seconds, 1)
+
+    inputs = {**condition, "seed": seed, **sampler, **{k: widget for k, (widget, _) in controls.items()}}
+    button.click(trajectory, inputs_kwargs=inputs, outputs=[strip, strip_time], api_name=name("trajectory"))
 
 
 def build_demo(pipeline, model_name: str | None = None) -> gr.Blocks:

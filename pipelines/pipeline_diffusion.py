@@ -20,7 +20,15 @@ from dataclasses import dataclass
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import AutoencoderKL, RePaintScheduler, UNet2DConditionModel, VQModel
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    RePaintScheduler,
+    UNet2DConditionModel,
+    VQModel,
+)
 from diffusers.utils import BaseOutput, replace_example_docstring
 from hfgen.pipelines.pipeline_utils import HFGenPipeline, LikelihoodOutput
 
@@ -162,12 +170,10 @@ class DiffusionImagePipeline(UNetPipelineMixin, HFGenPipeline):
     model_cpu_offload_seq = "text_encoder->unet->vae"
     _optional_components = ["tokenizer", "text_encoder", "vae"]
     model_component = "unet"
-    family_capabilities = frozenset({"guidance", "steps", "likelihood", "inpainting"})
+    family_capabilities = frozenset({"guidance", "steps", "likelihood", "inpainting", "trajectory"})
     default_sampling_kwargs = {"num_inference_steps": 50}
-    sampling_controls = {
-        "num_inference_steps": (1, 1000, 50, "Sampling steps"),
-        "eta": (0.0, 1.0, 0.0, "DDIM eta (0 deterministic, 1 like DDPM)"),
-    }
+    samplers = {"DDPM": DDPMScheduler, "DDIM": DDIMScheduler, "DPM-Solver++": DPMSolverMultistepScheduler}
+    sampling_controls = {"eta": (0.0, 1.0, 0.0, "DDIM eta (0 deterministic, 1 like DDPM)")}  # steps: "steps"
 
     def __init__(self, unet, scheduler, tokenizer=None, text_encoder=None, vae=None, num_bins: int = 256):
         super().__init__()

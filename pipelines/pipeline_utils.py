@@ -174,13 +174,15 @@ class HFGenPipeline(DiffusionPipeline):
     # The component that takes the condition (its config says how it is conditioned), e.g. "vae", "generator", "unet".
     model_component: str = ""
     # What the family can do besides sampling: any of "guidance", "steps", "interpolation", "likelihood", "encode",
-    # "inpainting". `capabilities` adds "prompt" or "class" from the loaded model.
+    # "inpainting", "trajectory". `capabilities` adds "prompt" or "class" from the loaded model.
     family_capabilities: frozenset[str] = frozenset()
     # `__call__` arguments that validation, the CLI, the Spaces and the metrics use unless their caller gives others
     # (an iterative sampler declares few steps here, e.g. {"num_inference_steps": 50}).
     default_sampling_kwargs: dict = {}
     # The family's own `__call__` knobs a Space shows as sliders: {argument: (low, high, default, label)}.
     sampling_controls: dict[str, tuple[float, float, float, str]] = {}
+    # Schedulers a Space offers, swapped the diffusers way (`cls.from_config(pipe.scheduler.config)`): {label: cls}.
+    samplers: dict[str, type] = {}
     # Tensors a `callback_on_step_end` may read and replace (diffusers' convention).
     _callback_tensor_inputs = ["latents"]
 

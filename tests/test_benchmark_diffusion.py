@@ -24,14 +24,15 @@ def test_plain_loop_trains_the_trainers_unet_with_the_same_loss(tmp_path):
     assert dict(model.config) == dict(trainer_unet.config)
     assert dict(noise_scheduler.config) == dict(trainer.noise_scheduler.config)
 
-    # Same weights, same random numbers: the trainer's loss is diffusers' loss, exactly.
+    # Same weights, same random numbers: the trainer's loss is diffusers' loss, up to the order of the sums (the trainer
+    # averages per image first, for Min-SNR's per-image weights; on some CPUs the last bit differs).
     model.load_state_dict(trainer_unet.state_dict())
     clean = torch.rand(16, 1, 8, 8) * 2 - 1
     torch.manual_seed(1)
     expected = bench.diffusers_loss(model, noise_scheduler, clean)
     torch.manual_seed(1)
     got = trainer.compute_loss({"pixel_values": clean}, None)["loss"]
-    torch.testing.assert_close(got, expected, atol=0, rtol=0)
+    torch.testing.assert_close(got, expected, atol=0, rtol=1e-6)
 
     # The plain loop really trains.
     before = {name: p.detach().clone() for name, p in model.named_parameters()}

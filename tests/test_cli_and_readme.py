@@ -10,6 +10,8 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
+from hfgen.training.train import TRAINERS
+from testing_utils import load_app
 
 import hfgen
 from hfgen.cli import main as hfgen_main
@@ -70,7 +72,10 @@ def test_readme_main_job_writes_model_grid_and_says_where(trained_by_readme):
     assert (output_dir / "samples" / "step-000010.png").is_file()
     assert (output_dir / "README.md").is_file()
     assert f"Saved the vae pipeline to {output_dir}" in stdout
-    assert "spaces/vae/app.py" in stdout
+    # The Space command it prints runs: the gallery app exists and has a tab (a flag) for every family.
+    space = next(line for line in stdout.splitlines() if line.startswith("Space:")).split()[1:]
+    assert space == ["python", "spaces/gallery/app.py", "--vae", str(output_dir)] and (REPO / space[1]).is_file()
+    assert set(load_app(REPO / space[1], "gallery_app").FAMILIES) == set(TRAINERS)
 
 
 def test_cli_generate_and_info(trained_by_readme, tmp_path, capsys):

@@ -122,3 +122,42 @@ def test_declared_steps_and_inpainting_get_their_sections():
     assert pixels.getpixel((7, 7)) == 255 and pixels.getpixel((0, 0)) != 255  # kept outside the mask only
     with pytest.raises(gr.Error, match="mask"):
         handlers["inpaint"](image=image, mask=None, class_label=3, seed=0)
+
+    # Painted in the browser: the ImageEditor's strokes over the uploaded image are the mask.
+    strokes = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
+    strokes.paste((255, 255, 255, 255), (0, 0, 16, 16))
+    editor = {"background": image.convert("RGBA"), "layers": [strokes], "composite": None}
+    painted, _ = handlers["inpaint"](image=editor, mask=None, class_label=3, seed=0)
+    assert np.array_equal(np.asarray(painted[0]), np.asarray(inpainted[0]))  # the same as the uploaded mask
+    with pytest.raises(gr.Error, match="Paint over the part"):
+        handlers["inpaint"](image={**editor, "layers": []}, mask=None, class_label=3, seed=0)
+
+
+def test_diffusion_tab_swaps_samplers_per_request_and_shows_the_trajectory():
+    from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+    from test_diffusion import tiny_pipeline
+
+    pipeline = tiny_pipeline("class")
+    endpoints, widgets, blocks = tab(pipeline)
+    labels = [c["props"]["label"] for c in blocks.config["components"] if c.get("props", {}).get("label")]
+    assert labels.count("Sampling steps") == 1  # one slider, the one that reaches the pipeline
+    assert widgets["Sampler"]["props"]["value"] == "DDPM"  # the saved scheduler's
+    assert [choice[0] for choice in widgets["Sampler"]["props"]["choices"]] == ["DDPM", "DDIM", "DPM-Solver++"]
+    assert "sampler" in endpoints["/generate"] and "sampler" in endpoints["/trajectory"]
+    handlers = {fn.api_name: fn.fn for fn in blocks.fns.values()}
+    settings = dict(class_label=2, seed=3, guidance_scale=1.0, num_inference_steps=4, eta=0.0)
+
+    images, _ = handlers["generate"](num_images=1, sampler="DPM-Solver++", **settings)
+    # Each request samples with a scheduler of its own: the shared pipeline's was never set up or swapped.
+    assert type(pipeline.scheduler) is DDPMScheduler and pipeline.scheduler.num_inference_steps is None
+    swapped = hfgen.DiffusionImagePipeline(unet=pipeline.unet, scheduler=DPMSolverMultistepScheduler.from_config(
+        pipeline.scheduler.config), num_bins=17)  # fmt: skip
+    expected = swapped.generate(1, class_labels=2, seed=3, num_inference_steps=4, output_type="pil")
+    assert np.array_equal(np.asarray(images[0]), np.asarray(demo.enlarge(expected)[0]))
+
+    strip, timing = handlers["trajectory"](sampler="DPM-Solver++", **settings)
+    assert len(strip) == min(demo.TRAJECTORY_STEPS, 4 + 1) and "1 image(s)" in timing  # x_T, then after each step
+    assert np.array_equal(np.asarray(strip[-1]), np.asarray(images[0]))  # it ends at the sample
+    assert not np.array_equal(np.asarray(strip[0]), np.asarray(strip[-1]))  # and starts from noise
+    with pytest.raises(gr.Error, match="Sampler must be one of DDPM, DDIM, DPM-Solver"):
+        handlers["generate"](num_images=1, sampler="Euler", **settings)

@@ -223,10 +223,22 @@ class TestDiffusionTrainer(TrainerTesterMixin):
         pipeline = hfgen.load_pipeline(str(tmp_path / "run"))
         assert isinstance(pipeline.vae, AutoencoderKL)
         assert pipeline.vae.config.scaling_factor == pytest.approx(frozen.config.scaling_factor)
+        assert pipeline.scheduler.config.clip_sample is False  # latents of std 1 must not be clamped to [-1, 1]
+        with pytest.raises(ValueError, match="--clip_sample"):
+            self.build_trainer(tmp_path / "clip", "--vae_name_or_path", str(tmp_path / "vae"), "--clip_sample")
         images = pipeline(batch_size=2, num_inference_steps=3, output_type="pt").images
         assert images.shape == (2, 1, 8, 8)  # decoded
         with pytest.raises(ValueError, match="pixel space"):
             pipeline.inpaint(images * 2 - 1, torch.ones(8, 8))
+
+    @pytest.mark.parametrize("clip_sample", [False, True])
+    def test_saved_scheduler_clips_x0_only_when_asked(self, tmp_path, clip_sample):
+        flags = ["--clip_sample"] if clip_sample else []
+        self.build_trainer(tmp_path, "--max_train_steps", "1", "--conditioning", "none", *flags).train()
+        pipeline = hfgen.load_pipeline(str(tmp_path))
+        assert pipeline.scheduler.config.clip_sample is clip_sample
+        # The diffusers swap inherits it (diffusers' own default would be True).
+        assert DDIMScheduler.from_config(pipeline.scheduler.config).config.clip_sample is clip_sample
 
     def test_hfgen_vae_is_refused_for_latent_diffusion(self, tmp_path):
         vae = hfgen.VAEModel(sample_size=8, in_channels=1, latent_dim=4, block_out_channels=(8, 16), norm_num_groups=4)

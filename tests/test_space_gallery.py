@@ -14,6 +14,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import PIL.Image
 import pytest
 from conftest import HUB_USER as USER
 from conftest import make_tiny_text_components
@@ -298,7 +299,7 @@ def test_family_space_serves_a_model_pulled_from_the_hub(model_ids, family):
         demo.close()
 
 
-def test_diffusion_flow_and_autoregressive_tabs_generate(app):
+def test_diffusion_flow_and_autoregressive_tabs_generate(app, tmp_path):
     """The families added after the gallery get their tabs from their pipelines' capabilities alone: each generates
     through gradio_client, the diffusion tab with its steps and class, the flow tab with its temperature."""
     from test_autoregressive import tiny_pipeline as tiny_autoregressive
@@ -320,6 +321,31 @@ def test_diffusion_flow_and_autoregressive_tabs_generate(app):
             class_label=3, seed=0, num_images=2, num_inference_steps=3, api_name="/generate_diffusion"
         )
         assert len(image_files(gallery)) == 2 and timing.startswith("Diffusion: 2 image(s)")
+        # The diffusion extras over the API: a sampler, the trajectory strip, inpainting with a painted mask.
+        gallery, _ = client.predict(
+            class_label=3, seed=0, num_images=1, num_inference_steps=3, sampler="DDIM", api_name="/generate_diffusion"
+        )
+        strip, _ = client.predict(
+            class_label=3, seed=0, num_inference_steps=3, sampler="DDIM", api_name="/trajectory_diffusion"
+        )
+        assert (
+            len(image_files(strip)) == 4
+            and Path(image_files(strip)[-1]).read_bytes() == Path(image_files(gallery)[0]).read_bytes()
+        )  # x_T and 3 steps, ending at the sample
+        PIL.Image.new("RGB", (16, 16), "white").save(tmp_path / "image.png")
+        strokes = PIL.Image.new("RGBA", (16, 16), (0, 0, 0, 0))
+        strokes.paste((255, 255, 255, 255), (0, 8, 16, 16))
+        strokes.save(tmp_path / "strokes.png")
+        editor = {
+            "background": gradio_client.handle_file(str(tmp_path / "image.png")),
+            "layers": [gradio_client.handle_file(str(tmp_path / "strokes.png"))],
+            "composite": None,
+        }
+        inpainted, _ = client.predict(
+            image=editor, mask=None, class_label=3, seed=0, num_inference_steps=3, api_name="/inpaint_diffusion"
+        )
+        repainted = np.asarray(PIL.Image.open(image_files(inpainted)[0]).convert("L"))
+        assert (repainted[: len(repainted) // 2] == 255).all() and (repainted[len(repainted) // 2 :] != 255).any()
         gallery, _ = client.predict(seed=0, num_images=2, temperature=0.5, api_name="/generate_flow")
         assert len(image_files(gallery)) == 2
         gallery, _ = client.predict(seed=0, num_images=2, api_name="/generate_autoregressive")

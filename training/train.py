@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"Saved the {config.family} pipeline to {config.output_dir}")
         print(f"Samples: {config.output_dir}/samples/final.png")
         print(f"Try it:  hfgen generate {config.output_dir} -n 16 -o grid.png")
-        print(f"Space:   python spaces/{config.family}/app.py --model {config.output_dir}")
+        # The gallery Space has a tab for every family (spaces/vae and spaces/gan are single-family Spaces).
+        print(f"Space:   python spaces/gallery/app.py --{config.family} {config.output_dir}")
     return summary
 
 

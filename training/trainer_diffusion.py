@@ -71,6 +71,14 @@ class DiffusionTrainingConfig(UNetTrainingConfig):
     snr_gamma: float | None = field(
         default=None, metadata={"help": "Min-SNR-gamma loss weighting (5.0 in the paper); None: plain MSE."}
     )
+    clip_sample: bool = field(
+        default=False,
+        metadata={
+            "help": "Clamp each x0 prediction to [-1, 1] while sampling (the saved DDPMScheduler's clip_sample, which "
+            "DDIMScheduler.from_config inherits). Off by default: with eta 0 every clamped x0 is baked into DDIM's "
+            "path, and on the digits it costs FID and breaks guidance (benchmarks/README.md, Diffusion)."
+        },
+    )
     # ----- EMA (diffusers' EMAModel warm-up, with --use_ema) -----
     ema_warmup: bool = field(
         default=False, metadata={"help": "EMA warm-up: decay 1 - (1 + step / inv_gamma) ** -power, capped."}
@@ -114,6 +122,11 @@ class DiffusionTrainingConfig(UNetTrainingConfig):
             )
         if self.num_bins is None:
             self.num_bins = 17 if self.dataset_name == "digits" else 256
+        if self.vae_name_or_path and self.clip_sample:
+            raise ValueError(
+                "--clip_sample clamps predictions to the pixel range [-1, 1]; latents (--vae_name_or_path) have no "
+                "such range: leave --clip_sample off."
+            )
         if self.vae_name_or_path and self.eval_likelihood_images:
             raise ValueError(
                 "--eval_likelihood_images bounds log p(x) of pixels; a latent diffusion model has no such bound "
@@ -212,6 +225,7 @@ class DiffusionTrainer(Trainer):
             num_train_timesteps=config.num_train_timesteps,
             beta_schedule=config.beta_schedule,
             prediction_type=config.prediction_type,
+            clip_sample=config.clip_sample,  # diffusers' default is True; see the option's help
         )
         channels, height, width = self.image_shape
         if "vae" in self.frozen_components:

@@ -386,8 +386,9 @@ class DiffusionImagePipeline(UNetPipelineMixin, HFGenPipeline):
     ) -> LikelihoodOutput:
         r"""The variational lower bound on log p(x) of DDPM (Ho et al. 2020, eq. 5): L_T + sum_{t>1} L_{t-1} + L_0,
         with every one of the scheduler's `num_train_timesteps` terms evaluated once (one noise sample each, as
-        improved DDPM's `calc_bpd_loop`), the reverse variance fixed to the posterior's (`fixed_small`), and the
-        discretized Gaussian decoder at t = 0 over the pipeline's `num_bins` levels. T UNet calls per batch."""
+        improved DDPM's `calc_bpd_loop`, x0 predictions clamped to [-1, 1] as its `clip_denoised`), the reverse
+        variance fixed to the posterior's (`fixed_small`), and the discretized Gaussian decoder at t = 0 over the
+        pipeline's `num_bins` levels. T UNet calls per batch."""
         x0 = self._pixel_images(images, "The likelihood bound").float()
         condition = self.condition_for_images(len(x0), prompt, class_labels)
         scheduler, num_bins = self.scheduler, self.config.num_bins
@@ -399,7 +400,6 @@ class DiffusionImagePipeline(UNetPipelineMixin, HFGenPipeline):
         mean_coef_x0 = betas * abar_prev.sqrt() / (1 - abar)
         mean_coef_xt = (1 - abar_prev) * (1 - betas).sqrt() / (1 - abar)
         x0_64 = x0.double()
-        clip_range = scheduler.config.get("clip_sample_range", 1.0)
 
         # L_T = KL(q(x_T | x_0) || N(0, I))
         variance_T = 1 - abar[-1]
@@ -410,8 +410,9 @@ class DiffusionImagePipeline(UNetPipelineMixin, HFGenPipeline):
             timestep = torch.full((len(x0),), t, device=self.device, dtype=torch.long)
             output = unet_forward(self.unet, x_t.to(self.unet.dtype), timestep, condition)
             x0_pred, _ = predicted_original_and_noise(scheduler, output, x_t, timestep)
-            if scheduler.config.get("clip_sample", False):  # as the DDPM sampler does
-                x0_pred = x0_pred.clamp(-clip_range, clip_range)
+            # The data lie in [-1, 1], so the reverse model's mean uses x0 clamped to it, whatever the sampler's
+            # clip_sample (improved DDPM's calc_bpd_loop, clip_denoised=True): still a valid bound, and a tighter one.
+            x0_pred = x0_pred.clamp(-1, 1)
             mean_p = mean_coef_x0[t] * x0_pred.double() + mean_coef_xt[t] * x_t.double()
             if t == 0:  # L_0 = -log p(x_0 | x_1), discretized over the data's levels
                 log_scale = 0.5 * posterior_log_variance[0]

@@ -417,6 +417,20 @@ def test_vlb_of_an_oracle_denoiser_is_prior_plus_decoder(digit_images):
     assert bound.kind.startswith("lower bound") and "17 levels" in bound.dequantization
 
 
+@pytest.mark.parametrize("clip_sample", [False, True])
+def test_vlb_clamps_x0_predictions_to_the_data_range_whatever_the_sampler(digit_images, clip_sample):
+    pipeline = tiny_pipeline(prediction_type="sample", num_train_timesteps=20)
+    pipeline.scheduler = DDPMScheduler.from_config(pipeline.scheduler.config, clip_sample=clip_sample)
+    x0 = digit_images[:1] * 2 - 1
+    bounds = []
+    for prediction in (x0 * 5, (x0 * 5).clamp(-1, 1)):  # far outside [-1, 1], and the same clamped
+        pipeline.unet.forward = lambda sample, timestep, class_labels=None, p=prediction: UNet2DOutput(
+            sample=p.expand_as(sample)
+        )
+        bounds.append(pipeline.log_likelihood(digit_images[:1], generator=torch.Generator().manual_seed(0)))
+    assert bounds[0].log_likelihood.item() == bounds[1].log_likelihood.item()
+
+
 def test_vlb_of_a_real_unet_is_finite_and_positive(digit_images):
     pipeline = tiny_pipeline(num_train_timesteps=20)
     bound = pipeline.log_likelihood(digit_images[:4], generator=torch.Generator().manual_seed(0))

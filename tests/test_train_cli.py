@@ -113,3 +113,14 @@ def test_gan_help_prints_the_percent_sign(capsys):
         parse_config(["--family", "gan", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "Stop when D is 100% accurate this many steps in a row" in help_text
+
+
+RECIPES = sorted((REPO / "training" / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[recipe.stem for recipe in RECIPES])
+def test_every_recipe_is_a_valid_configuration(recipe):
+    """Every shipped recipe parses into its family's config and passes its checks (`__post_init__`)."""
+    trainer_class, config = parse_config(["--recipe", str(recipe)])
+    assert trainer_class.family == config.family
+    assert config.output_dir.startswith("out/") and config.hub_model_id

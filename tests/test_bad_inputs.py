@@ -291,6 +291,19 @@ def test_resume_with_other_model_settings_names_them(checkpointed_run):
     assert "--conditioning: 'text' in the checkpoint, 'none' now" in message
 
 
+def test_resume_of_a_checkpoint_that_does_not_fit_says_so(checkpointed_run):
+    """A checkpoint without its settings (as older hfgen versions wrote them), resumed with another model: a clear
+    error naming the checkpoint, not torch's size mismatch from deep inside Accelerate."""
+    output_dir, resume_args = checkpointed_run
+    (output_dir / "checkpoint-2" / "training_config.json").unlink()
+    trainer = build(output_dir, *resume_args, "--latent_dim", "6")
+
+    with pytest.raises(ValueError, match="does not fit this run's model or optimizer") as error:
+        trainer.train()
+
+    assert "checkpoint-2" in str(error.value) and "size mismatch" in str(error.value)
+
+
 def test_new_learning_rate_applies_on_resume(checkpointed_run, capsys):
     """The NaN message says to lower --learning_rate and resume: the new value must win over the checkpoint's."""
     output_dir, resume_args = checkpointed_run

@@ -651,7 +651,15 @@ class Trainer:
         checks.check_checkpoint_files(self.accelerator, path)
         self.accelerator.print(f"Resuming from {path}")
         learning_rates = checks.scheduled_learning_rates(self.accelerator)
-        self.accelerator.load_state(path)
+        try:
+            self.accelerator.load_state(path)
+        except (RuntimeError, ValueError, KeyError) as error:  # torch's size and key mismatches, Accelerate's counts
+            raise ValueError(
+                f"{path} does not fit this run's model or optimizer ({type(error).__name__}: {str(error)[:300]}). It "
+                f"was written with other model settings (compare its {checks.TRAINING_CONFIG_NAME}, when it has one) "
+                "or by another hfgen version. Resume with the settings it was trained with, or start a new run in "
+                "another --output_dir."
+            ) from error
         checks.apply_learning_rates(self.accelerator, learning_rates, print_fn=self.accelerator.print)
         return step
 

@@ -612,6 +612,29 @@ def test_bad_training_settings_raise(tmp_path):
             parse_config([*TINY_ARGS, "--output_dir", str(tmp_path), flag, value])
 
 
+# ----- benchmarks/flows.py ------------------------------------------------------------------------------------------
+def test_temperature_sweep_samples_at_each_temperature(tmp_path, repo_root, tiny_text_components):
+    """`benchmarks/flows.py --temperatures` on a tiny text-conditioned flow: one row per temperature after the
+    held-out reference, each sampled at its own T (at T = 0 every unconditional sample is the image of z = 0: one
+    class, entropy 0), with FID, ms per image and prompt adherence."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("benchmark_flows", repo_root / "benchmarks" / "flows.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    flow = perturb(tiny_flow(condition_type="text", text_embed_dim=32))
+    tokenizer, text_encoder = tiny_text_components
+    hfgen.FlowPipeline(flow=flow, tokenizer=tokenizer, text_encoder=text_encoder).save_pretrained(tmp_path)
+
+    reference, *rows = bench.temperature_sweep([str(tmp_path)], [0.0, 1.0], num_samples=20)
+    assert reference["flow"] == "held-out test digits" and reference["FID"] < rows[1]["FID"]
+    assert [row["temperature"] for row in rows] == [0.0, 1.0] and all(row["samples"] == 20 for row in rows)
+    assert rows[0]["class entropy"] == 0 < rows[1]["class entropy"]
+    for row in rows:
+        assert np.isfinite(row["FID"]) and row["ms per image"] > 0
+        assert 0 <= row["adherence seen"] <= 1 and 0 <= row["adherence paraphrase"] <= 1
+
+
 # ----- loading with diffusers alone ---------------------------------------------------------------------------------
 def test_diffusers_alone_loads_a_pushed_flow(hub, tmp_path):
     from test_remote_code import SUBPROCESS_SCRIPT

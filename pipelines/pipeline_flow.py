@@ -142,43 +142,57 @@ class FlowPipeline(HFGenPipeline):
     def log_likelihood(
         self, images, num_samples: int = 1, prompt=None, class_labels=None, generator: torch.Generator | None = None
     ) -> LikelihoodOutput:
-        r"""log p of images under uniform dequantisation y = (k + u) / K, u ~ U[0, 1)^D.
+        r"""log p of images under the model's dequantisation y = (k + u) / K: uniform, u ~ U[0, 1)^D, or variational,
+        u ~ q(u | x) (Flow++).
 
-        `log_likelihood` is on the level scale (bins of width one, as `hfgen.metrics.baselines`), log p(y) - D log K.
-        `num_samples=1`: the exact density of one dequantised image k + u per input (`kind="exact"`); its bits/dim
-        -log2(p(y) / K^D) / D are, in expectation over u, an upper bound on the discrete code length.
-        `num_samples=S > 1`: log (1/S) sum_s p(y_s) / K^D, a lower bound on the discrete log P(x) that tightens with S
-        (importance weighting with the uniform proposal).
+        `log_likelihood` is on the level scale (bins of width one, as `hfgen.metrics.baselines`),
+        log p(y) - D log K - log q(u | x) (log q = 0 when uniform).
+        Uniform, `num_samples=1`: the exact density of one dequantised image k + u per input (`kind="exact"`); its
+        bits/dim -log2(p(y) / K^D) / D are, in expectation over u, an upper bound on the discrete code length.
+        Variational, `num_samples=1`: one draw of the variational bound on the discrete log P(x) (a lower bound in
+        expectation over u, `kind="lower bound (variational dequantisation, S=1)"`).
+        `num_samples=S > 1`: log (1/S) sum_s p(y_s) / (K^D q(u_s | x)), a lower bound on the discrete log P(x) that
+        tightens with S (importance weighting with q as the proposal).
         """
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive int, got {num_samples!r}.")
         images = self.model_images(images)
         condition = self.condition_for_images(len(images), prompt, class_labels)
         num_dims, bins = self.flow.num_dims, self.flow.config.num_bins
-        # 1. S dequantisations of each image, a few thousand images per pass: log p(y_s), y in [0, 1]^D
-        noise = torch.rand((len(images), num_samples, *images.shape[1:]), generator=generator)  # (b, S, c, h, w)
-        log_densities = []
-        for chunk in noise.split(max(1, 4096 // len(images)), dim=1):
-            repeats = chunk.shape[1]
+        dequantization = self.flow.config.dequantization
+        # 1. S dequantisations u_s ~ q(u | x) of each image, a few thousand per pass: log p(y_s) - log q(u_s | x)
+        #    (log q = 0 when uniform)
+        log_densities, per_pass = [], max(1, 4096 // len(images))
+        for first in range(0, num_samples, per_pass):
+            repeats = min(per_pass, num_samples - first)
             chunk_condition = None if condition is None else condition.repeat_interleave(repeats)
-            noise_chunk = chunk.flatten(0, 1).to(self.device, images.dtype)
-            output = self.flow.encode(images.repeat_interleave(repeats, 0), chunk_condition, noise_chunk)
-            log_densities.append(output.log_likelihood.float().view(len(images), repeats))
+            repeated = images.repeat_interleave(repeats, 0)  # (b * repeats, c, h, w), image by image
+            noise, log_q = self.flow.dequantization_noise(repeated, generator)
+            output = self.flow.encode(repeated, chunk_condition, noise)
+            log_densities.append((output.log_likelihood - log_q).float().view(len(images), repeats))
         log_densities = torch.cat(log_densities, dim=1).T  # (S, b)
 
         # 2. On the level scale (unit-width bins, as `hfgen.metrics.baselines`): log p(k + u) = log p(y) - D log K.
-        #    One sample: the exact density of the dequantised image; more: the importance-weighted bound on log P(x).
+        #    Uniform, one sample: the exact density of the dequantised image; else a bound on the discrete log P(x).
         log_densities = log_densities - num_dims * math.log(bins)
         if num_samples == 1:
-            log_likelihood, kind = log_densities[0], "exact"
-            bound = "the exact density of k + u; its bits/dim bound -log2 P(x) / D from above in expectation over u"
+            log_likelihood = log_densities[0]
+            if dequantization == "uniform":
+                kind = "exact"
+                bound = (
+                    "the exact density of k + u; its bits/dim bound -log2 P(x) / D from above in expectation over u"
+                )
+            else:
+                kind = "lower bound (variational dequantisation, S=1)"
+                bound = "log p(k + u) - log q(u | x) bounds the discrete log P(x) from below in expectation over u"
         else:
             log_likelihood = torch.logsumexp(log_densities, 0) - math.log(num_samples)
-            kind = f"lower bound (uniform dequantisation, importance-weighted, S={num_samples})"
+            kind = f"lower bound ({dequantization} dequantisation, importance-weighted, S={num_samples})"
             bound = "log_likelihood is the bound on the discrete log P(x)"
+        noise = "u ~ U[0, 1) per pixel" if dequantization == "uniform" else "u ~ q(u | x), a flow given the image"
         return LikelihoodOutput(
             log_likelihood=log_likelihood.cpu(),
             bits_per_dim=(-log_likelihood / (num_dims * math.log(2))).cpu(),
             kind=kind,
-            dequantization=f"uniform: levels k + u, u ~ U[0, 1) per pixel ({bins} levels); {bound}",
+            dequantization=f"{dequantization}: levels k + u, {noise} ({bins} levels); {bound}",
         )

@@ -2,7 +2,8 @@
 
 accelerate launch training/train.py --family flow --architecture glow --dataset_name digits --output_dir out/flow
 
-The loss is the exact negative log-likelihood of uniformly dequantised images, in bits/dim on the discrete scale.
+The loss is the negative log-likelihood of dequantised images in bits/dim on the discrete scale: exact for uniform
+dequantisation, and with `--dequantization variational` (Flow++) the variational bound, q(u | x) trained jointly.
 Glow's ActNorm layers are initialised from data once, in `build_model`, on the first `train_batch_size` training
 images (the same on every rank, before Accelerate copies the model), and saved with the weights as their
 `initialized` buffers: a resumed or loaded model is never initialised again.
@@ -16,7 +17,7 @@ from hfgen.training.trainer import Trainer, TrainingConfig
 
 from hfgen.conditioning import Condition, ConditionEncoder
 from hfgen.data import collate_fn
-from hfgen.models.modeling_flow import ARCHITECTURES, COUPLINGS, FlowModel
+from hfgen.models.modeling_flow import ARCHITECTURES, COUPLINGS, DEQUANTIZATIONS, FlowModel
 
 
 @dataclass
@@ -34,6 +35,11 @@ class FlowTrainingConfig(TrainingConfig):
         default=None, metadata={"help": "Levels of the data; default 17 for the embedded digits, else 256 (8-bit)."}
     )
     condition_dim: int = field(default=16, metadata={"help": "Size the condition is projected to."})
+    dequantization: str = field(
+        default="uniform",
+        metadata={"help": "uniform (u ~ U[0, 1)) or variational (u ~ q(u | x), a flow trained jointly; Flow++)."},
+    )
+    dequantizer_steps: int = field(default=4, metadata={"help": "Affine couplings of q(u | x) (variational)."})
     eval_max_images: int = field(default=256, metadata={"help": "Test images used for the final bits/dim."})
 
     def __post_init__(self):
@@ -42,6 +48,12 @@ class FlowTrainingConfig(TrainingConfig):
             raise ValueError(f"--architecture must be one of {', '.join(ARCHITECTURES)}, got {self.architecture!r}.")
         if self.coupling not in COUPLINGS:
             raise ValueError(f"--coupling must be one of {', '.join(COUPLINGS)}, got {self.coupling!r}.")
+        if self.dequantization not in DEQUANTIZATIONS:
+            raise ValueError(
+                f"--dequantization must be one of {', '.join(DEQUANTIZATIONS)}, got {self.dequantization!r}."
+            )
+        if self.dequantizer_steps < 1:
+            raise ValueError(f"--dequantizer_steps must be at least 1, got {self.dequantizer_steps}.")
         if self.learned_prior is None:
             self.learned_prior = self.architecture == "glow"
         if self.num_bins is None:
@@ -69,6 +81,8 @@ class FlowTrainer(Trainer):
             learned_prior=config.learned_prior,
             logit_alpha=config.logit_alpha,
             condition_dim=config.condition_dim,
+            dequantization=config.dequantization,
+            dequantizer_steps=config.dequantizer_steps,
             **self.condition_kwargs(),
         )
         self.initialize_actnorm(model)
@@ -100,8 +114,8 @@ class FlowTrainer(Trainer):
 
     @torch.no_grad()
     def evaluate(self, pipeline: FlowPipeline) -> dict[str, float]:
-        """Test bits/dim of the dequantised images (exact density, one u per image; unconditional: the empty prompt
-        or the null class)."""
+        """Test bits/dim of the dequantised images, one u per image (uniform: the exact density; variational: the
+        bound; unconditional: the empty prompt or the null class)."""
         images = self.test_images(self.config.eval_max_images)
         if images is None:
             return {}

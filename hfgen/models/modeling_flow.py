@@ -8,6 +8,9 @@
   https://arxiv.org/abs/1807.03039 (ActNorm with data-dependent initialisation, invertible 1x1 convolutions in LU
   form, affine coupling, multi-scale with a learned prior, class-conditional priors, temperature)
 - Dequantisation: Theis et al. 2016, "A note on the evaluation of generative models", https://arxiv.org/abs/1511.01844
+- Variational dequantisation: Ho et al. 2019, "Flow++: Improving Flow-Based Generative Models with Variational
+  Dequantization and Architecture Design", https://arxiv.org/abs/1902.00275 (section 3.1: `dequantization=
+  "variational"`)
 
 A flow is a chain of invertible maps f = f_L o ... o f_1 from an image to a latent z of the same size, with
     log p(x) = log N(z; 0, I) + sum_l log |det df_l / dh_{l-1}|        (change of variables)
@@ -16,7 +19,10 @@ so the likelihood is exact and sampling runs the inverses: z ~ N(0, T^2 I), x = 
 Discrete pixels (K levels) get a density by uniform dequantisation, y = (k + u) / K with u ~ U[0, 1)^D, then the
 logit transform s = logit(alpha + (1 - 2 alpha) y) maps (0, 1) to the real line. log p(y) is the exact density of the
 dequantised image; log p(y) - D log K bounds the probability of the discrete image from below in expectation over u
-(Jensen), so its bits/dim are an upper bound on the true discrete code length.
+(Jensen), so its bits/dim are an upper bound on the true discrete code length. Variational dequantisation (Flow++)
+draws u from a learned q(u | x) instead, a small flow conditioned on the image, and trains the tighter bound
+    log P(x) >= E_{u ~ q(u | x)} [log p((k + u) / K) - D log K - log q(u | x)]
+(uniform dequantisation is the special case q = 1).
 
 One class, because the two architectures share everything but the order of their steps: RealNVP is, per scale,
 checkerboard couplings, a squeeze, channel couplings, and a split (a standard normal prior); Glow is, per scale, a
@@ -40,6 +46,7 @@ from hfgen.layers import check_condition_config, condition_embedding, embed_cond
 
 ARCHITECTURES = ("realnvp", "glow")
 COUPLINGS = ("affine", "additive")
+DEQUANTIZATIONS = ("uniform", "variational")
 
 
 @dataclass
@@ -63,7 +70,8 @@ class FlowDecoderOutput(BaseOutput):
 @dataclass
 class FlowOutput(BaseOutput):
     """One training forward pass: `loss` the mean bits/dim of the dequantised images on the discrete scale;
-    `log_likelihood` (b,) log p(y) in nats; `bits_per_dim` (b,)."""
+    `log_likelihood` (b,) log p(y) - log q(u | x) in nats (log q = 0 for uniform dequantisation); `bits_per_dim`
+    (b,)."""
 
     loss: torch.Tensor
     log_likelihood: torch.Tensor = None
@@ -74,6 +82,13 @@ def at_least_float32(t: torch.Tensor) -> torch.Tensor:
     """Log-determinants are summed in float32 or better, also under bf16 autocast (a bf16 sum over thousands of
     dimensions would lose the likelihood's digits); float64 stays float64."""
     return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def random_like(sample: torch.Tensor, generator: torch.Generator | None, draw=torch.rand) -> torch.Tensor:
+    """`draw` (torch.rand or torch.randn) of the sample's shape, drawn on the generator's device (so a seed means the
+    same on any device; the sample's device if None), in the sample's device and dtype."""
+    device = sample.device if generator is None else generator.device
+    return draw(sample.shape, generator=generator, device=device).to(sample.device, sample.dtype)
 
 
 # ----- the invertible layers: forward(h, c) -> (h', log_det (b,)), inverse(h', c) -> h ------------------------------
@@ -169,10 +184,13 @@ class ZeroConv2d(nn.Conv2d):
 
 
 def with_condition(h: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
-    """Appends the condition embedding (b, d) to `h` (b, ch, s, s) as d constant channels."""
+    """Appends the condition to `h` (b, ch, s, s): an embedding (b, d) as d constant channels, or a map (b, d, s, s)
+    (the image, for the variational dequantiser) as it is."""
     if c is None:
         return h
-    return torch.cat([h, c[:, :, None, None].to(h.dtype).expand(-1, -1, *h.shape[2:])], dim=1)
+    if c.ndim == 2:
+        c = c[:, :, None, None].expand(-1, -1, *h.shape[2:])
+    return torch.cat([h, c.to(h.dtype)], dim=1)
 
 
 class Coupling(nn.Module):
@@ -268,6 +286,39 @@ class GaussianPrior(nn.Module):
         return eps * torch.exp(logs) + mean
 
 
+class VariationalDequantizer(nn.Module):
+    r"""q(u | x), the dequantisation noise as a flow conditioned on the image (Flow++ section 3.1): eps ~ N(0, I),
+    `num_steps` checkerboard affine couplings whose networks also see x, then a sigmoid into (0, 1). Each coupling
+    starts as the identity, so q starts as the logistic-normal sigmoid(N(0, I)).
+        log q(u | x) = log N(eps; 0, I) - sum of the couplings' log|det| - sum log sigmoid'(h)"""
+
+    def __init__(self, channels: int, hidden_channels: int, num_steps: int):
+        super().__init__()
+        self.couplings = nn.ModuleList(
+            Coupling(channels, hidden_channels, "checkerboard", step % 2, "affine", condition_dim=channels)
+            for step in range(num_steps)
+        )
+
+    def transform(self, eps: torch.Tensor, sample: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """eps (b, c, s, s) -> (u = sigmoid(h) in (0, 1), log|det du/deps| (b,)) given the images x in [-1, 1]."""
+        h, log_det = eps, eps.new_zeros(eps.shape[0], dtype=torch.promote_types(eps.dtype, torch.float32))
+        for coupling in self.couplings:
+            h, coupling_log_det = coupling(h, sample)
+            log_det = log_det + coupling_log_det
+        log_sigmoid_derivative = -F.softplus(-h) - F.softplus(h)  # log sigmoid(h) (1 - sigmoid(h))
+        # sigmoid(h) rounds to 1 for h > 17 in float32, the next bin's edge: keep u below 1 (by at most 6e-8)
+        finfo = torch.finfo(h.dtype)
+        noise = torch.sigmoid(h).clamp(finfo.tiny, 1 - finfo.eps / 2)
+        return noise, log_det + at_least_float32(log_sigmoid_derivative).flatten(1).sum(1)
+
+    def forward(self, sample: torch.Tensor, generator: torch.Generator | None = None):
+        """Images x (b, c, s, s) in [-1, 1] -> (u ~ q(u | x) (b, c, s, s) in (0, 1), log q(u | x) (b,)), eps drawn
+        on the generator's device (the sample's if None)."""
+        eps = random_like(sample, generator, torch.randn)
+        noise, log_det = self.transform(eps, sample)
+        return noise, standard_normal_log_prob(at_least_float32(eps)) - log_det
+
+
 # ----- the model -----------------------------------------------------------------------------------------------------
 class FlowModel(ModelMixin, ConfigMixin):
     r"""A multi-scale normalizing flow over images (RealNVP or Glow), optionally conditioned on a class or a text
@@ -290,6 +341,9 @@ class FlowModel(ModelMixin, ConfigMixin):
         num_classes (`int`, *optional*): Number of classes when `condition_type="class"`.
         text_embed_dim (`int`, *optional*): Size of the pooled text embedding when `condition_type="text"`.
         condition_dim (`int`, *optional*, defaults to 16): Size the condition is projected to.
+        dequantization (`str`, *optional*, defaults to "uniform"): "uniform" (u ~ U[0, 1)^D) or "variational" (u from
+            a learned q(u | x), Flow++).
+        dequantizer_steps (`int`, *optional*, defaults to 4): Affine couplings of q(u | x) when variational.
     """
 
     @register_to_config
@@ -309,6 +363,8 @@ class FlowModel(ModelMixin, ConfigMixin):
         num_classes: int | None = None,
         text_embed_dim: int | None = None,
         condition_dim: int = 16,
+        dequantization: str = "uniform",
+        dequantizer_steps: int = 4,
     ):
         super().__init__()
         if architecture not in ARCHITECTURES:
@@ -328,9 +384,18 @@ class FlowModel(ModelMixin, ConfigMixin):
             raise ValueError(f"logit_alpha must be in (0, 0.5), got {logit_alpha}.")
         if num_bins < 2:
             raise ValueError(f"num_bins must be at least 2 (the number of levels of the data), got {num_bins}.")
+        if dequantization not in DEQUANTIZATIONS:
+            raise ValueError(f"dequantization must be one of {DEQUANTIZATIONS}, got {dequantization!r}.")
+        if dequantizer_steps < 1:
+            raise ValueError(f"dequantizer_steps must be >= 1, got {dequantizer_steps}.")
         check_condition_config(condition_type, num_classes, text_embed_dim)
 
         self.condition_embedding = condition_embedding(condition_type, num_classes, text_embed_dim, condition_dim)
+        self.dequantizer = (
+            VariationalDequantizer(in_channels, hidden_channels, dequantizer_steps)
+            if dequantization == "variational"
+            else None
+        )
         cond = condition_dim if condition_type else 0
         channels, size = in_channels, sample_size
         self.scales, self.priors, self.latent_shapes = nn.ModuleList(), nn.ModuleList(), []
@@ -382,6 +447,14 @@ class FlowModel(ModelMixin, ConfigMixin):
         levels = torch.round((sample.clamp(-1, 1) + 1) / 2 * (self.config.num_bins - 1))  # k in 0..K-1
         noise = torch.full_like(sample, 0.5) if noise is None else noise
         return (levels + noise) / self.config.num_bins
+
+    def dequantization_noise(self, sample: torch.Tensor, generator: torch.Generator | None = None):
+        """(u (b, c, s, s) in [0, 1), log q(u | x) (b,)) for images x in [-1, 1]: uniform noise (log q = 0) or a draw
+        of the variational dequantiser, on the generator's device (the sample's if None)."""
+        if self.dequantizer is not None:
+            return self.dequantizer(sample, generator)
+        noise = random_like(sample, generator, torch.rand)
+        return noise, noise.new_zeros(sample.shape[0], dtype=torch.promote_types(sample.dtype, torch.float32))
 
     def quantize(self, dequantized: torch.Tensor) -> torch.Tensor:
         """y in [0, 1] -> the level k = floor(K y) as x in [-1, 1] (the inverse of `dequantize` for any u)."""
@@ -468,14 +541,15 @@ class FlowModel(ModelMixin, ConfigMixin):
         ActNorm not yet initialised (each from the batch's activations at its input)."""
         was_training = self.training
         self.train()
-        noise = torch.rand(sample.shape, generator=generator).to(sample.device, sample.dtype)
-        self.encode(sample, condition, noise)
+        self.encode(sample, condition, self.dequantization_noise(sample, generator)[0])
         self.train(was_training)
 
     def forward(self, sample, condition=None, generator=None, return_dict: bool = True):
-        """The negative log-likelihood of uniformly dequantised images, in bits/dim on the discrete scale."""
-        noise = torch.rand(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
+        """The negative log-likelihood of dequantised images, log p(y) - log q(u | x) (q = 1 when uniform), in
+        bits/dim on the discrete scale: for both dequantisations an upper bound on -log2 P(x) / D in expectation."""
+        noise, log_q = self.dequantization_noise(sample, generator)
         _, _, log_likelihood = self.encode(sample, condition, noise, return_dict=False)
+        log_likelihood = log_likelihood - log_q
         bits_per_dim = self.bits_per_dim(log_likelihood)
         loss = bits_per_dim.mean()
         if not return_dict:

@@ -29,4 +29,6 @@ def test_pipeline_saved_before_core_v2_generates_identical_images(name):
 
     assert sorted(images) == sorted(expected.files)
     for key, value in images.items():
-        np.testing.assert_array_equal(value, expected[key], err_msg=f"{name}: {key} images changed")
+        # The same images up to the last bit of float32: CPUs with other vector units round some sums differently
+        # (seen: 3e-8); any change to what the pipeline computes moves pixels by far more.
+        np.testing.assert_allclose(value, expected[key], rtol=0, atol=1e-6, err_msg=f"{name}: {key} images changed")

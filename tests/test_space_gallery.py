@@ -348,6 +348,10 @@ def test_diffusion_flow_and_autoregressive_tabs_generate(app, tmp_path):
         assert (repainted[: len(repainted) // 2] == 255).all() and (repainted[len(repainted) // 2 :] != 255).any()
         gallery, _ = client.predict(seed=0, num_images=2, temperature=0.5, api_name="/generate_flow")
         assert len(image_files(gallery)) == 2
+        strip, _ = client.predict(start_seed=0, end_seed=1, num_steps=4, api_name="/interpolate_flow")
+        assert len(image_files(strip)) == 4
+        score = client.predict(gradio_client.handle_file(str(tmp_path / "image.png")), api_name="/likelihood_flow")
+        assert "bits/dim" in score and "exact" in score  # a flow's likelihood is exact
         gallery, _ = client.predict(seed=0, num_images=2, api_name="/generate_autoregressive")
         assert len(image_files(gallery)) == 2
     finally:

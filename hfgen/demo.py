@@ -11,6 +11,8 @@ and in the gallery) by declaring those, with no Space code of its own:
 - "interpolation": two seeds and a number of steps, through `pipeline.interpolate(start_seed, end_seed, num_steps)`.
 - "likelihood": an uploaded image's bits/dim, through `pipeline.log_likelihood`.
 - "inpainting": an image and a mask, through `pipeline.inpaint(image, mask)`.
+- "completion": an uploaded or drawn image and a number of top rows to keep, through `pipeline.complete(image, mask)`
+  (the mask keeps those rows; the rest is drawn).
 
 Every endpoint's API parameters are named like the pipeline's arguments (`prompt`, `class_label`, `seed`,
 `num_images`, `guidance_scale`, `negative_prompt`, `num_inference_steps`, `temperature`, ...), so `gradio_client` can
@@ -50,6 +52,7 @@ CAPABILITY_NAMES = {
     "interpolation": "interpolation between two seeds",
     "likelihood": "the likelihood of an uploaded image",
     "inpainting": "inpainting",
+    "completion": "completion of an image from its top rows",
 }
 
 
@@ -300,6 +303,8 @@ def build_tab(pipeline, title: str | None = None, family: str | None = None) -> 
         _likelihood_section(pipeline, condition, name)
     if "inpainting" in capabilities:
         _inpainting_section(pipeline, condition, controls, name, timing)
+    if "completion" in capabilities:
+        _completion_section(pipeline, condition, controls, name, timing)
 
 
 def _interpolation_section(pipeline, condition: dict, controls: dict, name, timing) -> None:
@@ -383,9 +388,58 @@ def _inpainting_section(pipeline, condition: dict, controls: dict, name, timing)
     button.click(inpaint, inputs_kwargs=inputs, outputs=[result, result_time], api_name=name("inpaint"))
 
 
+def editor_image(value) -> PIL.Image.Image | None:
+    """The image of a `gr.ImageEditor` value (a dict: the upload as "background", what is drawn over it as
+    "composite"), or a plain image as API callers may pass it."""
+    if isinstance(value, dict):
+        return value["composite"] if value.get("composite") is not None else value.get("background")
+    return value
+
+
+def _completion_section(pipeline, condition: dict, controls: dict, name, timing) -> None:
+    gr.Markdown(
+        "### Completion\nKeeps the top rows of an uploaded or drawn image (drawn white on black, like the digits; it "
+        "is resized to the model's size) and draws the rest, pixel by pixel."
+    )
+    size = pipeline.image_format[1]
+    with gr.Row():
+        canvas = PIL.Image.new("RGB", (DISPLAY_SIZE, DISPLAY_SIZE), "black")
+        brush = gr.Brush(colors=["#ffffff", "#808080", "#000000"], default_color="#ffffff")
+        image = gr.ImageEditor(
+            canvas, label="Image", type="pil", image_mode="RGB", sources=("upload", "clipboard"), brush=brush
+        )
+        with gr.Column():
+            kept_rows = gr.Slider(1, size - 1, value=size // 2, step=1, label="Rows kept from the top")
+            seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
+            num_images = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="Number of completions")
+    button = gr.Button("Complete")
+    result = gr.Gallery(label="Completed", columns=8, format="png", object_fit="contain")
+    result_time = gr.Markdown()
+    condition, controls = taken_by(pipeline.complete, condition), taken_by(pipeline.complete, controls)
+
+    def complete(**values):
+        """`num_images` completions of the image's rows below `kept_rows`, for `seed`, with the time taken."""
+        image = model_image(pipeline, editor_image(values.pop("image")))
+        rows = check_int(values.pop("kept_rows"), "Rows kept from the top", 1, size - 1)
+        seed = check_int(values.pop("seed"), "Seed", 0, MAX_SEED)
+        count = check_int(values.pop("num_images"), "Number of completions", 1, MAX_IMAGES)
+        kwargs = read_inputs(pipeline, values, controls)
+        mask = torch.zeros(size, size)
+        mask[:rows] = 1
+        generator = torch.Generator().manual_seed(seed)
+        images, seconds = run(
+            pipeline.complete, image.expand(count, -1, -1, -1), mask, generator=generator, output_type="pil", **kwargs
+        )
+        return enlarge(images), timing(seconds, len(images))
+
+    inputs = {"image": image, "kept_rows": kept_rows, **condition, "seed": seed, "num_images": num_images}
+    inputs.update({k: widget for k, (widget, _) in controls.items()})
+    button.click(complete, inputs_kwargs=inputs, outputs=[result, result_time], api_name=name("complete"))
+
+
 def build_demo(pipeline, model_name: str | None = None) -> gr.Blocks:
     """The one-model Space of `pipeline`: a header, and [`build_tab`]'s controls with API names `/generate`,
-    `/interpolate`, `/likelihood` and `/inpaint` (those the pipeline's capabilities call for)."""
+    `/interpolate`, `/likelihood`, `/inpaint` and `/complete` (those the pipeline's capabilities call for)."""
     title = family_title(pipeline)
     with gr.Blocks(title=f"hfgen {title}") as demo:
         gr.Markdown(f"# hfgen {title}\n{describe(pipeline, model_name)}")

@@ -43,8 +43,8 @@ class AutoregressivePipeline(HFGenPipeline):
 
     model_cpu_offload_seq = "text_encoder->prior"
     model_component = "prior"
-    # No "inpainting": `complete` fills a raster-order suffix, not an arbitrary mask as `inpaint` does.
-    family_capabilities = frozenset({"guidance", "likelihood"})
+    # "completion", not "inpainting": `complete` fills a raster-order suffix, not an arbitrary mask as `inpaint` does.
+    family_capabilities = frozenset({"guidance", "likelihood", "completion"})
     sampling_controls = {"temperature": (0.1, 2.0, 1.0, "Temperature (logits / T)")}
     _callback_tensor_inputs = ["tokens"]
 

@@ -417,8 +417,9 @@ def _completion_section(pipeline, condition: dict, controls: dict, name, timing)
     result_time = gr.Markdown()
     condition, controls = taken_by(pipeline.complete, condition), taken_by(pipeline.complete, controls)
 
-    def complete(**values):
-        """`num_images` completions of the image's rows below `kept_rows`, for `seed`, with the time taken."""
+    def complete(progress=gr.Progress(track_tqdm=True), **values):
+        """`num_images` completions of the image's rows below `kept_rows`, for `seed`, with the time taken; the
+        pipeline's progress bar (pixels drawn) shows in the page meanwhile."""
         image = model_image(pipeline, editor_image(values.pop("image")))
         rows = check_int(values.pop("kept_rows"), "Rows kept from the top", 1, size - 1)
         seed = check_int(values.pop("seed"), "Seed", 0, MAX_SEED)

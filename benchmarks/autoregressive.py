@@ -35,12 +35,26 @@ from hfgen.training.train import parse_config
 
 import hfgen
 from hfgen.metrics.completion import DATASETS, completion_accuracy
+from hfgen.metrics.evaluate import format_table
 from hfgen.models.modeling_autoregressive import ARCHITECTURES, MODEL_CLASSES, build_transformer_prior
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from trainer_overhead import with_timed_finish  # noqa: E402  (the trainer's time less its `finish`)
 
 PARTS = ("train", "completion", "sampling")
+TRAIN_COLUMNS = [
+    ("architecture", "architecture"), ("parameters", "parameters"), ("steps", "steps"), ("seconds_per_step", "s/step"),
+    ("steps_per_epoch", "steps/epoch"), ("seconds_per_epoch", "s/epoch"), ("test_bits_per_dim", "test bits/dim"),
+]  # fmt: skip
+COMPLETION_COLUMNS = [
+    ("architecture", "architecture"), ("temperature", "temperature"), ("num_images", "images"),
+    ("original", "original"), ("masked", "top half only"), ("completed", "completed"), ("seconds", "seconds"),
+]  # fmt: skip
+SAMPLING_COLUMNS = [
+    ("architecture", "architecture"), ("parameters", "parameters"), ("naive", "naive s/image"),
+    ("cached", "cached s/image"), ("speedup", "speed-up"), ("naive_cpu", "CPU s naive"),
+    ("cached_cpu", "CPU s cached"), ("speedup_cpu", "CPU speed-up"), ("same_image", "same image"),
+]  # fmt: skip
 SIZES = {
     "pixelcnn": ["--hidden_channels", "64", "--num_layers", "5"],
     "gated_pixelcnn": ["--hidden_channels", "64", "--num_layers", "5"],
@@ -156,47 +170,27 @@ def main(argv: list[str] | None = None) -> dict:
             row["sampling_seconds_per_image"] = sampling_times(architecture, args.sample_size, args.repeats)
         print(architecture, json.dumps(row), flush=True)
     results["load_average_end"] = os.getloadavg()
-    print_tables(results, parts, args.sample_size)
+    print_tables(results, parts)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
     return results
 
 
-def print_tables(results: dict, parts: list[str], sample_size: int) -> None:
+def print_tables(results: dict, parts: list[str]) -> None:
     rows = results["architectures"]
     if "train" in parts:
-        print("\n| architecture | parameters | steps | s/step | steps/epoch | s/epoch | test bits/dim |")
-        print("| --- | --- | --- | --- | --- | --- | --- |")
-        for architecture, row in rows.items():
-            t = row["train"]
-            print(
-                f"| {architecture} | {t['parameters']:,} | {t['steps']} | {t['seconds_per_step']} | "
-                f"{t['steps_per_epoch']} | {t['seconds_per_epoch']} | {t['test_bits_per_dim']} |"
-            )
+        print("\n" + format_table([{"architecture": a, **row["train"]} for a, row in rows.items()], TRAIN_COLUMNS))
     if "completion" in parts:
-        print("\n| architecture | temperature | images | original | top half only | completed | seconds |")
-        print("| --- | --- | --- | --- | --- | --- | --- |")
-        for architecture, row in rows.items():
-            for temperature, c in row["completion"].items():
-                print(
-                    f"| {architecture} | {temperature} | {c['num_images']} | {c['original']:.3f} | "
-                    f"{c['masked']:.3f} | {c['completed']:.3f} | {c['seconds']} |"
-                )
+        completions = [
+            {"architecture": a, "temperature": t, **figures}
+            for a, row in rows.items()
+            for t, figures in row["completion"].items()
+        ]
+        print("\n" + format_table(completions, COMPLETION_COLUMNS))
     if "sampling" in parts:
-        side = f"{sample_size}x{sample_size}"
-        print(
-            f"\n| architecture | parameters | naive s/image ({side}) | cached s/image | speed-up "
-            "| CPU s naive / cached | CPU speed-up | same image |"
-        )
-        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-        for architecture, row in rows.items():
-            times = row["sampling_seconds_per_image"]
-            print(
-                f"| {architecture} | {times['parameters']:,} | {times['naive']} | {times['cached']} | "
-                f"{times['speedup']}x | {times['naive_cpu']} / {times['cached_cpu']} | {times['speedup_cpu']}x | "
-                f"{'yes' if times['same_image'] else 'NO'} |"
-            )
+        times = [{"architecture": a, **row["sampling_seconds_per_image"]} for a, row in rows.items()]
+        print("\n" + format_table(times, SAMPLING_COLUMNS))
     start, end = results["load_average_start"][0], results["load_average_end"][0]
     print(f"{results['date']}; load average (1 min): {start:.2f} at the start, {end:.2f} at the end")
 

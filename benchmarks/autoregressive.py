@@ -12,7 +12,8 @@ full forward pass per pixel) and with the cache.
    into `--output_dir/<architecture>`; its test bits/dim is exact (the sum of the log-probabilities of the 17-level
    pixels). Seconds per step are the training loop's (the trainer's `finish`, which saves the pipeline, draws a
    sample grid and scores the test split, is timed apart and left out); seconds per epoch are seconds per step times
-   the steps of one pass over the training split.
+   the steps of one pass over the training split. `--train_args` adds trainer flags after these, which win (e.g.
+   "--use_ema --adam_weight_decay 0.1 --hidden_channels 64").
 2. Completion (`--parts completion`): the pipeline saved in `--output_dir/<architecture>` (by this run or an earlier
    one) completes each test digit from its top half (`pipe.complete`, seed 0, at each of `--temperatures`), and
    `hfgen.metrics.completion.completion_accuracy` reports the shipped classifier's accuracy on the originals, on the
@@ -27,6 +28,7 @@ import argparse
 import datetime
 import json
 import os
+import shlex
 import sys
 import time
 
@@ -64,12 +66,13 @@ SIZES = {
 }
 
 
-def train(architecture: str, steps: int, dataset: str, output_dir: str) -> dict:
+def train(architecture: str, steps: int, dataset: str, output_dir: str, extra: list[str]) -> dict:
     trainer_class, config = parse_config(
         ["--family", "autoregressive", "--architecture", architecture, "--dataset_name", dataset, "--conditioning",
          "none", "--train_batch_size", "64", "--max_train_steps", str(steps), "--learning_rate", "2e-3",
          "--lr_scheduler", "cosine", "--lr_warmup_steps", "50", "--checkpointing_steps", str(10 * steps),
-         "--num_validation_images", "16", "--report_to", "none", "--output_dir", output_dir, *SIZES[architecture]]
+         "--num_validation_images", "16", "--report_to", "none", "--output_dir", output_dir, *SIZES[architecture],
+         *extra]  # later flags win: `extra` overrides the defaults above
     )  # fmt: skip
     trainer = with_timed_finish(trainer_class(config))
     start = time.perf_counter()
@@ -137,6 +140,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--parts", default=",".join(PARTS), help=f"Comma-separated: {', '.join(PARTS)}.")
     parser.add_argument("--architectures", nargs="+", default=list(ARCHITECTURES), choices=ARCHITECTURES)
     parser.add_argument("--steps", type=int, default=600, help="Training steps per architecture (batch 64).")
+    parser.add_argument(
+        "--train_args", default="", help='More trainer flags, after the defaults: "--use_ema --hidden_channels 64".'
+    )
     parser.add_argument("--dataset_name", default="digits", choices=DATASETS, help="Training and completion data.")
     parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 0.1], help="Of the completions.")
     parser.add_argument("--num_images", type=int, default=None, help="Test images to complete (default: all).")
@@ -161,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
         row = results["architectures"][architecture] = {}
         model_dir = os.path.join(args.output_dir, architecture)
         if "train" in parts:
-            row["train"] = train(architecture, args.steps, args.dataset_name, model_dir)
+            row["train"] = train(architecture, args.steps, args.dataset_name, model_dir, shlex.split(args.train_args))
         if "completion" in parts:
             row["completion"] = {
                 str(t): completion(model_dir, args.dataset_name, t, args.num_images) for t in args.temperatures

@@ -13,7 +13,7 @@ full forward pass per pixel) and with the cache.
    pixels). Seconds per step are the training loop's (the trainer's `finish`, which saves the pipeline, draws a
    sample grid and scores the test split, is timed apart and left out); seconds per epoch are seconds per step times
    the steps of one pass over the training split. `--train_args` adds trainer flags after these, which win (e.g.
-   "--use_ema --adam_weight_decay 0.1 --hidden_channels 64").
+   `--train_args="--use_ema --hidden_channels 64"`; with the `=`, as its value starts with `--`).
 2. Completion (`--parts completion`): the pipeline saved in `--output_dir/<architecture>` (by this run or an earlier
    one) completes each test digit from its top half (`pipe.complete`, seed 0, at each of `--temperatures`), and
    `hfgen.metrics.completion.completion_accuracy` reports the shipped classifier's accuracy on the originals, on the
@@ -141,7 +141,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--architectures", nargs="+", default=list(ARCHITECTURES), choices=ARCHITECTURES)
     parser.add_argument("--steps", type=int, default=600, help="Training steps per architecture (batch 64).")
     parser.add_argument(
-        "--train_args", default="", help='More trainer flags, after the defaults: "--use_ema --hidden_channels 64".'
+        "--train_args",
+        default="",
+        help='More trainer flags, after the defaults: --train_args="--use_ema --hidden_channels 64".',
     )
     parser.add_argument("--dataset_name", default="digits", choices=DATASETS, help="Training and completion data.")
     parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 0.1], help="Of the completions.")

@@ -12,7 +12,7 @@ def test_completion_reuses_the_trained_pipeline(tmp_path):
     with pytest.raises(SystemExit, match="No trained pipeline"):
         bench.main(["--parts", "completion", *common])
 
-    train = ["--parts", "train,completion", "--steps", "2", "--train_args", "--hidden_channels 8 --use_ema"]
+    train = ["--parts", "train,completion", "--steps", "2", "--train_args=--hidden_channels 8 --use_ema"]
     trained = bench.main([*train, *common])["architectures"]["row_lstm"]
     assert trained["train"]["parameters"] < 10_000  # --train_args override the benchmark's size (32 wide: 75,617)
     assert trained["train"]["steps_per_epoch"] == 1617 // 64  # full batches of the 1,617 training digits

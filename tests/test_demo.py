@@ -147,3 +147,15 @@ def test_autoregressive_completion_keeps_the_top_rows_and_draws_the_rest():
         complete(image=drawn, kept_rows=4, seed=0, num_images=1, temperature=1.0)
     with pytest.raises(gr.Error, match="Upload an image"):
         complete(image=None, kept_rows=2, seed=0, num_images=1, temperature=1.0)
+
+    # A class model: the class (and guidance) apply to every completion.
+    class_pipeline = tiny_pipeline("pixelcnn", sample_size=4, num_levels=5, condition_type="class", num_classes=3)
+    endpoints, _, blocks = tab(class_pipeline)
+    assert endpoints["/complete"] == [
+        "image", "kept_rows", "class_label", "seed", "num_images", "guidance_scale", "temperature"
+    ]  # fmt: skip
+    complete = {fn.api_name: fn.fn for fn in blocks.fns.values()}["complete"]
+    images, _ = complete(
+        image=white, kept_rows=1, class_label=2, seed=0, num_images=2, guidance_scale=2.0, temperature=1.0
+    )
+    assert len(images) == 2

@@ -1,29 +1,62 @@
-"""The autoregressive family on the 8x8 digits, one run: test bits/dim and training time per architecture, and the
-time to draw one 28x28 image naively (a full forward pass per pixel) and with the cache.
+"""The autoregressive family on the 8x8 digits, one run: per architecture, training time and test bits/dim, the
+classifier's accuracy on test digits completed from their top half, and the time to draw one 28x28 image naively (a
+full forward pass per pixel) and with the cache.
 
-    python benchmarks/autoregressive.py --json autoregressive.json            # about 5 minutes on 2 cores
+    python benchmarks/autoregressive.py --json autoregressive.json            # all three parts, five architectures
     python benchmarks/autoregressive.py --steps 200 --architectures pixelcnn gated_pixelcnn
-    python benchmarks/autoregressive.py --sampling_only                       # the sampling times alone, no training
+    python benchmarks/autoregressive.py --parts completion                    # the models trained by an earlier run
+    python benchmarks/autoregressive.py --parts sampling --repeats 3          # the sampling times alone, no training
 
-Each architecture trains through the shared trainer (`--family autoregressive --conditioning none`, the split of
-every hfgen trainer: `test_size=0.1, seed=0`) for `--steps` steps at batch 64; its test bits/dim is exact (the sum of
-the log-probabilities of the 17-level pixels). The sampling times use an untrained model of the same size on a 28x28
-grid (speed does not depend on the weights), one image, one thread: naive, then cached (the transformer's key/value
-cache; for the other models every layer's activations at the pixels drawn so far, `init_cache` / `cached_logits`),
-each timed once in the same process, with a check that both draw the same image.
+1. Training (`--parts train`): each architecture trains through the shared trainer (`--family autoregressive
+   --conditioning none`, the split of every hfgen trainer: `test_size=0.1, seed=0`) for `--steps` steps at batch 64
+   into `--output_dir/<architecture>`; its test bits/dim is exact (the sum of the log-probabilities of the 17-level
+   pixels). Seconds per step are the training loop's (the trainer's `finish`, which saves the pipeline, draws a
+   sample grid and scores the test split, is timed apart and left out); seconds per epoch are seconds per step times
+   the steps of one pass over the training split. `--train_args` adds trainer flags after these, which win (e.g.
+   `--train_args="--use_ema --hidden_channels 64"`; with the `=`, as its value starts with `--`).
+2. Completion (`--parts completion`): the pipeline saved in `--output_dir/<architecture>` (by this run or an earlier
+   one) completes each test digit from its top half (`pipe.complete`, seed 0, at each of `--temperatures`), and
+   `hfgen.metrics.completion.completion_accuracy` reports the shipped classifier's accuracy on the originals, on the
+   top halves alone and on the completions.
+3. Sampling (`--parts sampling`): an untrained model of the same size on a 28x28 grid (speed does not depend on the
+   weights), one image, one thread: naive, then cached (the transformer's key/value cache; for the other models
+   every layer's activations at the pixels drawn so far, `init_cache` / `cached_logits`), each the fastest of
+   `--repeats` runs in the same process, with a check that both draw the same image.
 """
 
 import argparse
+import datetime
 import json
 import os
+import shlex
+import sys
 import time
 
 import torch
 from hfgen.training.train import parse_config
 
 import hfgen
+from hfgen.metrics.completion import DATASETS, completion_accuracy
+from hfgen.metrics.evaluate import format_table
 from hfgen.models.modeling_autoregressive import ARCHITECTURES, MODEL_CLASSES, build_transformer_prior
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from trainer_overhead import with_timed_finish  # noqa: E402  (the trainer's time less its `finish`)
+
+PARTS = ("train", "completion", "sampling")
+TRAIN_COLUMNS = [
+    ("architecture", "architecture"), ("parameters", "parameters"), ("steps", "steps"), ("seconds_per_step", "s/step"),
+    ("steps_per_epoch", "steps/epoch"), ("seconds_per_epoch", "s/epoch"), ("test_bits_per_dim", "test bits/dim"),
+]  # fmt: skip
+COMPLETION_COLUMNS = [
+    ("architecture", "architecture"), ("temperature", "temperature"), ("num_images", "images"),
+    ("original", "original"), ("masked", "top half only"), ("completed", "completed"), ("seconds", "seconds"),
+]  # fmt: skip
+SAMPLING_COLUMNS = [
+    ("architecture", "architecture"), ("parameters", "parameters"), ("naive", "naive s/image"),
+    ("cached", "cached s/image"), ("speedup", "speed-up"), ("naive_cpu", "CPU s naive"),
+    ("cached_cpu", "CPU s cached"), ("speedup_cpu", "CPU speed-up"), ("same_image", "same image"),
+]  # fmt: skip
 SIZES = {
     "pixelcnn": ["--hidden_channels", "64", "--num_layers", "5"],
     "gated_pixelcnn": ["--hidden_channels", "64", "--num_layers", "5"],
@@ -33,24 +66,46 @@ SIZES = {
 }
 
 
-def train(architecture: str, steps: int, output_dir: str) -> dict:
+def train(architecture: str, steps: int, dataset: str, output_dir: str, extra: list[str]) -> dict:
     trainer_class, config = parse_config(
-        ["--family", "autoregressive", "--architecture", architecture, "--dataset_name", "digits", "--conditioning",
+        ["--family", "autoregressive", "--architecture", architecture, "--dataset_name", dataset, "--conditioning",
          "none", "--train_batch_size", "64", "--max_train_steps", str(steps), "--learning_rate", "2e-3",
          "--lr_scheduler", "cosine", "--lr_warmup_steps", "50", "--checkpointing_steps", str(10 * steps),
-         "--num_validation_images", "16", "--report_to", "none", "--output_dir", output_dir, *SIZES[architecture]]
+         "--num_validation_images", "16", "--report_to", "none", "--output_dir", output_dir, *SIZES[architecture],
+         *extra]  # later flags win: `extra` overrides the defaults above
     )  # fmt: skip
-    trainer = trainer_class(config)
+    trainer = with_timed_finish(trainer_class(config))
     start = time.perf_counter()
     summary = trainer.train()
-    wall = time.perf_counter() - start
+    loop = time.perf_counter() - start - trainer.finish_seconds
+    steps_per_epoch = len(trainer.train_dataloader)  # full batches of the training split (the last one is dropped)
     return {
         "steps": steps,
-        "train_seconds": round(wall, 1),
-        "seconds_per_step": round(summary["metrics"]["train_wall_seconds"] / steps, 4),
+        "parameters": sum(p.numel() for p in trainer.model.parameters()),
+        "train_seconds": round(loop, 1),
+        "finish_seconds": round(trainer.finish_seconds, 1),
+        "seconds_per_step": round(loop / steps, 4),
+        "steps_per_epoch": steps_per_epoch,
+        "seconds_per_epoch": round(loop / steps * steps_per_epoch, 1),
         "test_bits_per_dim": round(summary["metrics"]["test_bits_per_dim"], 3),
         "train_bits_per_dim_last": round(summary["metrics"]["train_bits_per_dim"], 3),
     }
+
+
+def completion(model_dir: str, dataset: str, temperature: float, num_images: int | None) -> dict:
+    """The classifier's accuracy on test images completed from their top half by the pipeline in `model_dir`."""
+    if not os.path.isfile(os.path.join(model_dir, "model_index.json")):
+        raise SystemExit(f"No trained pipeline in {model_dir}: run the benchmark with --parts train first.")
+    pipe = hfgen.AutoregressivePipeline.from_pretrained(model_dir)
+    pipe.set_progress_bar_config(disable=True)
+
+    def complete(images: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(0)
+        return pipe.complete(images, keep, generator=generator, temperature=temperature, output_type="pt")
+
+    start = time.perf_counter()
+    accuracy = completion_accuracy(complete, dataset, num_images=num_images)
+    return {**accuracy, "seconds": round(time.perf_counter() - start, 1)}
 
 
 def sampling_times(architecture: str, sample_size: int, repeats: int = 1) -> dict:
@@ -82,60 +137,70 @@ def sampling_times(architecture: str, sample_size: int, repeats: int = 1) -> dic
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"Comma-separated: {', '.join(PARTS)}.")
     parser.add_argument("--architectures", nargs="+", default=list(ARCHITECTURES), choices=ARCHITECTURES)
     parser.add_argument("--steps", type=int, default=600, help="Training steps per architecture (batch 64).")
+    parser.add_argument(
+        "--train_args",
+        default="",
+        help='More trainer flags, after the defaults: --train_args="--use_ema --hidden_channels 64".',
+    )
+    parser.add_argument("--dataset_name", default="digits", choices=DATASETS, help="Training and completion data.")
+    parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 0.1], help="Of the completions.")
+    parser.add_argument("--num_images", type=int, default=None, help="Test images to complete (default: all).")
     parser.add_argument("--sample_size", type=int, default=28, help="Grid side for the sampling times.")
-    parser.add_argument("--output_dir", default="out/benchmark-autoregressive")
+    parser.add_argument(
+        "--output_dir", default="out/benchmark-autoregressive", help="Holds one model per architecture."
+    )
     parser.add_argument("--json", default=None, help="Also write the results here.")
-    parser.add_argument("--sampling_only", action="store_true", help="Only the naive vs cached sampling times.")
     parser.add_argument("--repeats", type=int, default=1, help="Sampling runs per sampler; the fastest is kept.")
     args = parser.parse_args(argv)
+    parts = [part.strip() for part in args.parts.split(",") if part.strip()]
+    if not parts or set(parts) - set(PARTS):
+        raise SystemExit(f"--parts takes a list of {', '.join(PARTS)}, got {args.parts!r}.")
     torch.set_num_threads(1)
-    side = f"{args.sample_size}x{args.sample_size}"
-
-    if args.sampling_only:
-        results = {"load_average_before": os.getloadavg()[0], "sampling_seconds_per_image": {}}
-        for architecture in args.architectures:
-            times = sampling_times(architecture, args.sample_size, args.repeats)
-            results["sampling_seconds_per_image"][architecture] = times
-            print(architecture, json.dumps(times), flush=True)
-        results["load_average_after"] = os.getloadavg()[0]
-        print(
-            f"\n| architecture | parameters | naive s/image ({side}) | cached s/image | speed-up "
-            "| CPU s naive / cached | CPU speed-up | same image |"
-        )
-        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-        for architecture, times in results["sampling_seconds_per_image"].items():
-            print(
-                f"| {architecture} | {times['parameters']:,} | {times['naive']} | {times['cached']} | "
-                f"{times['speedup']}x | {times['naive_cpu']} / {times['cached_cpu']} | {times['speedup_cpu']}x | "
-                f"{'yes' if times['same_image'] else 'NO'} |"
-            )
-        print(f"load average: {results['load_average_before']:.2f} before, {results['load_average_after']:.2f} after")
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(results, f, indent=2)
-        return results
-
-    results = {"load_average": os.getloadavg()[0], "architectures": {}}
+    results = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "settings": vars(args),
+        "load_average_start": os.getloadavg(),
+        "architectures": {},
+    }
     for architecture in args.architectures:
-        row = train(architecture, args.steps, os.path.join(args.output_dir, architecture))
-        row["sampling_seconds_per_image"] = sampling_times(architecture, args.sample_size, args.repeats)
-        results["architectures"][architecture] = row
+        row = results["architectures"][architecture] = {}
+        model_dir = os.path.join(args.output_dir, architecture)
+        if "train" in parts:
+            row["train"] = train(architecture, args.steps, args.dataset_name, model_dir, shlex.split(args.train_args))
+        if "completion" in parts:
+            row["completion"] = {
+                str(t): completion(model_dir, args.dataset_name, t, args.num_images) for t in args.temperatures
+            }
+        if "sampling" in parts:
+            row["sampling_seconds_per_image"] = sampling_times(architecture, args.sample_size, args.repeats)
         print(architecture, json.dumps(row), flush=True)
-
-    print(f"\n| architecture | steps | s/step | test bits/dim | naive s/image ({side}) | cached s/image | speed-up |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for architecture, row in results["architectures"].items():
-        times = row["sampling_seconds_per_image"]
-        print(
-            f"| {architecture} | {row['steps']} | {row['seconds_per_step']} | {row['test_bits_per_dim']} | "
-            f"{times['naive']} | {times['cached']} | {times['speedup']}x |"
-        )
+    results["load_average_end"] = os.getloadavg()
+    print_tables(results, parts)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
     return results
+
+
+def print_tables(results: dict, parts: list[str]) -> None:
+    rows = results["architectures"]
+    if "train" in parts:
+        print("\n" + format_table([{"architecture": a, **row["train"]} for a, row in rows.items()], TRAIN_COLUMNS))
+    if "completion" in parts:
+        completions = [
+            {"architecture": a, "temperature": t, **figures}
+            for a, row in rows.items()
+            for t, figures in row["completion"].items()
+        ]
+        print("\n" + format_table(completions, COMPLETION_COLUMNS))
+    if "sampling" in parts:
+        times = [{"architecture": a, **row["sampling_seconds_per_image"]} for a, row in rows.items()]
+        print("\n" + format_table(times, SAMPLING_COLUMNS))
+    start, end = results["load_average_start"][0], results["load_average_end"][0]
+    print(f"{results['date']}; load average (1 min): {start:.2f} at the start, {end:.2f} at the end")
 
 
 if __name__ == "__main__":

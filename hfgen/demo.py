@@ -13,6 +13,8 @@ and in the gallery) by declaring those, with no Space code of its own:
 - "inpainting": an image and a mask, through `pipeline.inpaint(image, mask)`.
 - `samplers` ({label: scheduler class}, diffusion): a sampler dropdown, the scheduler swapped the diffusers way.
 - "trajectory": one sample's denoising trajectory, through `pipeline(..., return_trajectory=True)`.
+- "completion": an uploaded or drawn image and a number of top rows to keep, through `pipeline.complete(image, mask)`
+  (the mask keeps those rows; the rest is drawn).
 
 A pipeline with a scheduler samples each request on a copy of itself with a scheduler of its own (`own_scheduler`):
 schedulers keep state between steps, and a Space runs two requests at once.
@@ -59,6 +61,7 @@ CAPABILITY_NAMES = {
     "likelihood": "the likelihood of an uploaded image",
     "inpainting": "inpainting",
     "trajectory": "the denoising trajectory",
+    "completion": "completion of an image from its top rows",
 }
 
 
@@ -345,6 +348,8 @@ def build_tab(pipeline, title: str | None = None, family: str | None = None) -> 
         _inpainting_section(pipeline, condition, controls, name, timing)
     if "trajectory" in capabilities:
         _trajectory_section(pipeline, condition, seed, sampler, controls, name, timing)
+    if "completion" in capabilities:
+        _completion_section(pipeline, condition, controls, name, timing)
 
 
 def _interpolation_section(pipeline, condition: dict, controls: dict, name, timing) -> None:
@@ -399,14 +404,29 @@ def _likelihood_section(pipeline, condition: dict, name) -> None:
     button.click(likelihood, inputs_kwargs={"image": image, **condition}, outputs=result, api_name=name("likelihood"))
 
 
-def painted_image_and_mask(editor, mask) -> tuple[PIL.Image.Image, PIL.Image.Image]:
-    """The image and the inpainting mask (L, white = repaint) of the inpainting inputs: an `ImageEditor` value
-    ({"background", "layers", "composite"}; what is painted over the background is the mask) or a plain image, and
-    an optional uploaded mask, which wins over the painting."""
-    if isinstance(editor, dict):
-        background, layers = editor.get("background"), [layer for layer in editor.get("layers") or [] if layer]
-    else:
-        background, layers = editor, []
+# ----- gr.ImageEditor values: {"background": the upload, "layers": what is drawn, "composite": both} -----------------
+def editor_upload(value) -> PIL.Image.Image | None:
+    """The uploaded image of an `ImageEditor` value, or a plain image as API callers may pass it."""
+    return value.get("background") if isinstance(value, dict) else value
+
+
+def editor_layers(value) -> list[PIL.Image.Image]:
+    """What was drawn over the upload (the brush layers), or nothing for a plain image."""
+    return [layer for layer in value.get("layers") or [] if layer] if isinstance(value, dict) else []
+
+
+def editor_image(value) -> PIL.Image.Image | None:
+    """The image as the user sees it: the drawing over the upload ("composite"), else the upload."""
+    if isinstance(value, dict) and value.get("composite") is not None:
+        return value["composite"]
+    return editor_upload(value)
+
+
+def painted_image_and_mask(value, mask) -> tuple[PIL.Image.Image, PIL.Image.Image]:
+    """The image and the inpainting mask (L, white = repaint) of the inpainting inputs: an `ImageEditor` value (what
+    is painted over the upload is the mask) or a plain image, and an optional uploaded mask, which wins over the
+    painting."""
+    background, layers = editor_upload(value), editor_layers(value)
     if background is None:
         raise gr.Error("Upload an image first.")
     if mask is None and layers:
@@ -480,9 +500,51 @@ def _trajectory_section(pipeline, condition: dict, seed, sampler: dict, controls
     button.click(trajectory, inputs_kwargs=inputs, outputs=[strip, strip_time], api_name=name("trajectory"))
 
 
+def _completion_section(pipeline, condition: dict, controls: dict, name, timing) -> None:
+    gr.Markdown(
+        "### Completion\nKeeps the top rows of an uploaded or drawn image (drawn white on black, like the digits; it "
+        "is resized to the model's size) and draws the rest, pixel by pixel."
+    )
+    size = pipeline.image_format[1]
+    with gr.Row():
+        canvas = PIL.Image.new("RGB", (DISPLAY_SIZE, DISPLAY_SIZE), "black")
+        brush = gr.Brush(colors=["#ffffff", "#808080", "#000000"], default_color="#ffffff")
+        image = gr.ImageEditor(
+            canvas, label="Image", type="pil", image_mode="RGB", sources=("upload", "clipboard"), brush=brush
+        )
+        with gr.Column():
+            kept_rows = gr.Slider(1, size - 1, value=size // 2, step=1, label="Rows kept from the top")
+            seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
+            num_images = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="Number of completions")
+    button = gr.Button("Complete")
+    result = gr.Gallery(label="Completed", columns=8, format="png", object_fit="contain")
+    result_time = gr.Markdown()
+    condition, controls = taken_by(pipeline.complete, condition), taken_by(pipeline.complete, controls)
+
+    def complete(progress=gr.Progress(track_tqdm=True), **values):
+        """`num_images` completions of the image's rows below `kept_rows`, for `seed`, with the time taken; the
+        pipeline's progress bar (pixels drawn) shows in the page meanwhile."""
+        image = model_image(pipeline, editor_image(values.pop("image")))
+        rows = check_int(values.pop("kept_rows"), "Rows kept from the top", 1, size - 1)
+        seed = check_int(values.pop("seed"), "Seed", 0, MAX_SEED)
+        count = check_int(values.pop("num_images"), "Number of completions", 1, MAX_IMAGES)
+        kwargs = read_inputs(pipeline, values, controls)
+        mask = torch.zeros(size, size)
+        mask[:rows] = 1
+        generator = torch.Generator().manual_seed(seed)
+        images, seconds = run(
+            pipeline.complete, image.expand(count, -1, -1, -1), mask, generator=generator, output_type="pil", **kwargs
+        )
+        return enlarge(images), timing(seconds, len(images))
+
+    inputs = {"image": image, "kept_rows": kept_rows, **condition, "seed": seed, "num_images": num_images}
+    inputs.update({k: widget for k, (widget, _) in controls.items()})
+    button.click(complete, inputs_kwargs=inputs, outputs=[result, result_time], api_name=name("complete"))
+
+
 def build_demo(pipeline, model_name: str | None = None) -> gr.Blocks:
     """The one-model Space of `pipeline`: a header, and [`build_tab`]'s controls with API names `/generate`,
-    `/interpolate`, `/likelihood` and `/inpaint` (those the pipeline's capabilities call for)."""
+    `/interpolate`, `/likelihood`, `/inpaint` and `/complete` (those the pipeline's capabilities call for)."""
     title = family_title(pipeline)
     with gr.Blocks(title=f"hfgen {title}") as demo:
         gr.Markdown(f"# hfgen {title}\n{describe(pipeline, model_name)}")

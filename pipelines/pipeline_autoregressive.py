@@ -43,8 +43,8 @@ class AutoregressivePipeline(HFGenPipeline):
 
     model_cpu_offload_seq = "text_encoder->prior"
     model_component = "prior"
-    # No "inpainting": `complete` fills a raster-order suffix, not an arbitrary mask as `inpaint` does.
-    family_capabilities = frozenset({"guidance", "likelihood"})
+    # "completion", not "inpainting": `complete` fills a raster-order suffix, not an arbitrary mask as `inpaint` does.
+    family_capabilities = frozenset({"guidance", "likelihood", "completion"})
     sampling_controls = {"temperature": (0.1, 2.0, 1.0, "Temperature (logits / T)")}
     _callback_tensor_inputs = ["tokens"]
 
@@ -237,7 +237,8 @@ class AutoregressivePipeline(HFGenPipeline):
             image: Images as `preprocess` takes them (PIL, numpy in [0, 1], a tensor in [-1, 1]).
             mask (`torch.Tensor`): (h, w), (b, h, w) or (b, 1, h, w); 1 keeps a pixel. Per image, the kept pixels must
                 be the first ones in raster order (all rows above a point, then the start of its row).
-            prompt, class_labels, guidance_scale, generator, temperature, use_cache: As in `__call__`.
+            prompt, class_labels: One for every image, or one per image.
+            guidance_scale, generator, temperature, use_cache: As in `__call__`.
         """
         images = self.model_images(image)
         b, c, h, w = images.shape
@@ -253,7 +254,11 @@ class AutoregressivePipeline(HFGenPipeline):
                 "next row): an autoregressive model can only condition on the pixels before the ones it draws. "
                 "E.g. mask = torch.zeros(h, w); mask[: h // 2] = 1 keeps the top half."
             )
-        num_images, condition, negative = self.prepare_condition(prompt, class_labels, b, 1, guidance_scale, None)
+        # One prompt or class label for every image, or one per image.
+        single = isinstance(prompt, str) or (class_labels is not None and torch.as_tensor(class_labels).ndim == 0)
+        num_images, condition, negative = self.prepare_condition(
+            prompt, class_labels, 1 if single else b, b if single else 1, guidance_scale, None
+        )
         if num_images != b:
             raise ValueError(f"Got {num_images} prompts or labels for {b} images: give one, or one per image.")
         tokens = images_to_tokens(images, self.prior.config.num_levels)

@@ -174,7 +174,7 @@ class HFGenPipeline(DiffusionPipeline):
     # The component that takes the condition (its config says how it is conditioned), e.g. "vae", "generator", "unet".
     model_component: str = ""
     # What the family can do besides sampling: any of "guidance", "steps", "interpolation", "likelihood", "encode",
-    # "inpainting", "trajectory". `capabilities` adds "prompt" or "class" from the loaded model.
+    # "inpainting", "trajectory", "completion". `capabilities` adds "prompt" or "class" from the loaded model.
     family_capabilities: frozenset[str] = frozenset()
     # `__call__` arguments that validation, the CLI, the Spaces and the metrics use unless their caller gives others
     # (an iterative sampler declares few steps here, e.g. {"num_inference_steps": 50}).
@@ -506,6 +506,7 @@ class HFGenPipeline(DiffusionPipeline):
         if isinstance(images, list):  # PIL images
             mode = {1: "L", 3: "RGB", 4: "RGBA"}[channels]
             images = np.stack([np.asarray(image.convert(mode), dtype=np.uint8) for image in images])
+            images = images[..., None] if channels == 1 else images  # (b, h, w, c): a 4-pixel-wide "L" is no RGBA
         if isinstance(images, np.ndarray):
             if images.dtype == np.uint8:
                 images = images.astype(np.float32) / 255.0

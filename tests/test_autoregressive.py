@@ -366,6 +366,24 @@ def test_completion_keeps_the_given_pixels(architecture):
         pipe.complete(images, holes)
 
 
+def test_completion_takes_one_condition_for_every_image_or_one_each(tiny_text_components):
+    images, mask = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0)), torch.zeros(4, 4)
+    mask[:2] = 1
+    tokenizer, text_encoder = tiny_text_components
+    prior = tiny_prior("gated_pixelcnn", sample_size=4, num_levels=5, condition_type="text", text_embed_dim=32)
+    pipes = {
+        "prompt": hfgen.AutoregressivePipeline(prior=prior, tokenizer=tokenizer, text_encoder=text_encoder),
+        "class_labels": tiny_pipeline("pixelcnn", sample_size=4, num_levels=5, condition_type="class", num_classes=3),
+    }
+    for argument, one in (("prompt", "a handwritten digit seven"), ("class_labels", 2)):
+        pipe = pipes[argument]
+        shared = pipe.complete(images, mask, **{argument: one}, generator=torch.manual_seed(0), output_type="pt")
+        each = pipe.complete(images, mask, **{argument: [one, one]}, generator=torch.manual_seed(0), output_type="pt")
+        assert torch.equal(shared, each)
+        with pytest.raises(ValueError, match="3"):  # neither one nor one per image
+            pipe.complete(images, mask, **{argument: [one] * 3})
+
+
 # ----- likelihood ----------------------------------------------------------------------------------------------------
 def test_log_likelihood_is_exact_and_sums_the_conditionals():
     pipe = tiny_pipeline("row_lstm", sample_size=4, in_channels=3, num_levels=5)

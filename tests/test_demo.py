@@ -161,3 +161,40 @@ def test_diffusion_tab_swaps_samplers_per_request_and_shows_the_trajectory():
     assert not np.array_equal(np.asarray(strip[0]), np.asarray(strip[-1]))  # and starts from noise
     with pytest.raises(gr.Error, match="Sampler must be one of DDPM, DDIM, DPM-Solver"):
         handlers["generate"](num_images=1, sampler="Euler", **settings)
+
+
+def test_autoregressive_completion_keeps_the_top_rows_and_draws_the_rest():
+    from PIL import Image
+    from test_autoregressive import tiny_pipeline
+
+    endpoints, widgets, blocks = tab(tiny_pipeline("pixelcnn", sample_size=4, num_levels=5), family="autoregressive")
+    assert endpoints["/complete_autoregressive"] == ["image", "kept_rows", "seed", "num_images", "temperature"]
+    assert widgets["Rows kept from the top"]["props"]["maximum"] == 3  # at least one row to draw
+    complete = {fn.api_name: fn.fn for fn in blocks.fns.values()}["complete_autoregressive"]
+
+    # What the editor passes: the upload as background, with the drawing over it as composite (white here).
+    black, white = Image.new("RGB", (32, 32), "black"), Image.new("RGB", (32, 32), "white")
+    drawn = {"background": black, "layers": [], "composite": white}
+    images, timing = complete(image=drawn, kept_rows=2, seed=0, num_images=3, temperature=1.0)
+    pixels = np.stack([np.asarray(image.convert("L").resize((4, 4), Image.NEAREST)) for image in images])
+    assert pixels.shape == (3, 4, 4) and "3 image(s)" in timing
+    assert (pixels[:, :2] == 255).all()  # the kept rows, from the composite
+    assert (pixels[:, 2:] != 255).any() and not (pixels[0] == pixels[1:]).all()  # drawn, differently per image
+    again, _ = complete(image=drawn, kept_rows=2, seed=0, num_images=3, temperature=1.0)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(again, images, strict=True))
+    with pytest.raises(gr.Error, match="Rows kept from the top must be from 1 to 3"):
+        complete(image=drawn, kept_rows=4, seed=0, num_images=1, temperature=1.0)
+    with pytest.raises(gr.Error, match="Upload an image"):
+        complete(image=None, kept_rows=2, seed=0, num_images=1, temperature=1.0)
+
+    # A class model: the class (and guidance) apply to every completion.
+    class_pipeline = tiny_pipeline("pixelcnn", sample_size=4, num_levels=5, condition_type="class", num_classes=3)
+    endpoints, _, blocks = tab(class_pipeline)
+    assert endpoints["/complete"] == [
+        "image", "kept_rows", "class_label", "seed", "num_images", "guidance_scale", "temperature"
+    ]  # fmt: skip
+    complete = {fn.api_name: fn.fn for fn in blocks.fns.values()}["complete"]
+    images, _ = complete(
+        image=white, kept_rows=1, class_label=2, seed=0, num_images=2, guidance_scale=2.0, temperature=1.0
+    )
+    assert len(images) == 2

@@ -19,6 +19,7 @@ import pytest
 from conftest import HUB_USER as USER
 from conftest import make_tiny_text_components
 from huggingface_hub import HfApi, SpaceCard
+from PIL import Image
 from testing_utils import load_app, serve
 
 import hfgen
@@ -301,7 +302,8 @@ def test_family_space_serves_a_model_pulled_from_the_hub(model_ids, family):
 
 def test_diffusion_flow_and_autoregressive_tabs_generate(app, tmp_path):
     """The families added after the gallery get their tabs from their pipelines' capabilities alone: each generates
-    through gradio_client, the diffusion tab with its steps and class, the flow tab with its temperature."""
+    through gradio_client, the diffusion tab with its steps and class, the flow tab with its temperature, and the
+    autoregressive tab completes an image from its top rows."""
     from test_autoregressive import tiny_pipeline as tiny_autoregressive
     from test_diffusion import tiny_pipeline as tiny_diffusion
     from test_flow import tiny_flow
@@ -354,5 +356,16 @@ def test_diffusion_flow_and_autoregressive_tabs_generate(app, tmp_path):
         assert "bits/dim" in score and "exact" in score  # a flow's likelihood is exact
         gallery, _ = client.predict(seed=0, num_images=2, api_name="/generate_autoregressive")
         assert len(image_files(gallery)) == 2
+
+        white = tmp_path / "white.png"
+        Image.new("RGB", (16, 16), "white").save(white)
+        upload = {"background": gradio_client.handle_file(str(white)), "layers": [], "composite": None}
+        gallery, timing = client.predict(
+            image=upload, kept_rows=2, seed=0, num_images=2, temperature=0.5, api_name="/complete_autoregressive"
+        )
+        files = image_files(gallery)
+        completed = np.stack([np.asarray(Image.open(f).convert("L").resize((4, 4), Image.NEAREST)) for f in files])
+        assert completed.shape == (2, 4, 4) and timing.startswith("Autoregressive: 2 image(s)")
+        assert (completed[:, :2] == 255).all() and (completed[:, 2:] != 255).any()  # top rows kept, the rest drawn
     finally:
         demo.close()

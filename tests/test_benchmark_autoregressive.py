@@ -1,0 +1,24 @@
+"""benchmarks/autoregressive.py keeps the pipelines it trains, so its completion part runs again on them without
+training, with the same figures; it refuses to complete with a model it has not got; --train_args reach the trainer."""
+
+import pytest
+from conftest import REPO_ROOT
+from testing_utils import load_app
+
+
+def test_completion_reuses_the_trained_pipeline(tmp_path):
+    bench = load_app(REPO_ROOT / "benchmarks" / "autoregressive.py", "benchmark_autoregressive")
+    common = ["--architectures", "row_lstm", "--output_dir", str(tmp_path), "--num_images", "8", "--temperatures", "1"]
+    with pytest.raises(SystemExit, match="No trained pipeline"):
+        bench.main(["--parts", "completion", *common])
+
+    train = ["--parts", "train,completion", "--steps", "2", "--train_args=--hidden_channels 8 --use_ema"]
+    trained = bench.main([*train, *common])["architectures"]["row_lstm"]
+    assert trained["train"]["parameters"] < 10_000  # --train_args override the benchmark's size (32 wide: 75,617)
+    assert trained["train"]["steps_per_epoch"] == 1617 // 64  # full batches of the 1,617 training digits
+    assert trained["train"]["seconds_per_epoch"] == pytest.approx(trained["train"]["seconds_per_step"] * 25, abs=0.1)
+    completion = trained["completion"]["1.0"]
+    assert completion["num_images"] == 8 and completion["known_pixels_changed"] < 1 / 255
+
+    again = bench.main(["--parts", "completion", *common])["architectures"]["row_lstm"]
+    assert "train" not in again and again["completion"]["1.0"]["completed"] == completion["completed"]

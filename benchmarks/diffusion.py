@@ -68,22 +68,25 @@ from trainer_overhead import with_timed_finish  # noqa: E402  (the same timing o
 
 PARTS = ("throughput", "fid", "bound", "guidance", "inpainting")
 RECIPE = os.path.join(os.path.dirname(__file__), "..", "training", "recipes", "diffusion_digits.yaml")
-# name: (scheduler class, overrides of the pipeline's scheduler config). The "-clip" samplers clamp every x0
-# prediction to [-1, 1], as diffusers' default `clip_sample=True` does (what hfgen's trainer saved before its
-# `--clip_sample` option, default off); DPM-Solver++ has no such clamp (its `thresholding` is off).
+# name: (scheduler class, overrides of the pipeline's scheduler config, `__call__` arguments). The "-clip" samplers
+# clamp every x0 prediction to [-1, 1], as diffusers' default `clip_sample=True` does (what hfgen's trainer saved
+# before its `--clip_sample` option, default off); DPM-Solver++ has no such clamp (its `thresholding` is off).
+# "ddim-eta1" is DDIM with eta 1 (stochastic, DDPM's variance on DDIM's skipped steps), the DDIM paper's comparison.
 SAMPLERS = {
-    "ddpm": (DDPMScheduler, {}),
-    "ddpm-clip": (DDPMScheduler, {"clip_sample": True}),
-    "ddim": (DDIMScheduler, {}),
-    "ddim-clip": (DDIMScheduler, {"clip_sample": True}),
-    "dpm++": (DPMSolverMultistepScheduler, {}),
+    "ddpm": (DDPMScheduler, {}, {}),
+    "ddpm-clip": (DDPMScheduler, {"clip_sample": True}, {}),
+    "ddim": (DDIMScheduler, {}, {}),
+    "ddim-eta1": (DDIMScheduler, {}, {"eta": 1.0}),
+    "ddim-clip": (DDIMScheduler, {"clip_sample": True}, {}),
+    "dpm++": (DPMSolverMultistepScheduler, {}, {}),
 }
 
 
-def swap_scheduler(pipeline, original, sampler: str):
-    """The diffusers way: `Scheduler.from_config(pipe.scheduler.config)`."""
-    scheduler_class, overrides = SAMPLERS[sampler]
+def swap_scheduler(pipeline, original, sampler: str) -> dict:
+    """Swaps the diffusers way, `Scheduler.from_config(pipe.scheduler.config)`; returns the `__call__` arguments."""
+    scheduler_class, overrides, call_kwargs = SAMPLERS[sampler]
     pipeline.scheduler = scheduler_class.from_config(original.config, **overrides)
+    return call_kwargs
 
 
 TARGET_RATIO = 1.0
@@ -287,10 +290,10 @@ def fid_against_steps(args: argparse.Namespace, pipeline) -> list[dict]:
     if args.reseeded_settings:  # "" for none
         settings += [(*setting, args.seed + 1) for setting in parse_settings(args.reseeded_settings)]
     for sampler, steps, seed in settings:
-        swap_scheduler(pipeline, original, sampler)
+        call_kwargs = swap_scheduler(pipeline, original, sampler)
         start = time.perf_counter()
         images = pipeline.generate(
-            args.num_samples, seed=seed, max_batch_size=args.num_samples, num_inference_steps=steps
+            args.num_samples, seed=seed, max_batch_size=args.num_samples, num_inference_steps=steps, **call_kwargs
         )
         seconds = (time.perf_counter() - start) / args.num_samples
         features = features_and_probabilities(extractor, images * 2 - 1)[0]
@@ -340,7 +343,7 @@ def guidance(args: argparse.Namespace, pipeline) -> list[dict]:
     prompts = default_prompts("digits")["seen"]  # "a handwritten digit zero", ... in class order
     labels = list(range(len(prompts)))
     original = pipeline.scheduler
-    swap_scheduler(pipeline, original, args.guidance_sampler)
+    call_kwargs = swap_scheduler(pipeline, original, args.guidance_sampler)
     rows = []
     for scale in [float(s) for s in args.guidance_scales.split(",")]:
         start = time.perf_counter()
@@ -350,6 +353,7 @@ def guidance(args: argparse.Namespace, pipeline) -> list[dict]:
             seed=args.seed,
             num_inference_steps=args.guidance_steps,
             guidance_scale=scale,
+            **call_kwargs,
         )
         seconds = (time.perf_counter() - start) / len(images)
         image_prompts = [prompts[label] for label in labels for _ in range(args.guidance_samples)]

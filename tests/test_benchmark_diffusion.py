@@ -24,8 +24,8 @@ def test_plain_loop_trains_the_trainers_unet_with_the_same_loss(tmp_path):
     assert dict(model.config) == dict(trainer_unet.config)
     assert dict(noise_scheduler.config) == dict(trainer.noise_scheduler.config)
 
-    # Same weights, same random numbers: the trainer's loss is diffusers' loss, up to the order of the sums (the trainer
-    # averages per image first, for Min-SNR's per-image weights; on some CPUs the last bit differs).
+    # Same weights, same random numbers: the trainer's loss is diffusers' loss, up to the order of the sums (the
+    # trainer averages per image first, for Min-SNR's per-image weights; on some CPUs the last bit differs).
     model.load_state_dict(trainer_unet.state_dict())
     clean = torch.rand(16, 1, 8, 8) * 2 - 1
     torch.manual_seed(1)

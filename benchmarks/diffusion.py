@@ -109,9 +109,7 @@ THROUGHPUT_ARGS = [
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--parts", default="throughput,fid,bound,guidance,inpainting", help=f"Comma-separated: {PARTS}."
-    )
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"Comma-separated: {PARTS}.")
     parser.add_argument("--model", help="A trained digits diffusion pipeline; default: train the digits recipe.")
     parser.add_argument("--max_train_steps", type=int, help="Steps of that training run (default: the recipe's).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of weights, data order and samples.")

@@ -43,6 +43,7 @@ import torch
 
 import hfgen
 from hfgen.layers import quantize
+from hfgen.metrics.completion import keep_top_rows
 
 MAX_IMAGES = 16
 MAX_SEED = 2**31 - 1
@@ -529,8 +530,7 @@ def _completion_section(pipeline, condition: dict, controls: dict, name, timing)
         seed = check_int(values.pop("seed"), "Seed", 0, MAX_SEED)
         count = check_int(values.pop("num_images"), "Number of completions", 1, MAX_IMAGES)
         kwargs = read_inputs(pipeline, values, controls)
-        mask = torch.zeros(size, size)
-        mask[:rows] = 1
+        mask = keep_top_rows(size, size, rows)
         generator = torch.Generator().manual_seed(seed)
         images, seconds = run(
             pipeline.complete, image.expand(count, -1, -1, -1), mask, generator=generator, output_type="pil", **kwargs

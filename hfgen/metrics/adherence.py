@@ -246,6 +246,12 @@ def _extractor(dataset: str, extractor) -> DomainClassifier:
 
 
 @torch.no_grad()
+def predicted_classes(images: torch.Tensor, classifier: DomainClassifier) -> torch.Tensor:
+    """The classifier's class for each image (b, c, h, w) in [0, 1] (the classifiers take [-1, 1]), in batches."""
+    return torch.cat([classifier.class_probabilities(batch * 2 - 1).argmax(-1) for batch in images.split(500)])
+
+
+@torch.no_grad()
 def predict_attributes(images, dataset: str, extractor: DomainClassifier | str | None = None) -> dict[str, list]:
     """What each image shows, per attribute of `dataset`: {"digit": ["seven", ...]} or {"shape": [...], "color":
     [...], "size": [...], "position": [...]} (None where an image has no foreground)."""
@@ -255,7 +261,7 @@ def predict_attributes(images, dataset: str, extractor: DomainClassifier | str |
     if classifier.config.in_channels == 1 and images.shape[1] == 3:
         images = images.mean(dim=1, keepdim=True)
     names = classifier.config.class_names
-    classes = torch.cat([classifier.class_probabilities(b * 2 - 1).argmax(-1) for b in images.split(500)]).tolist()
+    classes = predicted_classes(images, classifier).tolist()
     if dataset in ("digits", "mnist"):
         return {"digit": [names[c] for c in classes]}
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 
 from hfgen.data import load_image_dataset
-from hfgen.metrics.adherence import to_unit_images
+from hfgen.metrics.adherence import predicted_classes, to_unit_images
 from hfgen.metrics.features import DomainClassifier, load_feature_extractor
 
 DATASETS = ("digits", "mnist")
@@ -44,12 +44,6 @@ def keep_top_rows(height: int, width: int, rows: int | None = None) -> torch.Ten
     keep = torch.zeros(height, width)
     keep[:rows] = 1
     return keep
-
-
-@torch.no_grad()
-def classify(images: torch.Tensor, classifier: DomainClassifier) -> torch.Tensor:
-    """The predicted class of each image in [0, 1] (the classifiers take [-1, 1])."""
-    return torch.cat([classifier.class_probabilities(batch * 2 - 1).argmax(-1) for batch in images.split(500)])
 
 
 def completion_accuracy(
@@ -89,7 +83,7 @@ def completion_accuracy(
     classifier = extractor if isinstance(extractor, DomainClassifier) else load_feature_extractor(extractor or dataset)
 
     def accuracy(candidates: torch.Tensor) -> float:
-        return (classify(candidates, classifier) == labels).float().mean().item()
+        return (predicted_classes(candidates, classifier) == labels).float().mean().item()
 
     return {
         "num_images": len(images),

@@ -28,10 +28,10 @@ import time
 
 import numpy as np
 import torch
-from hfgen.training.trainer_gan import class_histogram_entropy
 from torch import nn
 
 import hfgen
+from hfgen.metrics import class_histogram_entropy
 from hfgen.metrics.adherence import adherence, default_prompts
 from hfgen.metrics.anomaly import anomaly_auroc, out_of_distribution_images
 from hfgen.metrics.evaluate import features_and_probabilities, format_table, real_images

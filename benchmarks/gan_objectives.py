@@ -28,9 +28,9 @@ import time
 
 import torch
 from hfgen.training.train import parse_config
-from hfgen.training.trainer_gan import class_histogram_entropy
 
 from hfgen.data import load_image_dataset
+from hfgen.metrics import class_histogram_entropy
 from hfgen.metrics.features import load_feature_extractor
 
 RECIPES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "training", "recipes")

@@ -16,7 +16,6 @@ seen >= 0.95, paraphrase >= 0.90 on digits and mnist, >= 0.80 on every attribute
 
 import argparse
 import json
-import math
 import os
 import tempfile
 import time
@@ -25,6 +24,7 @@ import torch
 from hfgen.training.train import parse_config
 
 import hfgen
+from hfgen.metrics import class_histogram_entropy
 from hfgen.metrics.adherence import prompt_adherence, summary
 from hfgen.metrics.features import load_feature_extractor
 
@@ -108,10 +108,7 @@ def diagnose_text_pathway(dataset: str = "digits") -> None:
 def unconditional_entropy(pipeline, dataset: str, num_samples: int, seed: int = 0) -> float:
     """Entropy (nats) of the classifier's classes (digits or shapes) over `num_samples` samples of the empty prompt."""
     images = pipeline.generate(num_samples, prompt="", seed=seed) * 2 - 1  # (n, c, s, s) in [-1, 1]
-    probabilities = load_feature_extractor(dataset).class_probabilities(images)
-    predicted = probabilities.argmax(-1)
-    frequencies = torch.bincount(predicted, minlength=probabilities.shape[-1]).double() / len(predicted)
-    return max(0.0, -sum(p * math.log(p) for p in frequencies.tolist() if p > 0))  # no -0.0 for one class
+    return class_histogram_entropy(load_feature_extractor(dataset).class_probabilities(images))
 
 
 def run_row(name: str, max_train_steps: int | None, num_samples: int, extra: list[str]) -> dict:

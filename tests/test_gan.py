@@ -13,8 +13,6 @@ from hfgen.pipelines.pipeline_gan import slerp
 from hfgen.training.trainer_gan import (
     GANDivergenceError,
     GANTrainer,
-    class_histogram_entropy,
-    modes_covered,
 )
 from safetensors.torch import load_file
 from testing_utils import ModelTesterMixin, PipelineTesterMixin, TrainerTesterMixin, train_on_two_cpu_ranks
@@ -22,7 +20,6 @@ from testing_utils import ModelTesterMixin, PipelineTesterMixin, TrainerTesterMi
 import hfgen
 from hfgen.conditioning import Condition
 from hfgen.data import collate_fn
-from hfgen.metrics import load_feature_extractor
 from hfgen.models.modeling_gan import (
     GAN_LOSSES,
     discriminator_loss,
@@ -539,33 +536,6 @@ def test_slerp_and_interpolate():
     torch.testing.assert_close(strip[[0, -1]], ends)
     with pytest.raises(ValueError, match="num_steps"):
         pipeline.interpolate(0, 1, num_steps=1)
-
-
-# ----- the mode-collapse number --------------------------------------------------------------------------------------
-def test_class_histogram_entropy_and_modes_covered():
-    spread = torch.eye(10).repeat(5, 1)  # 50 samples, 5 per class
-    assert class_histogram_entropy(spread) == pytest.approx(np.log(10))
-    assert class_histogram_entropy(torch.eye(10)[[4] * 50]) == 0.0
-
-    angles = torch.arange(8) * (2 * torch.pi / 8)
-    centers = torch.stack([angles.cos(), angles.sin()], dim=1) * 2  # the 8-Gaussian ring of radius 2
-    generator = torch.Generator().manual_seed(0)
-    mixture = centers.repeat(50, 1) + 0.02 * torch.randn(400, 2, generator=generator)
-    assert modes_covered(mixture, centers, max_distance=0.06) == 8
-    collapsed = centers[[2]] + 0.02 * torch.randn(400, 2, generator=generator)
-    assert modes_covered(collapsed, centers, max_distance=0.06) == 1
-    assert modes_covered(torch.zeros(10, 2), centers, max_distance=0.06) == 0  # far from every mode
-
-
-def test_digit_classifier_entropy_sees_collapse():
-    classifier = load_feature_extractor("digits")
-    from hfgen.data import load_image_dataset
-
-    test = load_image_dataset("digits", caption_column="text", label_column="label")["test"]
-    images = torch.stack([test[i]["pixel_values"] for i in range(len(test))])
-    assert class_histogram_entropy(classifier.class_probabilities(images)) > 0.95 * np.log(10)
-    one_digit = images[[0] * len(images)]
-    assert class_histogram_entropy(classifier.class_probabilities(one_digit)) == 0.0
 
 
 # ----- recipes -------------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 from hfgen.training.train import parse_config
@@ -13,8 +14,15 @@ from huggingface_hub import ModelCard
 
 import hfgen
 from hfgen.cli import main as hfgen_main
-from hfgen.data import collate_fn
-from hfgen.metrics import DomainClassifier, fid, load_feature_extractor, sklearn_baselines
+from hfgen.data import collate_fn, load_image_dataset
+from hfgen.metrics import (
+    DomainClassifier,
+    class_histogram_entropy,
+    fid,
+    load_feature_extractor,
+    modes_covered,
+    sklearn_baselines,
+)
 from hfgen.metrics.anomaly import out_of_distribution_images
 from hfgen.metrics.evaluate import evaluate_pipeline, features_and_probabilities, real_images
 from hfgen.metrics.features import EXTRACTORS_DIR, shipped_extractors
@@ -199,6 +207,32 @@ def test_validation_fid_needs_validation_steps_and_an_extractor():
         parse_config(
             ["--family", "vae", "--validation_fid", "--validation_steps", "5", "--dataset_name", "/data/cats"]
         )
+
+
+# ----- mode coverage -------------------------------------------------------------------------------------------------
+def test_class_histogram_entropy_and_modes_covered():
+    spread = torch.eye(10).repeat(5, 1)  # 50 samples, 5 per class
+    assert class_histogram_entropy(spread) == pytest.approx(np.log(10))
+    collapsed = class_histogram_entropy(torch.eye(10)[[4] * 50])
+    assert collapsed == 0.0 and math.copysign(1, collapsed) == 1  # printed as 0.00, not -0.00
+
+    angles = torch.arange(8) * (2 * torch.pi / 8)
+    centers = torch.stack([angles.cos(), angles.sin()], dim=1) * 2  # the 8-Gaussian ring of radius 2
+    generator = torch.Generator().manual_seed(0)
+    mixture = centers.repeat(50, 1) + 0.02 * torch.randn(400, 2, generator=generator)
+    assert modes_covered(mixture, centers, max_distance=0.06) == 8
+    collapsed = centers[[2]] + 0.02 * torch.randn(400, 2, generator=generator)
+    assert modes_covered(collapsed, centers, max_distance=0.06) == 1
+    assert modes_covered(torch.zeros(10, 2), centers, max_distance=0.06) == 0  # far from every mode
+
+
+def test_digit_classifier_entropy_sees_collapse():
+    classifier = load_feature_extractor("digits")
+    test = load_image_dataset("digits", caption_column="text", label_column="label")["test"]
+    images = torch.stack([test[i]["pixel_values"] for i in range(len(test))])
+    assert class_histogram_entropy(classifier.class_probabilities(images)) > 0.95 * np.log(10)
+    one_digit = images[[0] * len(images)]
+    assert class_histogram_entropy(classifier.class_probabilities(one_digit)) == 0.0
 
 
 # ----- completion accuracy ------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from hfgen.training.trainer import Trainer, TrainingConfig
 
 from hfgen.conditioning import Condition
 from hfgen.metrics.features import load_feature_extractor
-from hfgen.metrics.sample_quality import fid
+from hfgen.metrics.sample_quality import class_histogram_entropy, fid
 from hfgen.models.modeling_gan import (
     DISCRIMINATOR_CONDITIONINGS,
     DISCRIMINATOR_NORMS,
@@ -46,25 +46,6 @@ BOUNDED_LOSSES = ("non-saturating", "minimax", "hinge")  # a score of 0 separate
 
 class GANDivergenceError(RuntimeError):
     """The discriminator has won outright for too long: the generator gets no useful gradient."""
-
-
-# ----- the mode-collapse diagnostic ----------------------------------------------------------------------------------
-def class_histogram_entropy(probabilities: torch.Tensor) -> float:
-    """Entropy (nats) of the histogram of predicted classes over a batch of samples, from a classifier's probabilities
-    (n, k): log k when the samples spread evenly over the k classes, 0 when they all fall in one (mode collapse)."""
-    counts = torch.bincount(probabilities.argmax(1), minlength=probabilities.shape[1]).double()
-    frequencies = counts[counts > 0] / counts.sum()
-    return float(-(frequencies * frequencies.log()).sum())
-
-
-def modes_covered(points: torch.Tensor, centers: torch.Tensor, max_distance: float, min_count: int = 1) -> int:
-    """How many of the modes `centers` (k, d) have at least `min_count` of the samples `points` (n, d) within
-    `max_distance` (for a mixture of Gaussians, 3 standard deviations), as in VEEGAN (Srivastava et al. 2017)."""
-    distances = torch.cdist(points.double(), centers.double())  # (n, k)
-    nearest = distances.argmin(1)
-    close = distances.gather(1, nearest[:, None]).squeeze(1) <= max_distance
-    counts = torch.bincount(nearest[close], minlength=centers.shape[0])
-    return int((counts >= min_count).sum())
 
 
 @dataclass

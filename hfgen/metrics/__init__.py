@@ -18,13 +18,22 @@ from hfgen.metrics.divergences import (
 )
 from hfgen.metrics.evaluate import compare_pipelines, evaluate_pipeline
 from hfgen.metrics.features import DomainClassifier, load_feature_extractor
-from hfgen.metrics.sample_quality import GaussianStatistics, fid, inception_score, kid, precision_recall
+from hfgen.metrics.sample_quality import (
+    GaussianStatistics,
+    class_histogram_entropy,
+    fid,
+    inception_score,
+    kid,
+    modes_covered,
+    precision_recall,
+)
 
 __all__ = [
     "DomainClassifier",
     "GaussianStatistics",
     "anomaly_auroc",
     "auroc",
+    "class_histogram_entropy",
     "compare_pipelines",
     "evaluate_pipeline",
     "exact_wasserstein",
@@ -35,6 +44,7 @@ __all__ = [
     "kl_divergence",
     "load_feature_extractor",
     "mmd",
+    "modes_covered",
     "precision_recall",
     "sklearn_baselines",
     "sliced_wasserstein",

@@ -334,3 +334,22 @@ def precision_recall(real, fake, k: int = 3) -> tuple[float, float]:
     precision = _fraction_inside(fake, real, _knn_radii(real, k))
     recall = _fraction_inside(real, fake, _knn_radii(fake, k))
     return precision, recall
+
+
+# ----- mode coverage: how many of the classes or modes the samples reach ---------------------------------------------
+def class_histogram_entropy(probabilities: torch.Tensor) -> float:
+    """Entropy (nats) of the histogram of predicted classes over a batch of samples, from a classifier's probabilities
+    (n, k): log k when the samples spread evenly over the k classes, 0 when they all fall in one (mode collapse)."""
+    counts = torch.bincount(probabilities.argmax(1), minlength=probabilities.shape[1]).double()
+    frequencies = counts[counts > 0] / counts.sum()
+    return max(0.0, float(-(frequencies * frequencies.log()).sum()))  # no -0.0 for a single class
+
+
+def modes_covered(points: torch.Tensor, centers: torch.Tensor, max_distance: float, min_count: int = 1) -> int:
+    """How many of the modes `centers` (k, d) have at least `min_count` of the samples `points` (n, d) within
+    `max_distance` (for a mixture of Gaussians, 3 standard deviations), as in VEEGAN (Srivastava et al. 2017)."""
+    distances = torch.cdist(points.double(), centers.double())  # (n, k)
+    nearest = distances.argmin(1)
+    close = distances.gather(1, nearest[:, None]).squeeze(1) <= max_distance
+    counts = torch.bincount(nearest[close], minlength=centers.shape[0])
+    return int((counts >= min_count).sum())

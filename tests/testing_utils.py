@@ -394,8 +394,10 @@ def train_on_two_cpu_ranks(repo_root, output_dir, args: list[str]) -> dict:
         str(Path(repo_root) / "training" / "train.py"), *args,
     ]  # fmt: skip
     result = subprocess.run(
-        command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300
-    )
+        # PYTHONFAULTHANDLER: a rank that aborts prints every thread's Python stack, so a failure says where it was.
+        command, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((Path(output_dir) / "train_summary.json").read_text())
     assert summary["world_size"] == 2 and "MULTI_CPU" in summary["distributed_type"]

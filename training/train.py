@@ -8,6 +8,7 @@ Settings come from the family's config dataclass; a `--recipe` YAML supplies def
 """
 
 import argparse
+import gc
 import sys
 
 import yaml
@@ -56,7 +57,13 @@ def main(argv: list[str] | None = None) -> dict:
     trainer_class, config = parse_config(argv)
     trainer = trainer_class(config)
     summary = trainer.train()
-    if trainer.accelerator.is_main_process:
+    is_main_process = trainer.accelerator.is_main_process
+    # Free the DDP-wrapped model, its gradient buckets and the optimizer now, while the interpreter is whole: left to
+    # interpreter shutdown, one gloo rank of a finished two-process run aborted in CI ("terminate called without an
+    # active exception", exit -6), which made torchrun report the saved run as failed.
+    del trainer
+    gc.collect()
+    if is_main_process:
         print(f"Saved the {config.family} pipeline to {config.output_dir}")
         print(f"Samples: {config.output_dir}/samples/final.png")
         print(f"Try it:  hfgen generate {config.output_dir} -n 16 -o grid.png")

@@ -27,9 +27,10 @@ steps for DDPM / DDIM / DPM-Solver++, the variational bound in bits/dim, and pro
    with the samples alone.
 3. The bound (`--parts bound`): the pipeline's `log_likelihood` (the DDPM L_vlb, "lower bound") on the test split.
 4. Guidance (`--parts guidance`): prompt adherence (`hfgen.metrics.adherence.prompt_adherence` on images with their
-   prompts) of `--guidance_samples` images per digit class, sampled with `--guidance_sampler` (DDIM) in
-   `--guidance_steps` steps at each `--guidance_scales` value, scored against the template prompt of their class, with
-   the two digits the classifier sees most often.
+   prompts) of `--guidance_samples` images per template prompt of `--dataset` (a class-conditional model gets the
+   class labels, a text-conditioned one the prompts' text), sampled with `--guidance_sampler` (DDIM) in
+   `--guidance_steps` steps at each `--guidance_scales` value, with the two digits (shapes) the classifier sees most
+   often. The shapes: `--model out/diffusion-text-shapes --dataset shapes --parts guidance --guidance_samples 2`.
 5. Inpainting (`--parts inpainting`): `hfgen.metrics.completion.completion_accuracy` on the test digits: the top half
    kept, the bottom half filled by the pipeline's RePaint `inpaint` (the null class, `--inpaint_steps`, jump length 10,
    `jump_n_sample` 10 and 1, i.e. with and without resampling), and the shipped classifier's accuracy on the originals,
@@ -110,7 +111,10 @@ THROUGHPUT_ARGS = [
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--parts", default=",".join(PARTS), help=f"Comma-separated: {PARTS}.")
-    parser.add_argument("--model", help="A trained digits diffusion pipeline; default: train the digits recipe.")
+    parser.add_argument(
+        "--model",
+        help="A trained diffusion pipeline (of --dataset); default: train the class-conditional digits recipe.",
+    )
     parser.add_argument("--max_train_steps", type=int, help="Steps of that training run (default: the recipe's).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of weights, data order and samples.")
     # 1. throughput
@@ -136,7 +140,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     # 4. guidance
     parser.add_argument("--guidance_scales", default="1,2,4,7.5", help="Classifier-free guidance scales.")
-    parser.add_argument("--guidance_samples", type=int, default=50, help="Images per digit class and scale.")
+    parser.add_argument(
+        "--dataset",
+        default="digits",
+        choices=["digits", "mnist", "shapes"],
+        help="What --model was trained on: the prompts and the classifier of the guidance part.",
+    )
+    parser.add_argument(
+        "--guidance_samples",
+        type=int,
+        default=50,
+        help="Images per template prompt and scale (10 digit prompts; 180 shapes prompts, so 1 or 2 there).",
+    )
     parser.add_argument(
         "--guidance_sampler", default="ddim", choices=list(SAMPLERS), help="Guidance samples' sampler."
     )
@@ -336,10 +351,22 @@ def bound(args: argparse.Namespace, pipeline) -> dict:
 
 @torch.no_grad()
 def guidance(args: argparse.Namespace, pipeline) -> list[dict]:
-    if pipeline.condition_type != "class":
-        raise SystemExit("--parts guidance needs the class-conditional digits model.")
-    prompts = default_prompts("digits")["seen"]  # "a handwritten digit zero", ... in class order
-    labels = list(range(len(prompts)))
+    """Prompt adherence against the guidance scale: `--guidance_samples` images for each of the data set's template
+    prompts (the ten digit classes; every shapes combination), from class labels or from the prompts' text."""
+    if pipeline.condition_type not in ("class", "text") or (pipeline.condition_type, args.dataset) == (
+        "class",
+        "shapes",
+    ):
+        raise SystemExit(
+            f"--parts guidance needs a class-conditional digits model or a text-conditioned one; this model's "
+            f"condition is {pipeline.condition_type!r} and --dataset is {args.dataset!r}."
+        )
+    prompts = default_prompts(args.dataset)["seen"]  # digits: "a handwritten digit zero", ... in class order
+    condition = (
+        {"class_labels": list(range(len(prompts)))} if pipeline.condition_type == "class" else {"prompt": prompts}
+    )
+    image_prompts = [prompt for prompt in prompts for _ in range(args.guidance_samples)]  # generate's order
+    main_attribute = "shape" if args.dataset == "shapes" else "digit"
     original = pipeline.scheduler
     call_kwargs = swap_scheduler(pipeline, original, args.guidance_sampler)
     rows = []
@@ -347,16 +374,15 @@ def guidance(args: argparse.Namespace, pipeline) -> list[dict]:
         start = time.perf_counter()
         images = pipeline.generate(
             args.guidance_samples,
-            class_labels=labels,
+            **condition,
             seed=args.seed,
             num_inference_steps=args.guidance_steps,
             guidance_scale=scale,
             **call_kwargs,
         )
         seconds = (time.perf_counter() - start) / len(images)
-        image_prompts = [prompts[label] for label in labels for _ in range(args.guidance_samples)]
-        result = summary(prompt_adherence(images, "digits", prompts=image_prompts))
-        predicted = collections.Counter(predict_attributes(images, "digits")["digit"]).most_common(2)
+        result = summary(prompt_adherence(images, args.dataset, prompts=image_prompts))
+        predicted = collections.Counter(predict_attributes(images, args.dataset)[main_attribute]).most_common(2)
         rows.append({"guidance_scale": scale, **result, "most_predicted": predicted, "seconds_per_image": seconds})
         print(f"guidance {scale}: {result}, most predicted {predicted}", flush=True)
     pipeline.scheduler = original
@@ -406,6 +432,8 @@ def main(argv: list[str] | None = None) -> dict:
     parts = [part.strip() for part in args.parts.split(",") if part.strip()]
     if not parts or set(parts) - set(PARTS):
         raise SystemExit(f"--parts takes a list of {', '.join(PARTS)}, got {args.parts!r}.")
+    if args.dataset != "digits" and (set(parts) - {"guidance"} or not args.model):
+        raise SystemExit(f"--dataset {args.dataset} is for --parts guidance of a trained --model; the rest is digits.")
     results = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "settings": vars(args),

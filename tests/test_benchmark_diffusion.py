@@ -3,6 +3,7 @@ trainer's UNet config on the trainer's noise schedule, and with the same weights
 
 import importlib.util
 
+import pytest
 import torch
 from conftest import REPO_ROOT
 
@@ -40,3 +41,25 @@ def test_plain_loop_trains_the_trainers_unet_with_the_same_loss(tmp_path):
     for name, p in model.named_parameters():
         if p.requires_grad:
             assert not torch.equal(before[name], p), f"Parameter {name} has not changed."
+
+
+def test_guidance_part_samples_a_text_model_from_its_prompts_and_refuses_a_class_model_on_shapes(tiny_text_components):
+    """The guidance part takes a text-conditioned model (the shapes row samples the prompts' text) as well as the
+    class-conditional digits model, and refuses a pairing it cannot score."""
+    from test_diffusion import tiny_pipeline
+
+    bench = load_benchmark()
+    args = bench.parse_args(
+        ["--dataset", "digits", "--guidance_samples", "2", "--guidance_scales", "1,3", "--guidance_steps", "2"]
+    )
+    pipeline = tiny_pipeline("text", tiny_text_components)
+    pipeline.set_progress_bar_config(disable=True)
+    rows = bench.guidance(args, pipeline)
+    assert [row["guidance_scale"] for row in rows] == [1.0, 3.0]
+    for row in rows:
+        assert 0 <= row["adherence_seen"] <= 1 and sum(count for _, count in row["most_predicted"]) <= 20
+    assert isinstance(pipeline.scheduler, type(tiny_pipeline().scheduler))  # the trained scheduler is put back
+
+    args.dataset = "shapes"
+    with pytest.raises(SystemExit, match="class-conditional digits model or a text-conditioned one"):
+        bench.guidance(args, tiny_pipeline("class"))

@@ -18,6 +18,7 @@ import json
 
 import torch
 
+from hfgen.data import grey_levels
 from hfgen.metrics.anomaly import out_of_distribution_images
 from hfgen.metrics.evaluate import format_table, real_images, sample_quality
 from hfgen.metrics.features import load_feature_extractor
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     sets = {"real test": test, "one class": train[predicted == args.one_class][: len(test)]}
     generator = torch.Generator().manual_seed(0)
     if args.dataset in ("digits", "mnist"):
-        grey = dict(sample_size=test.shape[-1], num_levels=17 if args.dataset == "digits" else 256)
+        grey = dict(sample_size=test.shape[-1], num_levels=grey_levels(args.dataset))
         sets["shapes (grey)"] = out_of_distribution_images("shapes", len(test), **grey)
         sets["noise"] = out_of_distribution_images("noise", len(test), **grey)
     else:

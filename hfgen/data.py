@@ -196,6 +196,13 @@ EMBEDDED_DATASETS: dict[str, Callable[..., datasets.Dataset | datasets.DatasetDi
 }
 
 
+def grey_levels(dataset_name: str | None) -> int:
+    """How many grey levels the pixels of a data set take: the discrete scale that likelihoods (bits/dim) and the
+    families' discretized outputs use. The digits have 17 (0..16), the binarized MNIST 2; anything else (mnist, the
+    shapes, a folder or a Hub data set) is taken as 8-bit, 256."""
+    return {"digits": 17, "mnist_binarized": 2}.get(dataset_name, 256)
+
+
 def export_dataset(name: str, path: str) -> str:
     """Build an embedded data set and `save_to_disk` it, so that `load_image_dataset(path)` reads it back."""
     if name not in EMBEDDED_DATASETS:

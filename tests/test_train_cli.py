@@ -124,3 +124,26 @@ def test_every_recipe_is_a_valid_configuration(recipe):
     trainer_class, config = parse_config(["--recipe", str(recipe)])
     assert trainer_class.family == config.family
     assert config.output_dir.startswith("out/") and config.hub_model_id
+
+
+@pytest.mark.parametrize(
+    "family, attribute",
+    [("vae", "num_bins"), ("flow", "num_bins"), ("diffusion", "num_bins"), ("autoregressive", "num_levels")],
+)
+def test_the_discrete_scale_defaults_to_the_data_sets_grey_levels(family, attribute, tmp_path):
+    """Likelihoods are on the data's own scale: 17 levels for the digits, 2 for the binarized MNIST (a 256-level
+    default there would score binary pixels on an 8-bit scale), 256 for 8-bit data; an explicit value wins."""
+    for dataset, levels in [("digits", 17), ("mnist_binarized", 2), ("mnist", 256), ("shapes", 256)]:
+        _, config = parse_config(["--family", family, "--dataset_name", dataset, "--output_dir", str(tmp_path)])
+        assert getattr(config, attribute) == levels, dataset
+    argv = [
+        "--family",
+        family,
+        "--dataset_name",
+        "mnist_binarized",
+        "--output_dir",
+        str(tmp_path),
+        f"--{attribute}",
+        "4",
+    ]
+    assert getattr(parse_config(argv)[1], attribute) == 4

@@ -12,6 +12,7 @@ from hfgen.pipelines.pipeline_autoregressive import AutoregressivePipeline
 from hfgen.training.trainer import Trainer, TrainingConfig
 
 from hfgen.conditioning import Condition
+from hfgen.data import grey_levels
 from hfgen.models.modeling_autoregressive import (
     ARCHITECTURES,
     MODEL_CLASSES,
@@ -26,7 +27,10 @@ from hfgen.models.modeling_autoregressive import (
 class AutoregressiveTrainingConfig(TrainingConfig):
     architecture: str = field(default="gated_pixelcnn", metadata={"help": f"One of {', '.join(ARCHITECTURES)}."})
     num_levels: int | None = field(
-        default=None, metadata={"help": "Values per channel; default 17 for the embedded digits, else 256 (8-bit)."}
+        default=None,
+        metadata={
+            "help": "Values per channel; default: hfgen.data.grey_levels (digits 17, mnist_binarized 2, else 256)."
+        },
     )
     hidden_channels: int = field(default=64, metadata={"help": "Width of the convolutional / recurrent models."})
     embedding_dim: int = field(default=16, metadata={"help": "Token embedding size per channel."})
@@ -52,7 +56,7 @@ class AutoregressiveTrainingConfig(TrainingConfig):
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"--architecture must be one of {', '.join(ARCHITECTURES)}, got {self.architecture!r}.")
         if self.num_levels is None:
-            self.num_levels = 17 if self.dataset_name == "digits" else 256
+            self.num_levels = grey_levels(self.dataset_name)
         if self.num_levels < 2:
             raise ValueError(f"--num_levels must be at least 2, got {self.num_levels}.")
         if self.output_distribution not in OUTPUT_DISTRIBUTIONS:

@@ -25,7 +25,7 @@ from hfgen.training.trainer import Trainer, TrainingConfig, load_frozen_componen
 from torch.utils.data import DataLoader
 
 from hfgen.conditioning import Condition
-from hfgen.data import collate_fn
+from hfgen.data import collate_fn, grey_levels
 
 
 @dataclass
@@ -97,7 +97,10 @@ class DiffusionTrainingConfig(UNetTrainingConfig):
         default=50, metadata={"help": "Sampling steps of the validation grids and FID (few: validation stays cheap)."}
     )
     num_bins: int | None = field(
-        default=None, metadata={"help": "Levels of the data; default 17 for the embedded digits, else 256 (8-bit)."}
+        default=None,
+        metadata={
+            "help": "Levels of the data; default: hfgen.data.grey_levels (digits 17, mnist_binarized 2, else 256)."
+        },
     )
     eval_likelihood_images: int = field(
         default=0, metadata={"help": "Test images for the final L_vlb bound in bits/dim (T UNet calls; 0: none)."}
@@ -121,7 +124,7 @@ class DiffusionTrainingConfig(UNetTrainingConfig):
                 f"{self.validation_inference_steps}."
             )
         if self.num_bins is None:
-            self.num_bins = 17 if self.dataset_name == "digits" else 256
+            self.num_bins = grey_levels(self.dataset_name)
         if self.vae_name_or_path and self.clip_sample:
             raise ValueError(
                 "--clip_sample clamps predictions to the pixel range [-1, 1]; latents (--vae_name_or_path) have no "

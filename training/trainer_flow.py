@@ -16,7 +16,7 @@ from hfgen.pipelines.pipeline_flow import FlowPipeline
 from hfgen.training.trainer import Trainer, TrainingConfig
 
 from hfgen.conditioning import Condition, ConditionEncoder
-from hfgen.data import collate_fn
+from hfgen.data import collate_fn, grey_levels
 from hfgen.models.modeling_flow import ARCHITECTURES, COUPLINGS, DEQUANTIZATIONS, FlowModel
 
 
@@ -32,7 +32,10 @@ class FlowTrainingConfig(TrainingConfig):
     )
     logit_alpha: float = field(default=0.05, metadata={"help": "s = logit(alpha + (1 - 2 alpha) y)."})
     num_bins: int | None = field(
-        default=None, metadata={"help": "Levels of the data; default 17 for the embedded digits, else 256 (8-bit)."}
+        default=None,
+        metadata={
+            "help": "Levels of the data; default: hfgen.data.grey_levels (digits 17, mnist_binarized 2, else 256)."
+        },
     )
     condition_dim: int = field(default=16, metadata={"help": "Size the condition is projected to."})
     dequantization: str = field(
@@ -57,7 +60,7 @@ class FlowTrainingConfig(TrainingConfig):
         if self.learned_prior is None:
             self.learned_prior = self.architecture == "glow"
         if self.num_bins is None:
-            self.num_bins = 17 if self.dataset_name == "digits" else 256
+            self.num_bins = grey_levels(self.dataset_name)
 
 
 class FlowTrainer(Trainer):

@@ -12,6 +12,7 @@ from hfgen.pipelines.pipeline_vae import VAEPipeline
 from hfgen.training.trainer import Trainer, TrainingConfig
 
 from hfgen.conditioning import Condition
+from hfgen.data import grey_levels
 from hfgen.models.modeling_vae import VAEModel
 
 
@@ -25,7 +26,10 @@ class VAETrainingConfig(TrainingConfig):
     norm_num_groups: int = field(default=8, metadata={"help": "GroupNorm groups."})
     likelihood: str = field(default="discretized", metadata={"help": "gaussian, bernoulli or discretized."})
     num_bins: int | None = field(
-        default=None, metadata={"help": "Levels of the data; default 17 for the embedded digits, else 256 (8-bit)."}
+        default=None,
+        metadata={
+            "help": "Levels of the data; default: hfgen.data.grey_levels (digits 17, mnist_binarized 2, else 256)."
+        },
     )
     beta: float = field(default=1.0, metadata={"help": "KL weight: 1 is the ELBO, >1 a beta-VAE."})
     condition_dim: int = field(default=32, metadata={"help": "Size the condition is projected to."})
@@ -51,7 +55,7 @@ class VAETrainingConfig(TrainingConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.num_bins is None:
-            self.num_bins = 17 if self.dataset_name == "digits" else 256
+            self.num_bins = grey_levels(self.dataset_name)
 
 
 class VAETrainer(Trainer):

@@ -1,10 +1,11 @@
 """Likelihood floors from scikit-learn: what every hfgen family's bits/dim has to beat.
 
-On the same data set and split as hfgen's trainers (`test_size=0.1, seed=0`), pixels become integer levels (17 for the
-embedded digits, else 256) and are dequantised by adding uniform noise u ~ U[0, 1): a continuous density p on the
-dequantised data gives a lower bound E_u[log p(x + u)] <= log P(x) on the probability of the discrete image (Theis et
-al. 2016, "A note on the evaluation of generative models"), so the bits/dim below are upper bounds on the models'
-true discrete code lengths, directly comparable with the discrete bits/dim that hfgen pipelines report.
+On the same data set and split as hfgen's trainers (`test_size=0.1, seed=0`), pixels become integer levels
+(`hfgen.data.grey_levels`: 17 for the digits, 2 binarized, else 256) and are dequantised by adding uniform noise
+u ~ U[0, 1): a continuous density p on the dequantised data gives a lower bound E_u[log p(x + u)] <= log P(x) on the
+probability of the discrete image (Theis et al. 2016, "A note on the evaluation of generative models"), so the
+bits/dim below are upper bounds on the models' true discrete code lengths, directly comparable with the discrete
+bits/dim that hfgen pipelines report.
 
 - uniform: every level equally likely, log2(levels) bits/dim (the worst any sane model should do);
 - KernelDensity: Gaussian kernels on the training pixels, bandwidth by 5-fold cross-validated likelihood;
@@ -19,12 +20,12 @@ from sklearn.mixture import GaussianMixture
 from sklearn.model_selection import GridSearchCV
 from sklearn.neighbors import KernelDensity
 
-from hfgen.data import load_image_dataset
+from hfgen.data import grey_levels, load_image_dataset
 
 
 def pixel_levels(dataset: str = "digits", split: str = "train", num_levels: int | None = None) -> np.ndarray:
     """(n, c * h * w) integer levels 0..num_levels-1 of a split, from the [-1, 1] pixels hfgen trains on."""
-    num_levels = num_levels or (17 if dataset == "digits" else 256)
+    num_levels = num_levels or grey_levels(dataset)
     images = load_image_dataset(dataset, test_size=0.1, seed=0)[split]
     pixels = np.stack([images[i]["pixel_values"].numpy().reshape(-1) for i in range(len(images))])
     return np.rint((pixels + 1) / 2 * (num_levels - 1)).astype(np.int64)
@@ -52,7 +53,7 @@ def sklearn_baselines(
 
     Returns a dict with `<model>_bits_per_dim`, the chosen hyperparameters and fit times (seconds).
     """
-    num_levels = num_levels or (17 if dataset == "digits" else 256)
+    num_levels = num_levels or grey_levels(dataset)
     train = dequantize(pixel_levels(dataset, "train", num_levels), seed)
     test = dequantize(pixel_levels(dataset, "test", num_levels), seed + 1)
     num_dims = train.shape[1]

@@ -1,6 +1,8 @@
 """benchmarks/autoregressive.py keeps the pipelines it trains, so its completion part runs again on them without
 training, with the same figures; it refuses to complete with a model it has not got; --train_args reach the trainer."""
 
+import math
+
 import pytest
 from conftest import REPO_ROOT
 from testing_utils import load_app
@@ -17,8 +19,13 @@ def test_completion_reuses_the_trained_pipeline(tmp_path):
     assert trained["train"]["parameters"] < 10_000  # --train_args override the benchmark's size (32 wide: 75,617)
     assert trained["train"]["steps_per_epoch"] == 1617 // 64  # full batches of the 1,617 training digits
     assert trained["train"]["seconds_per_epoch"] == pytest.approx(trained["train"]["seconds_per_step"] * 25, abs=0.1)
+    nats = trained["train"]["test_bits_per_dim"] * 64 * math.log(2)  # 64 pixels of one channel
+    assert trained["train"]["test_nats_per_image"] == pytest.approx(nats, abs=0.1)
     completion = trained["completion"]["1.0"]
     assert completion["num_images"] == 8 and completion["known_pixels_changed"] < 1 / 255
 
     again = bench.main(["--parts", "completion", *common])["architectures"]["row_lstm"]
     assert "train" not in again and again["completion"]["1.0"]["completed"] == completion["completed"]
+
+    with pytest.raises(SystemExit, match="needs a classifier of mnist_binarized"):
+        bench.main(["--parts", "completion", "--dataset_name", "mnist_binarized", *common])

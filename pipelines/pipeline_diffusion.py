@@ -30,6 +30,7 @@ from diffusers import (
     VQModel,
 )
 from diffusers.utils import BaseOutput, replace_example_docstring
+from diffusers.utils.torch_utils import randn_tensor
 from hfgen.pipelines.pipeline_utils import HFGenPipeline, LikelihoodOutput
 
 from hfgen.conditioning import Condition
@@ -120,15 +121,19 @@ def discretized_gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale
 
 def encode_to_latents(vae, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Images (b, c, h, w) in [-1, 1] -> the frozen autoencoder's spatial latents times `scaling_factor`: a sample of
-    an `AutoencoderKL`'s posterior, a `VQModel`'s pre-quantisation latents."""
+    an `AutoencoderKL`'s (or a spatial hfgen `VAEModel`'s) posterior, a `VQModel`'s pre-quantisation latents."""
     if isinstance(vae, AutoencoderKL):
         latents = vae.encode(images).latent_dist.sample(generator)
     elif isinstance(vae, VQModel):
         latents = vae.encode(images).latents
+    elif getattr(vae.config, "latent_channels", None) is not None:  # hfgen's VAEModel with a spatial latent
+        mean, logvar = vae.encode(images, return_dict=False)
+        latents = mean + torch.exp(0.5 * logvar) * randn_tensor(mean.shape, generator, mean.device, mean.dtype)
     else:
         raise ValueError(
-            f"Latent diffusion needs an autoencoder with a spatial latent (a diffusers AutoencoderKL or VQModel), got "
-            f"{type(vae).__name__}. hfgen's VAEModel has a vector latent, which a UNet cannot denoise as an image."
+            f"Latent diffusion needs an autoencoder with a spatial latent (a diffusers AutoencoderKL or VQModel, or "
+            f"an hfgen VAEModel trained with --latent_channels), got {type(vae).__name__} with a vector latent, which "
+            "a UNet cannot denoise as an image."
         )
     return latents * vae.config.scaling_factor
 
@@ -164,7 +169,8 @@ class DiffusionImagePipeline(UNetPipelineMixin, HFGenPipeline):
             classes + 1, the last the null class), or text-conditional through cross-attention.
         scheduler ([`~diffusers.SchedulerMixin`]): DDPM (the training scheduler), DDIM, DPM-Solver++, ...
         tokenizer, text_encoder (*optional*): The text components of a text-conditioned UNet.
-        vae ([`AutoencoderKL`] or [`VQModel`], *optional*): The frozen first stage of latent diffusion.
+        vae ([`AutoencoderKL`], [`VQModel`] or a spatial [`VAEModel`], *optional*): The frozen first stage of latent
+            diffusion.
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"

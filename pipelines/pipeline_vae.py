@@ -42,8 +42,8 @@ class VAEPipeline(HFGenPipeline):
         super().__init__()
         self.register_modules(vae=vae, tokenizer=tokenizer, text_encoder=text_encoder)
 
-    def latent_shape(self, num_images: int) -> tuple[int, int]:
-        return (num_images, self.vae.config.latent_dim)
+    def latent_shape(self, num_images: int) -> tuple[int, ...]:
+        return (num_images, *self.vae.latent_shape)
 
     @torch.no_grad()
     @replace_example_docstring(EXAMPLE_DOC_STRING)
@@ -73,7 +73,7 @@ class VAEPipeline(HFGenPipeline):
                 distribution: params = null + scale * (conditional - null). 1 turns it off.
             negative_prompt (`str` or `list[str]`, *optional*): What to guide away from (default: the empty prompt).
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): Makes sampling deterministic.
-            latents (`torch.Tensor`, *optional*): z of shape (num_images, latent_dim), instead of sampling it.
+            latents (`torch.Tensor`, *optional*): z of shape (num_images, *vae.latent_shape), instead of sampling it.
             temperature (`float`, *optional*, defaults to 1.0): Scales the prior's standard deviation.
             output_type (`str`, *optional*, defaults to "pil"): "pil", "np" or "pt".
             return_dict (`bool`, *optional*, defaults to True): Return an [`ImagePipelineOutput`] or a tuple.
@@ -117,13 +117,13 @@ class VAEPipeline(HFGenPipeline):
     # ----- what a VAE is good at -------------------------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, images, prompt=None, class_labels=None) -> torch.Tensor:
-        """Images -> the mean of q(z | x), (b, latent_dim)."""
+        """Images -> the mean of q(z | x), (b, *vae.latent_shape)."""
         images = self.model_images(images)
         return self.vae.encode(images, self.condition_for_images(len(images), prompt, class_labels)).latent_mean
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, prompt=None, class_labels=None, output_type: str = "pil"):
-        """z (b, latent_dim) -> images."""
+        """z (b, *vae.latent_shape) -> images."""
         condition = self.condition_for_images(len(latents), prompt, class_labels)
         return self.postprocess(
             self.vae.decode(latents.to(self.device, self.vae.dtype), condition).sample, output_type
@@ -137,21 +137,22 @@ class VAEPipeline(HFGenPipeline):
     @torch.no_grad()
     def interpolate(self, start, end, num_steps: int = 8, prompt=None, class_labels=None, output_type: str = "pil"):
         """Decodes `num_steps` points on the straight line between two latents, the prior noise of two seeds, or the
-        encodings of two images. `start`/`end`: a seed (`int`), a latent (latent_dim,) or (1, latent_dim), or an image
-        the model takes."""
+        encodings of two images. `start`/`end`: a seed (`int`), a latent (`vae.latent_shape`, with or without a batch
+        dimension of 1), or an image the model takes."""
         if num_steps < 2:
             raise ValueError(f"num_steps must be at least 2, got {num_steps}.")
+        latent_shape = tuple(self.vae.latent_shape)
         ends = []
         for point in (start, end):
-            latent_dim = self.vae.config.latent_dim
             if isinstance(point, int) and not isinstance(point, bool):
                 point = self.seed_latents(point)
-            if isinstance(point, torch.Tensor) and point.ndim <= 2 and point.numel() == point.shape[-1] == latent_dim:
-                ends.append(point.reshape(1, -1).to(self.device, self.vae.dtype))
+            if isinstance(point, torch.Tensor) and tuple(point.shape) in (latent_shape, (1, *latent_shape)):
+                ends.append(point.reshape(1, *latent_shape).to(self.device, self.vae.dtype))
             else:
                 ends.append(self.encode(point, prompt, class_labels)[:1])
-        weights = torch.linspace(0, 1, num_steps, device=self.device, dtype=self.vae.dtype).unsqueeze(1)
-        latents = (1 - weights) * ends[0] + weights * ends[1]  # (num_steps, latent_dim)
+        weights = torch.linspace(0, 1, num_steps, device=self.device, dtype=self.vae.dtype)
+        weights = weights.view(-1, *[1] * len(latent_shape))
+        latents = (1 - weights) * ends[0] + weights * ends[1]  # (num_steps, *latent_shape)
         return self.decode(latents, prompt, class_labels, output_type)
 
     @torch.no_grad()

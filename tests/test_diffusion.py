@@ -23,6 +23,7 @@ from diffusers import (
 )
 from diffusers.models.unets.unet_2d import UNet2DOutput
 from hfgen.pipelines.pipeline_diffusion import encode_to_latents, predicted_original_and_noise, unet_forward
+from hfgen.training.train import parse_config
 from hfgen.training.trainer_diffusion import DiffusionTrainer
 from test_remote_code import SUBPROCESS_SCRIPT
 from testing_utils import ConditionVariantsPipelineTesterMixin, TrainerTesterMixin, record_logs, train_on_two_cpu_ranks
@@ -240,10 +241,42 @@ class TestDiffusionTrainer(TrainerTesterMixin):
         # The diffusers swap inherits it (diffusers' own default would be True).
         assert DDIMScheduler.from_config(pipeline.scheduler.config).config.clip_sample is clip_sample
 
-    def test_hfgen_vae_is_refused_for_latent_diffusion(self, tmp_path):
+    def test_latent_diffusion_on_a_trained_hfgen_vae_with_a_spatial_latent(self, tmp_path):
+        """`--family vae --latent_channels` trains the first stage; its saved pipeline folder is `--vae_name_or_path`:
+        frozen, latents scaled to unit std, the UNet on the (2, 4, 4) latent grid, and the saved pipeline decodes."""
+        vae_args = [
+            "--family", "vae", "--dataset_name", "digits", "--conditioning", "none", "--latent_channels", "2",
+            "--block_out_channels", "8", "--norm_num_groups", "4", "--beta", "0.1", "--train_batch_size", "32",
+            "--max_train_steps", "3", "--eval_max_images", "8", "--eval_num_samples", "2", "--report_to", "none",
+            "--output_dir", str(tmp_path / "vae"),
+        ]  # fmt: skip
+        trainer_class, config = parse_config(vae_args)
+        assert trainer_class.family == "vae"
+        trainer_class(config).train()
+
+        trainer = self.build_trainer(
+            tmp_path / "run", "--max_train_steps", "2", "--conditioning", "none", "--vae_name_or_path",
+            str(tmp_path / "vae"), "--block_out_channels", "8", "--scaling_factor_images", "256",
+        )  # fmt: skip
+        frozen = trainer.frozen_components["vae"]
+        assert isinstance(frozen, hfgen.VAEModel) and not any(p.requires_grad for p in frozen.parameters())
+        pixels = torch.stack([trainer.splits["train"][i]["pixel_values"] for i in range(256)])
+        latents = encode_to_latents(frozen, pixels, torch.Generator().manual_seed(0))
+        assert latents.shape == (256, 2, 4, 4) and latents.std().item() == pytest.approx(1.0, abs=1e-4)
+        unet = trainer.accelerator.unwrap_model(trainer.model)
+        assert (unet.config.in_channels, unet.config.sample_size) == (2, 4)
+        trainer.train()
+
+        pipeline = hfgen.load_pipeline(str(tmp_path / "run"))
+        assert isinstance(pipeline.vae, hfgen.VAEModel)
+        assert pipeline.vae.config.scaling_factor == pytest.approx(frozen.config.scaling_factor)
+        assert pipeline.vae.config.scaling_factor != 1.0
+        assert pipeline(batch_size=2, num_inference_steps=3, output_type="pt").images.shape == (2, 1, 8, 8)
+
+    def test_hfgen_vae_with_a_vector_latent_is_refused_for_latent_diffusion(self, tmp_path):
         vae = hfgen.VAEModel(sample_size=8, in_channels=1, latent_dim=4, block_out_channels=(8, 16), norm_num_groups=4)
         vae.save_pretrained(tmp_path / "vae")
-        with pytest.raises(ValueError, match="vector latent"):
+        with pytest.raises(ValueError, match="vector latent.*--latent_channels"):
             self.build_trainer(tmp_path / "run", "--max_train_steps", "1", "--vae_name_or_path", str(tmp_path / "vae"))
 
     def test_bad_settings_raise(self, tmp_path):
@@ -439,12 +472,19 @@ def test_vlb_of_a_real_unet_is_finite_and_positive(digit_images):
 
 
 # ----- loading without hfgen ----------------------------------------------------------------------------------------
-def test_self_contained_pipeline_loads_with_diffusers_alone(tmp_path):
-    """make_self_contained (what hfgen.hub.push_to_hub uploads) bundles pipeline_diffusion.py; a process that cannot
-    import hfgen loads it with `trust_remote_code=True` and samples the same images."""
+@pytest.mark.parametrize("space", ["pixels", "latents of an hfgen VAE"])
+def test_self_contained_pipeline_loads_with_diffusers_alone(tmp_path, space):
+    """make_self_contained (what hfgen.hub.push_to_hub uploads) bundles pipeline_diffusion.py (and, for latent
+    diffusion on an hfgen VAE, its modeling file); a process that cannot import hfgen loads it with
+    `trust_remote_code=True` and samples the same images."""
     from hfgen.remote_code import make_self_contained
 
     pipeline = tiny_pipeline("class")
+    if space != "pixels":
+        torch.manual_seed(0)
+        vae = hfgen.VAEModel(latent_channels=2, block_out_channels=(8,), norm_num_groups=4, num_bins=17).eval()
+        unet = UNet2DModel.from_config({**pipeline.unet.config, "sample_size": 4, "in_channels": 2, "out_channels": 2})
+        pipeline = hfgen.DiffusionImagePipeline(unet=unet.eval(), scheduler=pipeline.scheduler, vae=vae, num_bins=17)
     call = {"class_labels": [3, 7], "guidance_scale": 2.0, "num_inference_steps": 3}
     images = pipeline(**call, generator=torch.manual_seed(0), output_type="np").images
     folder = tmp_path / "pipe"
@@ -462,6 +502,8 @@ def test_self_contained_pipeline_loads_with_diffusers_alone(tmp_path):
     assert loaded["hfgen_modules"] == [] and loaded["refused"] is not None
     assert loaded[str(folder)]["classes"]["pipeline"].startswith("diffusers_modules.")
     assert loaded[str(folder)]["classes"]["unet"] == "diffusers.models.unets.unet_2d.UNet2DModel"
+    if space != "pixels":
+        assert loaded[str(folder)]["classes"]["vae"].startswith("diffusers_modules.")  # the bundled VAEModel
     expected = hashlib.sha256(np.ascontiguousarray(images, dtype=np.float32).tobytes()).hexdigest()
     assert loaded[str(folder)]["images"] == expected
     shutil.rmtree(folder)

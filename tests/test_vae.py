@@ -27,6 +27,7 @@ MODEL_VARIANTS = {
     "bernoulli-class": dict(
         sample_size=8, in_channels=1, likelihood="bernoulli", condition_type="class", num_classes=10, **TINY
     ),
+    "discretized-spatial-latent": dict(DIGITS_VAE, latent_channels=2),  # z of shape (2, 2, 2)
 }
 
 
@@ -83,13 +84,14 @@ class TestVAEModel(ModelTesterMixin):
             {**DIGITS_VAE, "condition_type": "class"},
             {**DIGITS_VAE, "condition_type": "text"},
             {**DIGITS_VAE, "norm_num_groups": 3},
+            {**DIGITS_VAE, "latent_channels": 2, "condition_type": "class", "num_classes": 10},
         ]
 
 
 class TestVAEPipeline(PipelineTesterMixin):
     pipeline_class = hfgen.VAEPipeline
 
-    @pytest.fixture(autouse=True, params=["unconditional", "text"])
+    @pytest.fixture(autouse=True, params=["unconditional", "text", "spatial-latent"])
     def variant(self, request, tiny_text_components):
         self.variant = request.param
         self.text_components = tiny_text_components
@@ -97,7 +99,7 @@ class TestVAEPipeline(PipelineTesterMixin):
     def get_pipeline(self):
         if self.variant == "text":
             return text_pipeline(*self.text_components)
-        return hfgen.VAEPipeline(vae=tiny_vae())
+        return hfgen.VAEPipeline(vae=tiny_vae(latent_channels=2 if self.variant == "spatial-latent" else None))
 
     def get_call_kwargs(self):
         if self.variant == "text":
@@ -120,6 +122,31 @@ def test_encode_decode_reconstruct_shapes(digit_images, digit_pil_images):
     # The decoder's mean image lies on the 17 grey levels of the data.
     levels = pipeline.decode(latents, output_type="pt") * 16
     torch.testing.assert_close(levels, levels.round(), atol=1e-4, rtol=0)
+
+
+def test_spatial_latent_keeps_the_layout_and_its_bound_sums_over_the_grid(digit_images):
+    """With latent_channels, z is a (channels, s / 2^k, s / 2^k) grid: encode, decode, sampling and interpolation
+    take that shape, the KL sums over every position, and the IWAE bound still tightens with K."""
+    vae = tiny_vae(latent_channels=2)
+    pipeline = hfgen.VAEPipeline(vae=vae)
+    assert vae.latent_shape == (2, 2, 2) and pipeline.latent_shape(3) == (3, 2, 2, 2)
+    latents = pipeline.encode(digit_images[:5])
+    assert latents.shape == (5, 2, 2, 2)
+    assert pipeline.decode(latents, output_type="pt").shape == (5, 1, 8, 8)
+    assert pipeline(batch_size=3, output_type="pt").images.shape == (3, 1, 8, 8)
+    path = pipeline.interpolate(latents[0], latents[1:2], num_steps=4, output_type="pt")
+    torch.testing.assert_close(path[-1], pipeline.decode(latents[1:2], output_type="pt")[0])
+    with pytest.raises(ValueError, match=r"latents of shape \(batch, 2, 2, 2\)"):
+        vae.decode(torch.zeros(1, 8))
+
+    images = digit_images[:8] * 2 - 1
+    mean, logvar = vae.encode(images, return_dict=False)
+    output = vae(images, generator=torch.Generator().manual_seed(0))
+    kl = 0.5 * (mean**2 + logvar.exp() - 1 - logvar).sum(dim=(1, 2, 3)).mean()
+    torch.testing.assert_close(output.kl, kl)
+    elbo = pipeline.log_likelihood(digit_images, num_samples=1, generator=torch.Generator().manual_seed(0))
+    iwae = pipeline.log_likelihood(digit_images, num_samples=20, generator=torch.Generator().manual_seed(0))
+    assert iwae.log_likelihood.mean() >= elbo.log_likelihood.mean()
 
 
 def test_interpolate_endpoints_are_the_decoded_ends():

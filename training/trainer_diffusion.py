@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from hfgen.conditioning import Condition
 from hfgen.data import collate_fn, grey_levels
+from hfgen.models.modeling_vae import VAEModel
 
 
 @dataclass
@@ -191,12 +192,14 @@ class DiffusionTrainer(Trainer):
         if not self.config.vae_name_or_path:
             return {}
         vae = load_frozen_component(self.config.vae_name_or_path)
-        if not isinstance(vae, (AutoencoderKL, VQModel)):
+        spatial_vae = isinstance(vae, VAEModel) and vae.config.latent_channels is not None
+        if not (isinstance(vae, (AutoencoderKL, VQModel)) or spatial_vae):
             raise ValueError(
-                f"--vae_name_or_path {self.config.vae_name_or_path!r} is a {type(vae).__name__}. Latent diffusion "
-                "needs a spatial latent that a UNet can denoise: a diffusers AutoencoderKL or VQModel. hfgen's "
-                "VAEModel has a vector latent (latent_dim numbers, no height or width), so it is refused rather than "
-                "reshaped into a grid without spatial meaning."
+                f"--vae_name_or_path {self.config.vae_name_or_path!r} is a {type(vae).__name__} with a vector latent "
+                "(no height or width). Latent diffusion needs a spatial latent that a UNet can denoise: an hfgen VAE "
+                "trained with --latent_channels (e.g. --family vae --conditioning none --latent_channels 4 --beta "
+                "0.1), or a diffusers AutoencoderKL or VQModel. A vector is refused rather than reshaped into a grid "
+                "without spatial meaning."
             )
         vae.requires_grad_(False).eval()
         # Rombach et al. 2022, section 4.3.2 / D.1: scale latents to unit standard deviation, measured on the

@@ -19,6 +19,13 @@ from hfgen.models.modeling_vae import VAEModel
 @dataclass
 class VAETrainingConfig(TrainingConfig):
     latent_dim: int = field(default=16, metadata={"help": "Size of the latent z."})
+    latent_channels: int | None = field(
+        default=None,
+        metadata={
+            "help": "A spatial latent (latent_channels, s / 2^k, s / 2^k) instead of a vector: an autoencoder for "
+            "latent diffusion's --vae_name_or_path (unconditional; latent_dim is then unused)."
+        },
+    )
     block_out_channels: list[int] = field(
         default_factory=lambda: [32, 64], metadata={"help": "Widths per resolution."}
     )
@@ -38,6 +45,7 @@ class VAETrainingConfig(TrainingConfig):
 
     ranges: ClassVar[dict[str, str]] = {
         "latent_dim": "[1, 4096]",
+        "latent_channels": "[1, 4096]",
         "block_out_channels": "[1, 4096]",
         "layers_per_block": "[1, 16]",
         "norm_num_groups": "[1, 1024]",
@@ -48,14 +56,19 @@ class VAETrainingConfig(TrainingConfig):
         "eval_max_images": "[0, inf)",
     }
     model_settings: ClassVar[tuple[str, ...]] = (
-        "latent_dim", "block_out_channels", "layers_per_block", "norm_num_groups", "likelihood", "num_bins", "beta",
-        "condition_dim",
+        "latent_dim", "latent_channels", "block_out_channels", "layers_per_block", "norm_num_groups", "likelihood",
+        "num_bins", "beta", "condition_dim",
     )  # fmt: skip
 
     def __post_init__(self):
         super().__post_init__()
         if self.num_bins is None:
             self.num_bins = grey_levels(self.dataset_name)
+        if self.latent_channels is not None and self.conditioning != "none":
+            raise ValueError(
+                f"--latent_channels trains an unconditional autoencoder (latent diffusion's first stage; its UNet "
+                f"takes the condition), but --conditioning is {self.conditioning!r}: add --conditioning none."
+            )
 
 
 class VAETrainer(Trainer):
@@ -71,6 +84,7 @@ class VAETrainer(Trainer):
             sample_size=height,
             in_channels=channels,
             latent_dim=config.latent_dim,
+            latent_channels=config.latent_channels,
             block_out_channels=tuple(config.block_out_channels),
             layers_per_block=config.layers_per_block,
             norm_num_groups=config.norm_num_groups,

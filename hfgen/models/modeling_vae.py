@@ -6,10 +6,13 @@
   Models" (encoder and decoder both see the condition: a class label or a text embedding)
 - Importance-weighted bound: Burda et al. 2016, "Importance Weighted Autoencoders", https://arxiv.org/abs/1509.00519
 
-The model maps images in [-1, 1] to a vector latent z and back:
+The model maps images in [-1, 1] to a latent z and back:
     q(z | x, c) = N(mu(x, c), diag(sigma^2(x, c)))      encoder
     p(z)        = N(0, I)                               prior
     p(x | z, c) = Gaussian / Bernoulli / discretized    decoder, chosen by `likelihood`
+z is a vector of `latent_dim` numbers, or with `latent_channels` a grid (latent_channels, s / 2^k, s / 2^k) that keeps
+the image's layout: the first stage of latent diffusion (Rombach et al. 2022, whose KL-regularised autoencoder is
+this with a small `beta`), whose UNet denoises z as an image.
 """
 
 import math
@@ -40,7 +43,7 @@ LIKELIHOODS = ("gaussian", "bernoulli", "discretized")
 
 @dataclass
 class VAEEncoderOutput(BaseOutput):
-    """q(z | x): `latent_mean` and `latent_logvar`, each (batch, latent_dim)."""
+    """q(z | x): `latent_mean` and `latent_logvar`, each (batch, *latent_shape)."""
 
     latent_mean: torch.Tensor
     latent_logvar: torch.Tensor = None
@@ -66,12 +69,16 @@ class VAEOutput(BaseOutput):
 
 
 class VAEModel(ModelMixin, ConfigMixin):
-    r"""A convolutional VAE over images with a vector latent, optionally conditioned on a class or a text embedding.
+    r"""A convolutional VAE over images with a vector (or spatial) latent, optionally conditioned on a class or a text
+    embedding.
 
     Parameters:
         sample_size (`int`, *optional*, defaults to 8): Image side, a multiple of 2**len(block_out_channels).
         in_channels (`int`, *optional*, defaults to 1): Image channels (1 grey, 3 RGB, 4 RGBA).
-        latent_dim (`int`, *optional*, defaults to 16): Size of z.
+        latent_dim (`int`, *optional*, defaults to 16): Size of z (a vector latent).
+        latent_channels (`int`, *optional*): When set, z is a spatial latent of shape (latent_channels, s / 2^k,
+            s / 2^k) with k = len(block_out_channels), and `latent_dim` is unused; unconditional models only (latent
+            diffusion conditions its UNet instead).
         block_out_channels (`tuple[int]`, *optional*, defaults to (32, 64)): Widths; each block halves the resolution.
         layers_per_block (`int`, *optional*, defaults to 1): ResNet blocks per resolution.
         norm_num_groups (`int`, *optional*, defaults to 8): GroupNorm groups; must divide every width.
@@ -84,6 +91,8 @@ class VAEModel(ModelMixin, ConfigMixin):
         num_classes (`int`, *optional*): Number of classes when `condition_type="class"`.
         text_embed_dim (`int`, *optional*): Size of the pooled text embedding when `condition_type="text"`.
         condition_dim (`int`, *optional*, defaults to 32): Size the condition is projected to.
+        scaling_factor (`float`, *optional*, defaults to 1.0): Not used by the VAE itself: latent diffusion stores here
+            the factor that scales this VAE's latents to unit standard deviation, as diffusers' `AutoencoderKL` does.
     """
 
     @register_to_config
@@ -102,6 +111,8 @@ class VAEModel(ModelMixin, ConfigMixin):
         num_classes: int | None = None,
         text_embed_dim: int | None = None,
         condition_dim: int = 32,
+        latent_channels: int | None = None,
+        scaling_factor: float = 1.0,
     ):
         super().__init__()
         downsample = 2 ** len(block_out_channels)
@@ -114,6 +125,11 @@ class VAEModel(ModelMixin, ConfigMixin):
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}.")
         check_condition_config(condition_type, num_classes, text_embed_dim)
+        if latent_channels is not None and condition_type is not None:
+            raise ValueError(
+                f"A spatial latent (latent_channels={latent_channels}) is for an unconditional autoencoder, such as "
+                f"latent diffusion's first stage; got condition_type={condition_type!r}. Drop one of them."
+            )
         if any(c % norm_num_groups for c in block_out_channels):
             raise ValueError(
                 f"norm_num_groups={norm_num_groups} must divide every width in {tuple(block_out_channels)}."
@@ -126,8 +142,14 @@ class VAEModel(ModelMixin, ConfigMixin):
         self.feature_size = sample_size // downsample
         features = block_out_channels[-1] * self.feature_size**2
         self.encoder = ConvEncoder(in_channels, block_out_channels, layers_per_block, norm_num_groups)
-        self.to_latent = nn.Linear(features + cond, 2 * latent_dim)  # -> (mu, log sigma^2)
-        self.from_latent = nn.Linear(latent_dim + cond, features)
+        if latent_channels is None:
+            self.latent_shape = (latent_dim,)
+            self.to_latent = nn.Linear(features + cond, 2 * latent_dim)  # -> (mu, log sigma^2)
+            self.from_latent = nn.Linear(latent_dim + cond, features)
+        else:  # 1x1 convolutions: each latent position sees the features of its own patch
+            self.latent_shape = (latent_channels, self.feature_size, self.feature_size)
+            self.to_latent = nn.Conv2d(block_out_channels[-1], 2 * latent_channels, 1)
+            self.from_latent = nn.Conv2d(latent_channels, block_out_channels[-1], 1)
         params_per_channel = 2 if likelihood == "discretized" else 1  # discretized: mean and log-scale per pixel
         self.decoder = ConvDecoder(
             in_channels * params_per_channel, block_out_channels, layers_per_block, norm_num_groups
@@ -142,7 +164,7 @@ class VAEModel(ModelMixin, ConfigMixin):
 
     # ----- q(z | x) and p(x | z) ----------------------------------------------------------------------------------
     def encode(self, sample: torch.Tensor, condition: Condition | None = None, return_dict: bool = True):
-        """(b, c, s, s) in [-1, 1] -> q(z | x) as mean and log-variance, each (b, latent_dim)."""
+        """(b, c, s, s) in [-1, 1] -> q(z | x) as mean and log-variance, each (b, *latent_shape)."""
         size = self.config.sample_size
         if sample.shape[1:] != (self.config.in_channels, size, size):
             raise ValueError(
@@ -150,20 +172,30 @@ class VAEModel(ModelMixin, ConfigMixin):
                 f"{tuple(sample.shape)}: resize to {size}x{size} (--resolution {size}) and use "
                 f"{self.config.in_channels} channel(s)."
             )
-        h = self.encoder(sample).flatten(1)  # (b, features)
-        c = self.embed_condition(condition, sample.shape[0])
-        if c is not None:
-            h = torch.cat([h, c], dim=1)
-        mean, logvar = self.to_latent(h).chunk(2, dim=1)  # (b, latent_dim) each
+        h = self.encoder(sample)  # (b, width, f, f)
+        if self.config.latent_channels is None:
+            h = h.flatten(1)  # (b, features)
+            c = self.embed_condition(condition, sample.shape[0])
+            if c is not None:
+                h = torch.cat([h, c], dim=1)
+        mean, logvar = self.to_latent(h).chunk(2, dim=1)  # (b, *latent_shape) each
         logvar = logvar.clamp(-30.0, 20.0)
         return VAEEncoderOutput(mean, logvar) if return_dict else (mean, logvar)
 
     def decode(self, latents: torch.Tensor, condition: Condition | None = None, return_dict: bool = True):
-        """(b, latent_dim) -> the mean image (b, c, s, s) in [-1, 1] and the parameters of p(x | z)."""
-        c = self.embed_condition(condition, latents.shape[0])
-        if c is not None:
-            latents = torch.cat([latents, c], dim=1)
-        h = self.from_latent(latents).view(latents.shape[0], -1, self.feature_size, self.feature_size)
+        """(b, *latent_shape) -> the mean image (b, c, s, s) in [-1, 1] and the parameters of p(x | z)."""
+        if latents.shape[1:] != self.latent_shape:
+            raise ValueError(
+                f"Expected latents of shape (batch, {', '.join(map(str, self.latent_shape))}), got "
+                f"{tuple(latents.shape)}."
+            )
+        if self.config.latent_channels is None:
+            c = self.embed_condition(condition, latents.shape[0])
+            if c is not None:
+                latents = torch.cat([latents, c], dim=1)
+            h = self.from_latent(latents).view(latents.shape[0], -1, self.feature_size, self.feature_size)
+        else:
+            h = self.from_latent(latents)
         params = self.decoder(h)  # (b, c * params_per_channel, s, s)
         sample = self.mean_image(params)
         return VAEDecoderOutput(sample, params) if return_dict else (sample, params)
@@ -207,7 +239,7 @@ class VAEModel(ModelMixin, ConfigMixin):
         reconstruction, params = self.decode(z, condition, return_dict=False)
         reconstruction_loss = -self.reconstruction_log_prob(sample, params).mean()
         # KL(N(mu, sigma^2) || N(0, 1)) in closed form, summed over latent dimensions.
-        kl = 0.5 * (mean**2 + logvar.exp() - 1.0 - logvar).sum(1).mean()
+        kl = 0.5 * (mean**2 + logvar.exp() - 1.0 - logvar).flatten(1).sum(1).mean()
         loss = reconstruction_loss + self.config.beta * kl
         if not return_dict:
             return loss, reconstruction_loss, kl, reconstruction
@@ -230,7 +262,7 @@ class VAEModel(ModelMixin, ConfigMixin):
             eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
             z = mean + std * eps
             _, params = self.decode(z, condition, return_dict=False)
-            log_q = standard_normal_log_prob(eps) - logvar.sum(1) / 2  # log N(z; mu, sigma^2)
+            log_q = standard_normal_log_prob(eps) - logvar.flatten(1).sum(1) / 2  # log N(z; mu, sigma^2)
             log_weights.append(self.reconstruction_log_prob(sample, params) + standard_normal_log_prob(z) - log_q)
         log_weights = torch.stack(log_weights, dim=0)  # (K, b)
         return torch.logsumexp(log_weights, dim=0) - math.log(num_samples)

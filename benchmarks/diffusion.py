@@ -35,6 +35,12 @@ steps for DDPM / DDIM / DPM-Solver++, the variational bound in bits/dim, and pro
    kept, the bottom half filled by the pipeline's RePaint `inpaint` (the null class, `--inpaint_steps`, jump length 10,
    `jump_n_sample` 10 and 1, i.e. with and without resampling), and the shipped classifier's accuracy on the originals,
    on the top halves alone and on the completions.
+6. Pixel against latent diffusion (`--parts latent`): an hfgen VAE with a spatial latent (`--latent_vae_args`: 2 x 4
+   x 4 numbers for the 8x8 digits) trains first, then the same recipe on its latents (`--vae_name_or_path`, the same
+   steps as the pixel model); for each, the training loop's seconds per step (its `finish` timed apart and left out,
+   as for the throughput; the pixel model's only when this run trained it), and FID and sampling time per image for
+   `--latent_settings`, as in part 2. The VAE's reconstructions of the test digits give the floor of the latent
+   model's FID (what a perfect latent model would get through this decoder).
 """
 
 import argparse
@@ -43,6 +49,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import tempfile
@@ -52,7 +59,6 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
 from diffusers.optimization import get_scheduler
-from hfgen.training.train import main as train_main
 from hfgen.training.train import parse_config
 from torch.utils.data import DataLoader
 
@@ -67,7 +73,7 @@ from hfgen.metrics.sample_quality import fid
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from trainer_overhead import with_timed_finish  # noqa: E402  (the same timing of the trainer as its overhead figure)
 
-PARTS = ("throughput", "fid", "bound", "guidance", "inpainting")
+PARTS = ("throughput", "fid", "bound", "guidance", "inpainting", "latent")
 RECIPE = os.path.join(os.path.dirname(__file__), "..", "training", "recipes", "diffusion_digits.yaml")
 # name: (scheduler class, overrides of the pipeline's scheduler config, `__call__` arguments). The "-clip" samplers
 # clamp every x0 prediction to [-1, 1], as diffusers' default `clip_sample=True` does (what hfgen's trainer saved
@@ -158,6 +164,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--guidance_steps", type=int, default=50, help="Sampling steps of the guidance samples.")
     # 5. inpainting
     parser.add_argument("--inpaint_steps", type=int, default=100, help="RePaint's num_inference_steps.")
+    # 6. pixel against latent
+    parser.add_argument(
+        "--latent_vae_args",
+        default="--family vae --dataset_name digits --conditioning none --latent_channels 2 --block_out_channels 32 "
+        "--beta 0.1 --max_train_steps 2000 --learning_rate 2e-3 --lr_scheduler cosine --lr_warmup_steps 50",
+        help="The first stage's trainer flags (an hfgen VAE with a spatial latent).",
+    )
+    parser.add_argument(
+        "--latent_settings", default="ddim-eta1:50,dpm++:20", help="sampler:steps pairs of the pixel/latent FID."
+    )
     parser.add_argument("--json", metavar="PATH", help="Also write the results to this JSON file.")
     return parser.parse_args(argv)
 
@@ -291,33 +307,43 @@ def parse_settings(text: str) -> list[tuple[str, int]]:
     return settings
 
 
+def real_features(extractor) -> dict:
+    return {
+        split: features_and_probabilities(extractor, real_images("digits", split))[0] for split in ("train", "test")
+    }
+
+
+@torch.no_grad()
+def fid_row(pipeline, original, extractor, real: dict, sampler: str, steps: int, seed: int, num_samples: int) -> dict:
+    """FID (against the train and the test split) and seconds per image of `num_samples` unconditional samples."""
+    call_kwargs = swap_scheduler(pipeline, original, sampler)
+    start = time.perf_counter()
+    images = pipeline.generate(
+        num_samples, seed=seed, max_batch_size=num_samples, num_inference_steps=steps, **call_kwargs
+    )
+    seconds = (time.perf_counter() - start) / num_samples
+    features = features_and_probabilities(extractor, images * 2 - 1)[0]
+    row = {"sampler": sampler, "steps": steps, "seed": seed, "seconds_per_image": seconds}
+    row.update({f"fid_{split}": fid(real[split], features) for split in real})
+    print(
+        f"{sampler:>6} {steps:>5} steps, seed {seed}: FID train {row['fid_train']:.3f}, test "
+        f"{row['fid_test']:.3f}, {seconds * 1000:.1f} ms/image",
+        flush=True,
+    )
+    return row
+
+
 @torch.no_grad()
 def fid_against_steps(args: argparse.Namespace, pipeline) -> list[dict]:
     extractor = load_feature_extractor("digits")
-    real = {
-        split: features_and_probabilities(extractor, real_images("digits", split))[0] for split in ("train", "test")
-    }
+    real = real_features(extractor)
     original = pipeline.scheduler
     rows = []
     settings = [(*setting, args.seed) for setting in parse_settings(args.settings)]
     if args.reseeded_settings:  # "" for none
         settings += [(*setting, args.seed + 1) for setting in parse_settings(args.reseeded_settings)]
     for sampler, steps, seed in settings:
-        call_kwargs = swap_scheduler(pipeline, original, sampler)
-        start = time.perf_counter()
-        images = pipeline.generate(
-            args.num_samples, seed=seed, max_batch_size=args.num_samples, num_inference_steps=steps, **call_kwargs
-        )
-        seconds = (time.perf_counter() - start) / args.num_samples
-        features = features_and_probabilities(extractor, images * 2 - 1)[0]
-        row = {"sampler": sampler, "steps": steps, "seed": seed, "seconds_per_image": seconds}
-        row.update({f"fid_{split}": fid(real[split], features) for split in real})
-        rows.append(row)
-        print(
-            f"{sampler:>6} {steps:>5} steps, seed {seed}: FID train {row['fid_train']:.3f}, test "
-            f"{row['fid_test']:.3f}, {seconds * 1000:.1f} ms/image",
-            flush=True,
-        )
+        rows.append(fid_row(pipeline, original, extractor, real, sampler, steps, seed, args.num_samples))
     pipeline.scheduler = original
     reference = next(
         (row for row in rows if (row["sampler"], row["steps"], row["seed"]) == ("ddpm", 1000, args.seed)), None
@@ -415,16 +441,65 @@ def inpainting(args: argparse.Namespace, pipeline) -> list[dict]:
 
 
 # ----- the run -------------------------------------------------------------------------------------------------------
-def trained_model(args: argparse.Namespace, tmp: str) -> tuple[str, float]:
+def train_timed(argv: list[str]) -> dict:
+    """Trains through the shared trainer; the loop's seconds per step, its `finish` (save, samples, card) left out."""
+    trainer_class, config = parse_config(argv)
+    trainer = with_timed_finish(trainer_class(config))
+    start = time.perf_counter()
+    trainer.train()
+    loop = time.perf_counter() - start - trainer.finish_seconds
+    parameters = sum(p.numel() for p in trainer.accelerator.unwrap_model(trainer.model).parameters())
+    return {
+        "steps": config.max_train_steps,
+        "seconds_per_step": loop / config.max_train_steps,
+        "parameters": parameters,
+    }
+
+
+def trained_model(args: argparse.Namespace, tmp: str) -> tuple[str, dict | None]:
+    """The pixel model: `--model`, or the digits recipe trained here (with its loop's seconds per step)."""
     if args.model:
-        return args.model, 0.0
+        return args.model, None
     output_dir = os.path.join(tmp, "diffusion-digits")
     argv = ["--recipe", RECIPE, "--output_dir", output_dir, "--seed", str(args.seed), "--report_to", "none"]
     if args.max_train_steps:
         argv += ["--max_train_steps", str(args.max_train_steps)]
-    start = time.perf_counter()
-    train_main(argv)
-    return output_dir, time.perf_counter() - start
+    return output_dir, train_timed(argv)
+
+
+@torch.no_grad()
+def pixel_against_latent(args: argparse.Namespace, tmp: str, pixel_path: str, pixel_training: dict | None) -> dict:
+    vae_dir, latent_dir = os.path.join(tmp, "vae-spatial"), os.path.join(tmp, "latent-diffusion-digits")
+    common = ["--seed", str(args.seed), "--report_to", "none", "--validation_steps", "0"]
+    with torch.enable_grad():
+        vae_training = train_timed([*shlex.split(args.latent_vae_args), "--output_dir", vae_dir, *common])
+        argv = ["--recipe", RECIPE, "--vae_name_or_path", vae_dir, "--eval_likelihood_images", "0"]
+        argv += ["--output_dir", latent_dir, *common]
+        if args.max_train_steps:
+            argv += ["--max_train_steps", str(args.max_train_steps)]
+        latent_training = train_timed(argv)
+    extractor = load_feature_extractor("digits")
+    real = real_features(extractor)
+    # The floor: FID of the first stage's reconstructions of the test digits (mean of q(z | x), decoded).
+    vae = hfgen.VAEPipeline.from_pretrained(vae_dir)
+    reconstructions = vae.reconstruct(real_images("digits", "test") / 2 + 0.5, output_type="pt")
+    floor = fid(real["train"], features_and_probabilities(extractor, reconstructions * 2 - 1)[0])
+    results = {"vae": {**vae_training, "reconstruction_fid_train": floor}, "models": {}}
+    for name, path, training in [("pixel", pixel_path, pixel_training), ("latent", latent_dir, latent_training)]:
+        pipeline = hfgen.DiffusionImagePipeline.from_pretrained(path)
+        pipeline.set_progress_bar_config(disable=True)
+        rows = [
+            fid_row(pipeline, pipeline.scheduler, extractor, real, sampler, steps, args.seed, args.num_samples)
+            for sampler, steps in parse_settings(args.latent_settings)
+        ]
+        unet = pipeline.unet.config
+        results["models"][name] = {
+            "training": training,
+            "unet_input": [unet.in_channels, unet.sample_size],
+            "fid": rows,
+        }
+    print(f"pixel against latent: {json.dumps(results)}", flush=True)
+    return results
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -456,8 +531,8 @@ def main(argv: list[str] | None = None) -> dict:
                 f"(medians {t['median_ratio']:.3f})",
                 flush=True,
             )
-        if {"fid", "bound", "guidance", "inpainting"} & set(parts):
-            path, results["train_seconds"] = trained_model(args, tmp)
+        if {"fid", "bound", "guidance", "inpainting", "latent"} & set(parts):
+            path, results["training"] = trained_model(args, tmp)
             pipeline = hfgen.DiffusionImagePipeline.from_pretrained(path)
             pipeline.set_progress_bar_config(disable=True)
             results["model"] = args.model or f"diffusion_digits.yaml, {args.max_train_steps or 'recipe'} steps"
@@ -471,6 +546,8 @@ def main(argv: list[str] | None = None) -> dict:
                 results["guidance"] = guidance(args, pipeline)
             if "inpainting" in parts:
                 results["inpainting"] = inpainting(args, pipeline)
+            if "latent" in parts:
+                results["pixel_against_latent"] = pixel_against_latent(args, tmp, path, results["training"])
     results["environment"]["load_average_end"] = os.getloadavg()
     if args.json:
         with open(args.json, "w") as f:

@@ -39,8 +39,8 @@ steps for DDPM / DDIM / DPM-Solver++, the variational bound in bits/dim, and pro
    x 4 numbers for the 8x8 digits) trains first, then the same recipe on its latents (`--vae_name_or_path`, the same
    steps as the pixel model); for each, the training loop's seconds per step (its `finish` timed apart and left out,
    as for the throughput; the pixel model's only when this run trained it), and FID and sampling time per image for
-   `--latent_settings`, as in part 2. The VAE's reconstructions of the test digits give the floor of the latent
-   model's FID (what a perfect latent model would get through this decoder).
+   `--latent_settings` (`--latent_seeds` sample seeds each), as in part 2. The VAE's reconstructions of the test
+   digits give the floor of the latent model's FID (what a perfect latent model would get through this decoder).
 """
 
 import argparse
@@ -174,6 +174,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--latent_settings", default="ddim-eta1:50,dpm++:20", help="sampler:steps pairs of the pixel/latent FID."
     )
+    parser.add_argument("--latent_seeds", type=int, default=3, help="Sample seeds per setting (FID moves by seed).")
     parser.add_argument("--json", metavar="PATH", help="Also write the results to this JSON file.")
     return parser.parse_args(argv)
 
@@ -489,8 +490,9 @@ def pixel_against_latent(args: argparse.Namespace, tmp: str, pixel_path: str, pi
         pipeline = hfgen.DiffusionImagePipeline.from_pretrained(path)
         pipeline.set_progress_bar_config(disable=True)
         rows = [
-            fid_row(pipeline, pipeline.scheduler, extractor, real, sampler, steps, args.seed, args.num_samples)
+            fid_row(pipeline, pipeline.scheduler, extractor, real, sampler, steps, seed, args.num_samples)
             for sampler, steps in parse_settings(args.latent_settings)
+            for seed in range(args.seed, args.seed + args.latent_seeds)
         ]
         unet = pipeline.unet.config
         results["models"][name] = {

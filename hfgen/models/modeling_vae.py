@@ -173,9 +173,9 @@ class VAEModel(ModelMixin, ConfigMixin):
                 f"{self.config.in_channels} channel(s)."
             )
         h = self.encoder(sample)  # (b, width, f, f)
+        c = self.embed_condition(condition, sample.shape[0])  # None for an unconditional model (all spatial ones)
         if self.config.latent_channels is None:
             h = h.flatten(1)  # (b, features)
-            c = self.embed_condition(condition, sample.shape[0])
             if c is not None:
                 h = torch.cat([h, c], dim=1)
         mean, logvar = self.to_latent(h).chunk(2, dim=1)  # (b, *latent_shape) each
@@ -189,8 +189,8 @@ class VAEModel(ModelMixin, ConfigMixin):
                 f"Expected latents of shape (batch, {', '.join(map(str, self.latent_shape))}), got "
                 f"{tuple(latents.shape)}."
             )
+        c = self.embed_condition(condition, latents.shape[0])
         if self.config.latent_channels is None:
-            c = self.embed_condition(condition, latents.shape[0])
             if c is not None:
                 latents = torch.cat([latents, c], dim=1)
             h = self.from_latent(latents).view(latents.shape[0], -1, self.feature_size, self.feature_size)

@@ -489,8 +489,9 @@ def pixel_against_latent(args: argparse.Namespace, tmp: str, pixel_path: str, pi
     for name, path, training in [("pixel", pixel_path, pixel_training), ("latent", latent_dir, latent_training)]:
         pipeline = hfgen.DiffusionImagePipeline.from_pretrained(path)
         pipeline.set_progress_bar_config(disable=True)
+        trained_scheduler = pipeline.scheduler  # every sampler is swapped in from its config
         rows = [
-            fid_row(pipeline, pipeline.scheduler, extractor, real, sampler, steps, seed, args.num_samples)
+            fid_row(pipeline, trained_scheduler, extractor, real, sampler, steps, seed, args.num_samples)
             for sampler, steps in parse_settings(args.latent_settings)
             for seed in range(args.seed, args.seed + args.latent_seeds)
         ]

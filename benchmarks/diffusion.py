@@ -35,12 +35,13 @@ steps for DDPM / DDIM / DPM-Solver++, the variational bound in bits/dim, and pro
    kept, the bottom half filled by the pipeline's RePaint `inpaint` (the null class, `--inpaint_steps`, jump length 10,
    `jump_n_sample` 10 and 1, i.e. with and without resampling), and the shipped classifier's accuracy on the originals,
    on the top halves alone and on the completions.
-6. Pixel against latent diffusion (`--parts latent`): an hfgen VAE with a spatial latent (`--latent_vae_args`: 2 x 4
-   x 4 numbers for the 8x8 digits) trains first, then the same recipe on its latents (`--vae_name_or_path`, the same
-   steps as the pixel model); for each, the training loop's seconds per step (its `finish` timed apart and left out,
-   as for the throughput; the pixel model's only when this run trained it), and FID and sampling time per image for
-   `--latent_settings` (`--latent_seeds` sample seeds each), as in part 2. The VAE's reconstructions of the test
-   digits give the floor of the latent model's FID (what a perfect latent model would get through this decoder).
+6. Pixel against latent diffusion (`--parts latent`): an hfgen VAE with a spatial latent (`vae_spatial_digits.yaml`
+   and `--latent_vae_args`: 2 x 4 x 4 numbers for the 8x8 digits) trains first, then `diffusion_latent_digits.yaml`
+   (the pixel recipe on its latents, the same steps as the pixel model); for each, the training loop's seconds per
+   step (its `finish` timed apart and left out, as for the throughput; the pixel model's only when this run trained
+   it), and FID and sampling time per image for `--latent_settings` (`--latent_seeds` sample seeds each), as in part
+   2. The FID of the VAE's reconstructions of the 180 test digits, beside that of the test digits themselves, shows
+   what the first stage loses.
 """
 
 import argparse
@@ -74,7 +75,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from trainer_overhead import with_timed_finish  # noqa: E402  (the same timing of the trainer as its overhead figure)
 
 PARTS = ("throughput", "fid", "bound", "guidance", "inpainting", "latent")
-RECIPE = os.path.join(os.path.dirname(__file__), "..", "training", "recipes", "diffusion_digits.yaml")
+RECIPES = os.path.join(os.path.dirname(__file__), "..", "training", "recipes")
+RECIPE = os.path.join(RECIPES, "diffusion_digits.yaml")
+LATENT_VAE_RECIPE = os.path.join(RECIPES, "vae_spatial_digits.yaml")  # the first stage of --parts latent
+LATENT_RECIPE = os.path.join(RECIPES, "diffusion_latent_digits.yaml")  # RECIPE on that VAE's latents
 # name: (scheduler class, overrides of the pipeline's scheduler config, `__call__` arguments). The "-clip" samplers
 # clamp every x0 prediction to [-1, 1], as diffusers' default `clip_sample=True` does (what hfgen's trainer saved
 # before its `--clip_sample` option, default off); DPM-Solver++ has no such clamp (its `thresholding` is off).
@@ -167,9 +171,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # 6. pixel against latent
     parser.add_argument(
         "--latent_vae_args",
-        default="--family vae --dataset_name digits --conditioning none --latent_channels 2 --block_out_channels 32 "
-        "--beta 0.1 --max_train_steps 2000 --learning_rate 2e-3 --lr_scheduler cosine --lr_warmup_steps 50",
-        help="The first stage's trainer flags (an hfgen VAE with a spatial latent).",
+        default="",
+        help='Flags after the first stage\'s recipe, vae_spatial_digits.yaml: --latent_vae_args="--beta 0.01".',
     )
     parser.add_argument(
         "--latent_settings", default="ddim-eta1:50,dpm++:20", help="sampler:steps pairs of the pixel/latent FID."
@@ -473,19 +476,23 @@ def pixel_against_latent(args: argparse.Namespace, tmp: str, pixel_path: str, pi
     vae_dir, latent_dir = os.path.join(tmp, "vae-spatial"), os.path.join(tmp, "latent-diffusion-digits")
     common = ["--seed", str(args.seed), "--report_to", "none", "--validation_steps", "0"]
     with torch.enable_grad():
-        vae_training = train_timed([*shlex.split(args.latent_vae_args), "--output_dir", vae_dir, *common])
-        argv = ["--recipe", RECIPE, "--vae_name_or_path", vae_dir, "--eval_likelihood_images", "0"]
-        argv += ["--output_dir", latent_dir, *common]
+        argv = ["--recipe", LATENT_VAE_RECIPE, *shlex.split(args.latent_vae_args), "--output_dir", vae_dir, *common]
+        vae_training = train_timed(argv)
+        argv = ["--recipe", LATENT_RECIPE, "--vae_name_or_path", vae_dir, "--output_dir", latent_dir, *common]
         if args.max_train_steps:
             argv += ["--max_train_steps", str(args.max_train_steps)]
         latent_training = train_timed(argv)
     extractor = load_feature_extractor("digits")
     real = real_features(extractor)
-    # The floor: FID of the first stage's reconstructions of the test digits (mean of q(z | x), decoded).
+    # What the first stage loses: FID of its reconstructions of the test digits (mean of q(z | x), decoded).
     vae = hfgen.VAEPipeline.from_pretrained(vae_dir)
     reconstructions = vae.reconstruct(real_images("digits", "test") / 2 + 0.5, output_type="pt")
-    floor = fid(real["train"], features_and_probabilities(extractor, reconstructions * 2 - 1)[0])
-    results = {"vae": {**vae_training, "reconstruction_fid_train": floor}, "models": {}}
+    reconstructed = fid(real["train"], features_and_probabilities(extractor, reconstructions * 2 - 1)[0])
+    results = {
+        "vae": {**vae_training, "reconstruction_fid_train": reconstructed},
+        "test_digits_fid_train": fid(real["train"], real["test"]),  # the same 180 images, not reconstructed
+        "models": {},
+    }
     for name, path, training in [("pixel", pixel_path, pixel_training), ("latent", latent_dir, latent_training)]:
         pipeline = hfgen.DiffusionImagePipeline.from_pretrained(path)
         pipeline.set_progress_bar_config(disable=True)

@@ -63,11 +63,24 @@ class DiffusionPipelineOutput(BaseOutput):
     trajectory: list | None = None
 
 
+def with_coordinates(sample: torch.Tensor) -> torch.Tensor:
+    """(b, c, h, w) -> (b, c + 2, h, w): every position's x and y in [-1, 1] as two more channels (CoordConv, Liu et
+    al. 2018). Convolutions and attention are translation-equivariant: without these a UNet knows where it is only
+    from the zero padding at its borders, and "at the top left" in a prompt cannot move what it draws."""
+    b, _, h, w = sample.shape
+    y, x = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    grid = torch.stack([x, y]).to(sample.device, sample.dtype).expand(b, -1, -1, -1)
+    return torch.cat([sample, grid], dim=1)
+
+
 def unet_forward(unet, sample: torch.Tensor, timestep, condition: Condition | None) -> torch.Tensor:
     """The UNet's output for `sample` (b, c, h, w) at `timestep`, conditioned the way the UNet takes it: a
     `UNet2DConditionModel` cross-attends to the prompt's per-token states (padding masked), a `UNet2DModel` with
-    `num_class_embeds` adds the class embedding to the time embedding. The trainer and the pipeline both use this."""
+    `num_class_embeds` adds the class embedding to the time embedding; a UNet built with two more input channels than
+    the images have (`--coordinate_channels`) gets the (x, y) grid there. The trainer and the pipeline use this."""
     model = getattr(unet, "module", unet)  # a DistributedDataParallel wrapper during training
+    if model.config.in_channels == sample.shape[1] + 2:
+        sample = with_coordinates(sample)
     if isinstance(model, UNet2DConditionModel):
         if condition is None or condition.text_hidden_states is None:
             raise ValueError("A UNet2DConditionModel needs a text condition (per-token hidden states).")
@@ -157,7 +170,7 @@ class UNetPipelineMixin:
     def latent_shape(self, num_images: int) -> tuple[int, int, int, int]:
         size = self.unet.config.sample_size
         height, width = (size, size) if isinstance(size, int) else size
-        return (num_images, self.unet.config.in_channels, height, width)
+        return (num_images, self.unet.config.out_channels, height, width)  # in_channels may add a coordinate grid
 
 
 class DiffusionImagePipeline(UNetPipelineMixin, HFGenPipeline):

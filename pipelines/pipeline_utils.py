@@ -473,7 +473,8 @@ class HFGenPipeline(DiffusionPipeline):
     def image_format(self) -> tuple[int, int]:
         """(channels, side) of the images the pipeline's model (`model_component`) takes and makes."""
         config = self.conditioned_model.config
-        return getattr(config, "in_channels", None) or config.out_channels, config.sample_size
+        # What the model makes: a UNet with coordinate channels takes two more channels than its images have.
+        return getattr(config, "out_channels", None) or config.in_channels, config.sample_size
 
     def model_images(self, images) -> torch.Tensor:
         """Images as a user has them (any form `preprocess` takes, in [0, 1]) -> (b, c, h, w) in [-1, 1] at the

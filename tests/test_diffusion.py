@@ -22,7 +22,12 @@ from diffusers import (
     UNet2DModel,
 )
 from diffusers.models.unets.unet_2d import UNet2DOutput
-from hfgen.pipelines.pipeline_diffusion import encode_to_latents, predicted_original_and_noise, unet_forward
+from hfgen.pipelines.pipeline_diffusion import (
+    encode_to_latents,
+    predicted_original_and_noise,
+    unet_forward,
+    with_coordinates,
+)
 from hfgen.training.train import parse_config
 from hfgen.training.trainer_diffusion import DiffusionTrainer
 from test_remote_code import SUBPROCESS_SCRIPT
@@ -272,6 +277,29 @@ class TestDiffusionTrainer(TrainerTesterMixin):
         assert pipeline.vae.config.scaling_factor == pytest.approx(frozen.config.scaling_factor)
         assert pipeline.vae.config.scaling_factor != 1.0
         assert pipeline(batch_size=2, num_inference_steps=3, output_type="pt").images.shape == (2, 1, 8, 8)
+
+    def test_coordinate_channels_reach_the_unet_and_the_pipeline_samples_images(self, tmp_path):
+        """--coordinate_channels builds the UNet with two more input channels, and every UNet call (training and
+        sampling) gets every position's (x, y) in [-1, 1] there; the images keep their own channel count."""
+        trainer = self.build_trainer(tmp_path, "--max_train_steps", "2", "--coordinate_channels")
+        unet = trainer.accelerator.unwrap_model(trainer.model)
+        assert (unet.config.in_channels, unet.config.out_channels) == (3, 1)
+        seen = []
+        unet.conv_in.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].detach()))
+        trainer.train()
+        x, y = seen[0][0, 1], seen[0][0, 2]  # the first training call's grid
+        torch.testing.assert_close(x[0], torch.linspace(-1, 1, 8))  # x grows left to right along every row
+        torch.testing.assert_close(y[:, 0], torch.linspace(-1, 1, 8))  # y grows top to bottom
+        assert (x == x[:1]).all() and (y == y[:, :1]).all()
+
+        pipeline = hfgen.load_pipeline(str(tmp_path))
+        assert pipeline.image_format == (1, 8) and pipeline.latent_shape(2) == (2, 1, 8, 8)
+        seen.clear()
+        pipeline.unet.conv_in.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].detach()))
+        prompts = ["a handwritten digit three", "a handwritten digit seven"]
+        images = pipeline(prompts, num_inference_steps=2, guidance_scale=2.0, output_type="pt").images
+        assert images.shape == (2, 1, 8, 8) and seen[0].shape[1] == 3
+        torch.testing.assert_close(seen[0][:, 1:], with_coordinates(torch.zeros(len(seen[0]), 1, 8, 8))[:, 1:])
 
     def test_hfgen_vae_with_a_vector_latent_is_refused_for_latent_diffusion(self, tmp_path):
         vae = hfgen.VAEModel(sample_size=8, in_channels=1, latent_dim=4, block_out_channels=(8, 16), norm_num_groups=4)

@@ -47,6 +47,13 @@ class UNetTrainingConfig(TrainingConfig):
         default=None,
         metadata={"help": "Text UNets: the levels (0 = full resolution) with cross-attention; default every level."},
     )
+    coordinate_channels: bool = field(
+        default=False,
+        metadata={
+            "help": "Give the UNet every position's (x, y) as two more input channels (CoordConv), so that a prompt "
+            "can say where to draw: convolutions and attention alone do not know where they are."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -150,7 +157,7 @@ def build_unet(trainer: Trainer, channels: int, height: int, width: int) -> UNet
         )
     shared = dict(
         sample_size=height,
-        in_channels=channels,
+        in_channels=channels + 2 if config.coordinate_channels else channels,  # unet_forward adds the (x, y) grid
         out_channels=channels,
         block_out_channels=tuple(config.block_out_channels),
         layers_per_block=config.layers_per_block,

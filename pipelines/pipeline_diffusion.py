@@ -79,7 +79,7 @@ def unet_forward(unet, sample: torch.Tensor, timestep, condition: Condition | No
     `num_class_embeds` adds the class embedding to the time embedding; a UNet built with two more input channels than
     the images have (`--coordinate_channels`) gets the (x, y) grid there. The trainer and the pipeline use this."""
     model = getattr(unet, "module", unet)  # a DistributedDataParallel wrapper during training
-    if model.config.in_channels == sample.shape[1] + 2:
+    if getattr(model.config, "in_channels", None) == sample.shape[1] + 2:  # not the 2-D score MLP
         sample = with_coordinates(sample)
     if isinstance(model, UNet2DConditionModel):
         if condition is None or condition.text_hidden_states is None:

@@ -65,7 +65,7 @@ from torch.utils.data import DataLoader
 
 import hfgen
 from hfgen.data import collate_fn
-from hfgen.metrics.adherence import default_prompts, predict_attributes, prompt_adherence, summary
+from hfgen.metrics.adherence import ATTRIBUTES, default_prompts, predict_attributes, prompt_adherence, summary
 from hfgen.metrics.completion import completion_accuracy
 from hfgen.metrics.evaluate import features_and_probabilities, likelihood, real_images
 from hfgen.metrics.features import load_feature_extractor
@@ -153,14 +153,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--dataset",
         default="digits",
-        choices=["digits", "mnist", "shapes"],
+        choices=list(ATTRIBUTES),
         help="What --model was trained on: the prompts and the classifier of the guidance part.",
     )
     parser.add_argument(
         "--guidance_samples",
         type=int,
         default=50,
-        help="Images per template prompt and scale (10 digit prompts; 180 shapes prompts, so 1 or 2 there).",
+        help="Images per template prompt and scale (10 digit prompts; 150 shapes prompts, so 1 or 2 there).",
     )
     parser.add_argument(
         "--guidance_sampler", default="ddim", choices=list(SAMPLERS), help="Guidance samples' sampler."
@@ -383,10 +383,8 @@ def bound(args: argparse.Namespace, pipeline) -> dict:
 def guidance(args: argparse.Namespace, pipeline) -> list[dict]:
     """Prompt adherence against the guidance scale: `--guidance_samples` images for each of the data set's template
     prompts (the ten digit classes; every shapes combination), from class labels or from the prompts' text."""
-    if pipeline.condition_type not in ("class", "text") or (pipeline.condition_type, args.dataset) == (
-        "class",
-        "shapes",
-    ):
+    class_model_on_shapes = pipeline.condition_type == "class" and args.dataset == "shapes"
+    if pipeline.condition_type not in ("class", "text") or class_model_on_shapes:
         raise SystemExit(
             f"--parts guidance needs a class-conditional digits model or a text-conditioned one; this model's "
             f"condition is {pipeline.condition_type!r} and --dataset is {args.dataset!r}."
@@ -396,7 +394,7 @@ def guidance(args: argparse.Namespace, pipeline) -> list[dict]:
         {"class_labels": list(range(len(prompts)))} if pipeline.condition_type == "class" else {"prompt": prompts}
     )
     image_prompts = [prompt for prompt in prompts for _ in range(args.guidance_samples)]  # generate's order
-    main_attribute = "shape" if args.dataset == "shapes" else "digit"
+    main_attribute = ATTRIBUTES[args.dataset][0]  # digit, or shape
     original = pipeline.scheduler
     call_kwargs = swap_scheduler(pipeline, original, args.guidance_sampler)
     rows = []

@@ -14,15 +14,17 @@ import collections
 import json
 
 import hfgen
-from hfgen.data import POSITIONS
-from hfgen.metrics.adherence import predict_attributes
+from hfgen.data import COLORS, POSITIONS, SHAPES, SIZES
+from hfgen.metrics.adherence import predict_attributes, template_prompt
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="A text-conditioned pipeline trained on the shapes.")
     parser.add_argument("--num_images", type=int, default=30, help="Images per position.")
-    parser.add_argument("--prompt", default="a large red square {where}", help="{where}: 'at the top left', ...")
+    parser.add_argument("--shape", default="square", choices=SHAPES)
+    parser.add_argument("--color", default="red", choices=list(COLORS))
+    parser.add_argument("--size", default="large", choices=list(SIZES))
     parser.add_argument("--guidance_scale", type=float, default=4.0)
     parser.add_argument("--num_inference_steps", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
@@ -31,10 +33,10 @@ def main(argv: list[str] | None = None) -> dict:
     pipeline.set_progress_bar_config(disable=True)
     counts = {}
     for position in POSITIONS:
-        where = "in the center" if position == "center" else f"at the {position}"
+        targets = {"shape": args.shape, "color": args.color, "size": args.size, "position": position}
         images = pipeline.generate(
             args.num_images,
-            prompt=args.prompt.format(where=where),
+            prompt=template_prompt(targets, "shapes"),  # the training captions' wording
             seed=args.seed,
             num_inference_steps=args.num_inference_steps,
             guidance_scale=args.guidance_scale,

@@ -66,7 +66,8 @@ class DiffusionPipelineOutput(BaseOutput):
 def with_coordinates(sample: torch.Tensor) -> torch.Tensor:
     """(b, c, h, w) -> (b, c + 2, h, w): every position's x and y in [-1, 1] as two more channels (CoordConv, Liu et
     al. 2018). Convolutions and attention are translation-equivariant: without these a UNet knows where it is only
-    from the zero padding at its borders, and "at the top left" in a prompt cannot move what it draws."""
+    from the zero padding at its borders. (On the shapes this did not make the model follow position words:
+    benchmarks/README.md, diffusion "4b".)"""
     b, _, h, w = sample.shape
     y, x = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
     grid = torch.stack([x, y]).to(sample.device, sample.dtype).expand(b, -1, -1, -1)

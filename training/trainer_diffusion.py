@@ -50,8 +50,8 @@ class UNetTrainingConfig(TrainingConfig):
     coordinate_channels: bool = field(
         default=False,
         metadata={
-            "help": "Give the UNet every position's (x, y) as two more input channels (CoordConv), so that a prompt "
-            "can say where to draw: convolutions and attention alone do not know where they are."
+            "help": "Give the UNet every position's (x, y) as two more input channels (CoordConv): convolutions and "
+            "attention alone know where they are only from the zero padding at the borders."
         },
     )
 

@@ -443,3 +443,15 @@ def test_dataloader_workers_give_the_same_training(tmp_path):
         runs[workers] = trainer.accelerator.unwrap_model(trainer.model).state_dict()
     for name, tensor in runs["0"].items():
         assert torch.equal(tensor, runs["1"][name]), f"{name} differs with a DataLoader worker"
+
+
+def test_adamw_is_fused_where_torch_has_the_kernel(tmp_path):
+    # Not torch's CPU default (a Python loop over the parameters): the fused kernel is what keeps the trainer's step
+    # as fast as diffusers' example loop (benchmarks/diffusion.py --parts throughput).
+    trainer_class, config = parse_config(tiny_args(tmp_path, "--max_train_steps", "1"))
+    trainer = trainer_class(config)
+    assert trainer.optimizer.optimizer.defaults["fused"] is True
+    before = [p.detach().clone() for p in trainer.accelerator.unwrap_model(trainer.model).parameters()]
+    trainer.train()
+    after = list(trainer.accelerator.unwrap_model(trainer.model).parameters())
+    assert any(not torch.equal(b, a) for b, a in zip(before, after)), "the fused optimizer did not update the model"

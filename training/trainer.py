@@ -424,7 +424,7 @@ class Trainer:
             betas=(config.adam_beta1, config.adam_beta2) if betas is None else betas,
             weight_decay=config.adam_weight_decay,
             # torch's fused AdamW updates every parameter in one kernel; its default on CPU is a Python loop over the
-            # parameters, about 5x slower a step for a small UNet (see benchmarks/README, throughput). Same update.
+            # parameters, ~5x slower a step for a small UNet (benchmarks/README, throughput). Same update to rounding.
             fused=all(p.is_floating_point() and p.device.type in FUSED_ADAM_DEVICES for p in parameters),
         )
         lr_scheduler = get_scheduler(

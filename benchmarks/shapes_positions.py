@@ -7,15 +7,56 @@ Prints, for each prompted position, how many of `--num_images` images the shapes
 (`hfgen.metrics.adherence.predict_attributes`: the foreground centroid's nearest position) puts at each position.
 A model that follows the position words puts them on the diagonal; one that ignores them prints one row five
 times.
+
+`--first_step` looks at where the layout should come from, for a diffusion model: its x0 prediction at the first
+sampling step (t = T - 1, pure noise in, the conditional model alone, no guidance), averaged over `--num_images`
+noises. The best such prediction is the mean of the training images with that caption, so its foreground (the mean
+over channels, on black) should sit at the prompted position; the script prints the nearest position of the averaged
+prediction's foreground centroid and the fraction of the foreground in the prompted quadrant or centre.
 """
 
 import argparse
 import collections
 import json
 
+import numpy as np
+import torch
+from hfgen.pipelines.pipeline_diffusion import predicted_original_and_noise, unet_forward
+
 import hfgen
-from hfgen.data import COLORS, POSITIONS, SHAPES, SIZES
+from hfgen.data import COLORS, POSITIONS, SHAPES, SIZES, make_shapes_dataset
 from hfgen.metrics.adherence import predict_attributes, template_prompt
+
+
+@torch.no_grad()
+def first_step_mean_prediction(pipeline, prompt: str, num_noises: int, seed: int) -> torch.Tensor:
+    """(h, w) foreground in [0, 1] of the x0 prediction at t = T - 1 from pure noise, averaged over `num_noises`."""
+    scheduler, unet = pipeline.scheduler, pipeline.unet
+    noise = torch.randn(pipeline.latent_shape(num_noises), generator=torch.Generator().manual_seed(seed))
+    condition = pipeline.encode_prompt([prompt] * num_noises)[0]
+    timesteps = torch.full((num_noises,), scheduler.config.num_train_timesteps - 1)
+    output = unet_forward(unet, noise, timesteps, condition)
+    x0, _ = predicted_original_and_noise(scheduler, output, noise, timesteps)
+    return ((x0.clamp(-1, 1) + 1) / 2).mean(dim=(0, 1))  # black background: foreground = mean over channels
+
+
+def nearest_position(foreground: torch.Tensor) -> tuple[str, float]:
+    """The position nearest the foreground's centroid (the foreground above its minimum)."""
+    height, width = foreground.shape
+    weight = foreground - foreground.min()
+    y, x = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
+    cx, cy = (weight * x).sum() / weight.sum() / width, (weight * y).sum() / weight.sum() / height
+    return min(POSITIONS, key=lambda p: (POSITIONS[p][0] - cx) ** 2 + (POSITIONS[p][1] - cy) ** 2)
+
+
+def share_near(foreground: torch.Tensor, position: str) -> float:
+    """The share of the foreground (above its minimum) within a quarter of the side of `position`'s centre."""
+    height, width = foreground.shape
+    weight = foreground - foreground.min()
+    y, x = torch.meshgrid((torch.arange(height) + 0.5) / height, (torch.arange(width) + 0.5) / width, indexing="ij")
+    px, py = POSITIONS[position]
+    near = ((x - px).abs() < 0.25) & ((y - py).abs() < 0.25)
+    return float(weight[near].sum() / weight.sum())
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -28,6 +69,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--guidance_scale", type=float, default=4.0)
     parser.add_argument("--num_inference_steps", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--first_step",
+        action="store_true",
+        help="Also the diffusion model's x0 prediction at the first step, averaged over the noises (see above).",
+    )
     args = parser.parse_args(argv)
     pipeline = hfgen.load_pipeline(args.model)
     pipeline.set_progress_bar_config(disable=True)
@@ -46,7 +92,25 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{position:>12}: {json.dumps(counts[position])}", flush=True)
     correct = sum(counts[p][p] for p in POSITIONS) / (len(POSITIONS) * args.num_images)
     print(f"at the prompted position: {correct:.3f} (chance {1 / len(POSITIONS):.2f})")
-    return {"counts": counts, "at_prompted_position": correct}
+    results = {"counts": counts, "at_prompted_position": correct}
+    if args.first_step:
+        results["first_step"] = {}
+        data = make_shapes_dataset()  # the embedded shapes: their mean per caption is the best first prediction
+        for position in POSITIONS:
+            targets = {"shape": args.shape, "color": args.color, "size": args.size, "position": position}
+            prompt = template_prompt(targets, "shapes")
+            foreground = first_step_mean_prediction(pipeline, prompt, args.num_images, args.seed)
+            found, share = nearest_position(foreground), share_near(foreground, position)
+            same_caption = [np.asarray(image) for image, text in zip(data["image"], data["text"]) if text == prompt]
+            data_share = share_near(torch.from_numpy(np.mean(same_caption, axis=(0, 3)) / 255), position)
+            results["first_step"][position] = {
+                "nearest_position": found, "share_near_prompted": share, "data_share_near_prompted": data_share
+            }  # fmt: skip
+            print(
+                f"first step, {position:>12}: the mean prediction is nearest {found!r}, {share:.2f} of it near the "
+                f"prompted position (the {len(same_caption)} images with this caption: {data_share:.2f})"
+            )
+    return results
 
 
 if __name__ == "__main__":

@@ -63,3 +63,14 @@ def test_guidance_part_samples_a_text_model_from_its_prompts_and_refuses_a_class
     args.dataset = "shapes"
     with pytest.raises(SystemExit, match="class-conditional digits model or a text-conditioned one"):
         bench.guidance(args, tiny_pipeline("class"))
+
+
+def test_shapes_positions_first_step_reads_where_a_foreground_sits():
+    spec = importlib.util.spec_from_file_location("shapes_positions", REPO_ROOT / "benchmarks" / "shapes_positions.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    foreground = torch.zeros(32, 32)
+    foreground[2:12, 20:30] = 1.0  # a square in the top right quadrant
+    assert module.nearest_position(foreground) == "top right"
+    assert module.share_near(foreground, "top right") == 1.0 and module.share_near(foreground, "bottom left") == 0.0
+    assert module.nearest_position(torch.ones(32, 32) + torch.rand(32, 32) * 1e-3) == "center"

@@ -40,7 +40,7 @@ def first_step_mean_prediction(pipeline, prompt: str, num_noises: int, seed: int
     return ((x0.clamp(-1, 1) + 1) / 2).mean(dim=(0, 1))  # black background: foreground = mean over channels
 
 
-def nearest_position(foreground: torch.Tensor) -> tuple[str, float]:
+def nearest_position(foreground: torch.Tensor) -> str:
     """The position nearest the foreground's centroid (the foreground above its minimum)."""
     height, width = foreground.shape
     weight = foreground - foreground.min()

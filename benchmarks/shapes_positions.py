@@ -25,7 +25,7 @@ from hfgen.pipelines.pipeline_diffusion import predicted_original_and_noise, une
 
 import hfgen
 from hfgen.data import COLORS, POSITIONS, SHAPES, SIZES, make_shapes_dataset
-from hfgen.metrics.adherence import predict_attributes, template_prompt
+from hfgen.metrics.adherence import nearest_position, predict_attributes, template_prompt
 
 
 @torch.no_grad()
@@ -40,20 +40,22 @@ def first_step_mean_prediction(pipeline, prompt: str, num_noises: int, seed: int
     return ((x0.clamp(-1, 1) + 1) / 2).mean(dim=(0, 1))  # black background: foreground = mean over channels
 
 
-def nearest_position(foreground: torch.Tensor) -> str:
-    """The position nearest the foreground's centroid (the foreground above its minimum)."""
+def weights_and_grid(foreground: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The foreground above its minimum, and every pixel centre's x and y as fractions of the width and height."""
     height, width = foreground.shape
-    weight = foreground - foreground.min()
-    y, x = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
-    cx, cy = (weight * x).sum() / weight.sum() / width, (weight * y).sum() / weight.sum() / height
-    return min(POSITIONS, key=lambda p: (POSITIONS[p][0] - cx) ** 2 + (POSITIONS[p][1] - cy) ** 2)
+    y, x = torch.meshgrid((torch.arange(height) + 0.5) / height, (torch.arange(width) + 0.5) / width, indexing="ij")
+    return foreground - foreground.min(), x, y
+
+
+def centroid_position(foreground: torch.Tensor) -> str:
+    """The position nearest the foreground's weighted centroid (a mean prediction is blurred: no threshold)."""
+    weight, x, y = weights_and_grid(foreground)
+    return nearest_position((weight * x).sum() / weight.sum(), (weight * y).sum() / weight.sum())
 
 
 def share_near(foreground: torch.Tensor, position: str) -> float:
     """The share of the foreground (above its minimum) within a quarter of the side of `position`'s centre."""
-    height, width = foreground.shape
-    weight = foreground - foreground.min()
-    y, x = torch.meshgrid((torch.arange(height) + 0.5) / height, (torch.arange(width) + 0.5) / width, indexing="ij")
+    weight, x, y = weights_and_grid(foreground)
     px, py = POSITIONS[position]
     near = ((x - px).abs() < 0.25) & ((y - py).abs() < 0.25)
     return float(weight[near].sum() / weight.sum())
@@ -77,12 +79,17 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     pipeline = hfgen.load_pipeline(args.model)
     pipeline.set_progress_bar_config(disable=True)
+    prompts = {  # the training captions' wording
+        position: template_prompt(
+            {"shape": args.shape, "color": args.color, "size": args.size, "position": position}, "shapes"
+        )
+        for position in POSITIONS
+    }
     counts = {}
     for position in POSITIONS:
-        targets = {"shape": args.shape, "color": args.color, "size": args.size, "position": position}
         images = pipeline.generate(
             args.num_images,
-            prompt=template_prompt(targets, "shapes"),  # the training captions' wording
+            prompt=prompts[position],
             seed=args.seed,
             num_inference_steps=args.num_inference_steps,
             guidance_scale=args.guidance_scale,
@@ -96,12 +103,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.first_step:
         results["first_step"] = {}
         data = make_shapes_dataset()  # the embedded shapes: their mean per caption is the best first prediction
-        for position in POSITIONS:
-            targets = {"shape": args.shape, "color": args.color, "size": args.size, "position": position}
-            prompt = template_prompt(targets, "shapes")
+        data_images, data_texts = data["image"], data["text"]  # decoded once
+        for position, prompt in prompts.items():
             foreground = first_step_mean_prediction(pipeline, prompt, args.num_images, args.seed)
-            found, share = nearest_position(foreground), share_near(foreground, position)
-            same_caption = [np.asarray(image) for image, text in zip(data["image"], data["text"]) if text == prompt]
+            found, share = centroid_position(foreground), share_near(foreground, position)
+            same_caption = [np.asarray(image) for image, text in zip(data_images, data_texts) if text == prompt]
             data_share = share_near(torch.from_numpy(np.mean(same_caption, axis=(0, 3)) / 255), position)
             results["first_step"][position] = {
                 "nearest_position": found, "share_near_prompted": share, "data_share_near_prompted": data_share

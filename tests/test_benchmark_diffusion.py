@@ -71,6 +71,6 @@ def test_shapes_positions_first_step_reads_where_a_foreground_sits():
     spec.loader.exec_module(module)
     foreground = torch.zeros(32, 32)
     foreground[2:12, 20:30] = 1.0  # a square in the top right quadrant
-    assert module.nearest_position(foreground) == "top right"
+    assert module.centroid_position(foreground) == "top right"
     assert module.share_near(foreground, "top right") == 1.0 and module.share_near(foreground, "bottom left") == 0.0
-    assert module.nearest_position(torch.ones(32, 32) + torch.rand(32, 32) * 1e-3) == "center"
+    assert module.centroid_position(torch.ones(32, 32) + torch.rand(32, 32) * 1e-3) == "center"

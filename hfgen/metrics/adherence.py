@@ -252,6 +252,12 @@ def predicted_classes(images: torch.Tensor, classifier: DomainClassifier) -> tor
 
 
 @torch.no_grad()
+def nearest_position(x: float, y: float) -> str:
+    """The name of the `hfgen.data.POSITIONS` entry nearest (x, y), given as fractions of the width and height."""
+    centres = torch.tensor(list(POSITIONS.values()))  # (5, 2) as (x, y) fractions
+    return list(POSITIONS)[(centres - torch.tensor([float(x), float(y)])).norm(dim=1).argmin()]
+
+
 def predict_attributes(images, dataset: str, extractor: DomainClassifier | str | None = None) -> dict[str, list]:
     """What each image shows, per attribute of `dataset`: {"digit": ["seven", ...]} or {"shape": [...], "color":
     [...], "size": [...], "position": [...]} (None where an image has no foreground)."""
@@ -270,7 +276,6 @@ def predict_attributes(images, dataset: str, extractor: DomainClassifier | str |
     mask = images.amax(dim=1) > FOREGROUND_THRESHOLD  # (b, h, w)
     palette = torch.tensor(list(COLORS.values()), dtype=torch.float32) / 255  # (5, 3)
     log_areas = torch.tensor([math.log(MEAN_AREA_FACTOR * (s * width) * (s * height)) for s in SIZES.values()])
-    centres = torch.tensor(list(POSITIONS.values()))  # (5, 2) as (x, y) fractions
     ys, xs = torch.meshgrid((torch.arange(height) + 0.5) / height, (torch.arange(width) + 0.5) / width, indexing="ij")
     for image, foreground in zip(images, mask):
         area = foreground.sum()
@@ -281,8 +286,7 @@ def predict_attributes(images, dataset: str, extractor: DomainClassifier | str |
         color = image[:, foreground].mean(dim=1)  # (3,)
         predictions["color"].append(list(COLORS)[(palette - color).norm(dim=1).argmin()])
         predictions["size"].append(list(SIZES)[(log_areas - area.float().log()).abs().argmin()])
-        centroid = torch.stack([xs[foreground].mean(), ys[foreground].mean()])
-        predictions["position"].append(list(POSITIONS)[(centres - centroid).norm(dim=1).argmin()])
+        predictions["position"].append(nearest_position(xs[foreground].mean(), ys[foreground].mean()))
     return predictions
 
 

@@ -78,6 +78,11 @@ def main(argv: list[str] | None = None) -> dict:
     )
     args = parser.parse_args(argv)
     pipeline = hfgen.load_pipeline(args.model)
+    if args.first_step and not hasattr(pipeline, "unet"):
+        raise SystemExit(
+            f"--first_step reads a diffusion model's first denoising step; {args.model} is a "
+            f"{type(pipeline).__name__}. Drop --first_step, or pass a pipeline trained with --family diffusion."
+        )
     pipeline.set_progress_bar_config(disable=True)
     prompts = {  # the training captions' wording
         position: template_prompt(

@@ -178,6 +178,35 @@ class TestDiffusionTrainer(TrainerTesterMixin):
         expected = (errors.flatten() ** 2 * snr.clamp(max=5) / snr).mean()
         assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
+    def test_timestep_bias_draws_the_chosen_steps_more_often(self, tmp_path):
+        """--timestep_bias_strategy, as diffusers' train_text_to_image_sdxl.py: "later" with portion 0.2 and multiplier
+        4 makes each of the last 10 of 50 steps 4 times as likely as any other, and the loss trains the drawn steps."""
+        bias = ["--timestep_bias_strategy", "later", "--timestep_bias_portion", "0.2"]
+        bias += ["--timestep_bias_multiplier", "4"]
+        trainer = self.build_trainer(tmp_path, "--max_train_steps", "1", "--conditioning", "none", *bias)
+        expected = torch.cat([torch.full((40,), 1 / 80), torch.full((10,), 4 / 80)])
+        torch.testing.assert_close(trainer.timestep_weights, expected)
+        batch = next(iter(trainer.train_dataloader))
+        drawn = []
+
+        def record(sample, timestep, class_labels=None):
+            drawn.append(timestep)
+            return UNet2DOutput(sample=torch.zeros_like(sample))
+
+        trainer.model.forward = record
+        torch.manual_seed(0)
+        for _ in range(40):
+            trainer.compute_loss(batch, None)
+        share_late = (torch.cat(drawn) >= 40).float().mean().item()
+        assert share_late == pytest.approx(40 / 80, abs=0.05)  # uniform drawing gives 10 / 50
+
+        ranged = ("--timestep_bias_strategy", "range", "--timestep_bias_begin", "45", "--timestep_bias_end", "50")
+        trainer = self.build_trainer(tmp_path / "range", "--max_train_steps", "1", *ranged)
+        assert trainer.timestep_weights is None  # multiplier 1: uniform, diffusers' randint
+        ranged += ("--timestep_bias_multiplier", "1e9")
+        weights = self.build_trainer(tmp_path / "range2", "--max_train_steps", "1", *ranged).timestep_weights
+        assert weights[45:].sum().item() == pytest.approx(1.0) and (weights[45:] == weights[45]).all()
+
     def test_loss_falls_on_digits(self, tmp_path):
         trainer = self.build_trainer(
             tmp_path, "--max_train_steps", "60", "--learning_rate", "3e-3", "--logging_steps", "20",
@@ -310,9 +339,19 @@ class TestDiffusionTrainer(TrainerTesterMixin):
     def test_bad_settings_raise(self, tmp_path):
         bad = [("--prediction_type", "x0"), ("--beta_schedule", "cosine"), ("--snr_gamma", "0")]
         bad += [("--validation_inference_steps", "51"), ("--norm_num_groups", "3"), ("--cross_attention_levels", "2")]
+        bad += [("--timestep_bias_strategy", "high")]
         for flag, value in bad:
             with pytest.raises(ValueError, match=flag):
                 self.build_trainer(tmp_path, flag, value)
+        later = ("--timestep_bias_strategy", "later")
+        bad_bias = [
+            (("--timestep_bias_multiplier", "0"), "--timestep_bias_multiplier must be positive"),
+            (("--timestep_bias_portion", "1"), "--timestep_bias_portion 1.0 of 50"),
+            (("--timestep_bias_strategy", "range", "--timestep_bias_end", "60"), "0 <= begin < end <= "),
+        ]
+        for flags, message in bad_bias:
+            with pytest.raises(ValueError, match=message):
+                self.build_trainer(tmp_path, *later, *flags)
 
 
 # ----- sampling -----------------------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ The step is the inner loop of diffusers' `examples/unconditional_image_generatio
 et al. 2020, https://arxiv.org/abs/2006.11239, Algorithm 1): noise, a random timestep per image, `add_noise`, the
 UNet, the MSE against the target of `--prediction_type` (epsilon; x0 = "sample"; v, Salimans & Ho 2022,
 https://arxiv.org/abs/2202.00512), optionally weighted by Min-SNR-gamma (Hang et al. 2023,
-https://arxiv.org/abs/2303.09556) as diffusers' `train_text_to_image.py` does. Text conditioning trains a
+https://arxiv.org/abs/2303.09556) as diffusers' `train_text_to_image.py` does; `--timestep_bias_strategy` draws chosen
+timesteps more often, as `train_text_to_image_sdxl.py` does. Text conditioning trains a
 `UNet2DConditionModel` from scratch with the shared caption dropout, so the same model samples with classifier-free
 guidance. With `--vae_name_or_path` the UNet denoises a frozen autoencoder's latents (latent diffusion), scaled to unit
 standard deviation by a `scaling_factor` measured on the training set and stored in the autoencoder's config.
@@ -79,6 +80,22 @@ class DiffusionTrainingConfig(UNetTrainingConfig):
     snr_gamma: float | None = field(
         default=None, metadata={"help": "Min-SNR-gamma loss weighting (5.0 in the paper); None: plain MSE."}
     )
+    # ----- which timesteps are trained (diffusers' train_text_to_image_sdxl.py --timestep_bias_*) -----
+    timestep_bias_strategy: str = field(
+        default="none",
+        metadata={
+            "help": "none (uniform timesteps), later (more high-noise steps, where the layout is decided), earlier, "
+            "or range (--timestep_bias_begin to --timestep_bias_end)."
+        },
+    )
+    timestep_bias_multiplier: float = field(
+        default=1.0, metadata={"help": "How many times as often the biased timesteps are drawn."}
+    )
+    timestep_bias_portion: float = field(
+        default=0.25, metadata={"help": "later / earlier: the fraction of the timesteps that is biased."}
+    )
+    timestep_bias_begin: int = field(default=0, metadata={"help": "range: the first biased timestep."})
+    timestep_bias_end: int = field(default=1000, metadata={"help": "range: the end (exclusive) of the biased range."})
     clip_sample: bool = field(
         default=False,
         metadata={
@@ -126,6 +143,7 @@ class DiffusionTrainingConfig(UNetTrainingConfig):
             raise ValueError(f"--num_train_timesteps must be at least 2, got {self.num_train_timesteps}.")
         if self.snr_gamma is not None and self.snr_gamma <= 0:
             raise ValueError(f"--snr_gamma must be positive (5.0 in the paper), got {self.snr_gamma}.")
+        self.check_timestep_bias()
         if not 1 <= self.validation_inference_steps <= self.num_train_timesteps:
             raise ValueError(
                 f"--validation_inference_steps must be in [1, --num_train_timesteps={self.num_train_timesteps}], got "
@@ -143,6 +161,44 @@ class DiffusionTrainingConfig(UNetTrainingConfig):
                 "--eval_likelihood_images bounds log p(x) of pixels; a latent diffusion model has no such bound "
                 "here: set it to 0."
             )
+
+    def check_timestep_bias(self):
+        strategy, T = self.timestep_bias_strategy, self.num_train_timesteps
+        if strategy not in ("none", "later", "earlier", "range"):
+            raise ValueError(f"--timestep_bias_strategy must be none, later, earlier or range, got {strategy!r}.")
+        if strategy == "none":
+            return
+        if self.timestep_bias_multiplier <= 0:
+            raise ValueError(
+                f"--timestep_bias_multiplier must be positive (above 1 favours the biased steps, below 1 avoids "
+                f"them), got {self.timestep_bias_multiplier}."
+            )
+        if strategy in ("later", "earlier") and not 0 < int(self.timestep_bias_portion * T) < T:
+            raise ValueError(
+                f"--timestep_bias_portion {self.timestep_bias_portion} of {T} timesteps must bias at least one and "
+                "not all of them: pass a fraction between 0 and 1."
+            )
+        if strategy == "range" and not 0 <= self.timestep_bias_begin < self.timestep_bias_end <= T:
+            raise ValueError(
+                f"--timestep_bias_begin {self.timestep_bias_begin} and --timestep_bias_end {self.timestep_bias_end} "
+                f"must satisfy 0 <= begin < end <= --num_train_timesteps {T}."
+            )
+
+
+def timestep_weights(config: DiffusionTrainingConfig) -> torch.Tensor | None:
+    """The probability of drawing each training timestep (T,), or None for uniform: diffusers'
+    `generate_timestep_weights` (train_text_to_image_sdxl.py), the chosen steps `--timestep_bias_multiplier` times as
+    likely. Unlike Min-SNR this changes how often a step is trained, not how much its error counts."""
+    strategy, T = config.timestep_bias_strategy, config.num_train_timesteps
+    if strategy == "none" or config.timestep_bias_multiplier == 1:
+        return None
+    weights = torch.ones(T)
+    biased = int(config.timestep_bias_portion * T)
+    chosen = {"later": slice(T - biased, T), "earlier": slice(0, biased)}.get(
+        strategy, slice(config.timestep_bias_begin, config.timestep_bias_end)
+    )
+    weights[chosen] *= config.timestep_bias_multiplier
+    return weights / weights.sum()
 
 
 def build_unet(trainer: Trainer, channels: int, height: int, width: int) -> UNet2DModel | UNet2DConditionModel:
@@ -240,6 +296,7 @@ class DiffusionTrainer(Trainer):
             prediction_type=config.prediction_type,
             clip_sample=config.clip_sample,  # diffusers' default is True; see the option's help
         )
+        self.timestep_weights = timestep_weights(config)
         channels, height, width = self.image_shape
         if "vae" in self.frozen_components:
             with torch.no_grad():
@@ -258,7 +315,10 @@ class DiffusionTrainer(Trainer):
         scheduler = self.noise_scheduler
         # 1. noise and a random timestep per image; x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps in closed form
         noise = torch.randn_like(clean)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(clean),), device=clean.device)
+        if self.timestep_weights is None:
+            timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(clean),), device=clean.device)
+        else:  # --timestep_bias_strategy
+            timesteps = torch.multinomial(self.timestep_weights, len(clean), replacement=True).to(clean.device)
         noisy = scheduler.add_noise(clean, noise, timesteps)
         # 2. the UNet's prediction and its target
         prediction = unet_forward(self.model, noisy, timesteps, condition)

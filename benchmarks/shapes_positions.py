@@ -13,6 +13,11 @@ sampling step (t = T - 1, pure noise in, the conditional model alone, no guidanc
 noises. The best such prediction is the mean of the training images with that caption, so its foreground (the mean
 over channels, on black) should sit at the prompted position; the script prints the nearest position of the averaged
 prediction's foreground centroid and the fraction of the foreground in the prompted quadrant or centre.
+
+`--word_swap` asks whether the model reads the corner words at all, where the layout is decided: the x0 prediction's
+error on training shapes noised to t >= `--probe_timestep`, with their captions as written and with each corner
+swapped for another corner. A model that reads the corners is worse with the swapped captions; beside them, the error
+of the best predictions from pure noise (each image's caption mean, and the same mean blind to which corner).
 """
 
 import argparse
@@ -61,6 +66,52 @@ def share_near(foreground: torch.Tensor, position: str) -> float:
     return float(weight[near].sum() / weight.sum())
 
 
+CORNERS = [position for position in POSITIONS if position != "center"]
+
+
+def swap_corner(caption: str, rng: np.random.Generator) -> str:
+    """The caption with its corner ("... at the top left") replaced by another corner; a centre caption unchanged."""
+    for corner in CORNERS:
+        if caption.endswith(corner):
+            return caption[: -len(corner)] + str(rng.choice([c for c in CORNERS if c != corner]))
+    return caption
+
+
+def group_mean_error(images: torch.Tensor, keys: list[str]) -> float:
+    """The MSE of predicting each image by the mean of the images that share its key (e.g. its caption)."""
+    groups = collections.defaultdict(list)
+    for index, key in enumerate(keys):
+        groups[key].append(index)
+    means = torch.empty_like(images)
+    for indices in groups.values():
+        means[indices] = images[indices].mean(0)
+    return float(((means - images) ** 2).mean())
+
+
+@torch.no_grad()
+def word_swap_errors(pipeline, images, captions, first_timestep: int, seed: int) -> dict[str, float]:
+    """The x0 prediction's MSE on `images` (b, c, h, w) in [-1, 1] noised to t in [first_timestep, T), conditioned
+    on `captions` as written and with their corners swapped (the same noise and timesteps for both)."""
+    scheduler, unet = pipeline.scheduler, pipeline.unet
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(images.shape, generator=generator)
+    last = scheduler.config.num_train_timesteps
+    timesteps = torch.randint(first_timestep, last, (len(images),), generator=generator)
+    noisy = scheduler.add_noise(images, noise, timesteps)
+    rng = np.random.default_rng(seed)
+    errors = {}
+    for name, prompts in (("as written", captions), ("corners swapped", [swap_corner(c, rng) for c in captions])):
+        total = 0.0
+        for start in range(0, len(images), 64):
+            part = slice(start, start + 64)
+            condition = pipeline.encode_prompt(prompts[part])[0]
+            output = unet_forward(unet, noisy[part], timesteps[part], condition)
+            x0, _ = predicted_original_and_noise(scheduler, output, noisy[part], timesteps[part])
+            total += float(((x0 - images[part]) ** 2).sum())
+        errors[name] = total / images.numel()
+    return errors
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="A text-conditioned pipeline trained on the shapes.")
@@ -76,13 +127,21 @@ def main(argv: list[str] | None = None) -> dict:
         action="store_true",
         help="Also the diffusion model's x0 prediction at the first step, averaged over the noises (see above).",
     )
+    parser.add_argument(
+        "--word_swap",
+        action="store_true",
+        help="Also the x0 error at high noise with the captions as written and with the corners swapped (see above).",
+    )
+    parser.add_argument("--probe_timestep", type=int, default=950, help="--word_swap: the lowest timestep probed.")
+    parser.add_argument("--probe_images", type=int, default=512, help="--word_swap: training shapes probed.")
     args = parser.parse_args(argv)
     pipeline = hfgen.load_pipeline(args.model)
-    if args.first_step and not hasattr(pipeline, "unet"):
-        raise SystemExit(
-            f"--first_step reads a diffusion model's first denoising step; {args.model} is a "
-            f"{type(pipeline).__name__}. Drop --first_step, or pass a pipeline trained with --family diffusion."
-        )
+    for flag, wanted in (("--first_step", args.first_step), ("--word_swap", args.word_swap)):
+        if wanted and not hasattr(pipeline, "unet"):
+            raise SystemExit(
+                f"{flag} reads a diffusion model's denoising steps; {args.model} is a {type(pipeline).__name__}. "
+                f"Drop {flag}, or pass a pipeline trained with --family diffusion."
+            )
     pipeline.set_progress_bar_config(disable=True)
     prompts = {  # the training captions' wording
         position: template_prompt(
@@ -121,6 +180,18 @@ def main(argv: list[str] | None = None) -> dict:
                 f"first step, {position:>12}: the mean prediction is nearest {found!r}, {share:.2f} of it near the "
                 f"prompted position (the {len(same_caption)} images with this caption: {data_share:.2f})"
             )
+    if args.word_swap:
+        data = make_shapes_dataset()
+        images = torch.from_numpy(np.stack([np.asarray(image) for image in data["image"]])).float() / 127.5 - 1
+        images, captions = images.permute(0, 3, 1, 2), list(data["text"])  # (n, 3, h, w) in [-1, 1]
+        probed = slice(0, args.probe_images)
+        errors = word_swap_errors(pipeline, images[probed], captions[probed], args.probe_timestep, args.seed)
+        # The best predictions from pure noise, over every training shape (the probed ones are its first part).
+        corner_blind = [next((c[: -len(k)] for k in CORNERS if c.endswith(k)), c) for c in captions]
+        errors["best: caption mean"] = group_mean_error(images, captions)
+        errors["best: caption mean, blind to the corner"] = group_mean_error(images, corner_blind)
+        results["word_swap"] = errors
+        print(f"x0 error at t >= {args.probe_timestep} on {len(images[probed])} training shapes: {json.dumps(errors)}")
     return results
 
 

@@ -3,6 +3,7 @@ trainer's UNet config on the trainer's noise schedule, and with the same weights
 
 import importlib.util
 
+import numpy as np
 import pytest
 import torch
 from conftest import REPO_ROOT
@@ -65,12 +66,31 @@ def test_guidance_part_samples_a_text_model_from_its_prompts_and_refuses_a_class
         bench.guidance(args, tiny_pipeline("class"))
 
 
-def test_shapes_positions_first_step_reads_where_a_foreground_sits():
+def load_shapes_positions():
     spec = importlib.util.spec_from_file_location("shapes_positions", REPO_ROOT / "benchmarks" / "shapes_positions.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_shapes_positions_first_step_reads_where_a_foreground_sits():
+    module = load_shapes_positions()
     foreground = torch.zeros(32, 32)
     foreground[2:12, 20:30] = 1.0  # a square in the top right quadrant
     assert module.centroid_position(foreground) == "top right"
     assert module.share_near(foreground, "top right") == 1.0 and module.share_near(foreground, "bottom left") == 0.0
     assert module.centroid_position(torch.ones(32, 32) + torch.rand(32, 32) * 1e-3) == "center"
+
+
+def test_shapes_positions_word_swap_changes_only_the_corner():
+    module = load_shapes_positions()
+    rng = np.random.default_rng(0)
+    for corner in module.CORNERS:
+        swapped = module.swap_corner(f"a large red square at the {corner}", rng)
+        other = swapped.removeprefix("a large red square at the ")
+        assert other in module.CORNERS and other != corner
+    assert module.swap_corner("a large red square in the center", rng) == "a large red square in the center"
+    # The best prediction from a key is its group's mean: exact for identical members, worse for a coarser key.
+    images = torch.tensor([[0.0], [0.0], [1.0], [3.0]])
+    assert module.group_mean_error(images, ["a", "a", "b", "c"]) == 0.0
+    assert module.group_mean_error(images, ["a", "a", "b", "b"]) == pytest.approx(2 / 4)

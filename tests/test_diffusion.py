@@ -207,6 +207,13 @@ class TestDiffusionTrainer(TrainerTesterMixin):
         weights = self.build_trainer(tmp_path / "range2", "--max_train_steps", "1", *ranged).timestep_weights
         assert weights[45:].sum().item() == pytest.approx(1.0) and (weights[45:] == weights[45]).all()
 
+    def test_exact_resume_with_timestep_bias(self, tmp_path, monkeypatch):
+        """The biased draw (torch.multinomial on torch's global generator, whose state the checkpoint keeps) resumes
+        exactly, as the uniform one does."""
+        bias = ("--timestep_bias_strategy", "later", "--timestep_bias_multiplier", "4")
+        monkeypatch.setattr(self, "get_args", lambda output_dir: tiny_args(output_dir, *bias))
+        self.test_exact_resume(tmp_path)
+
     def test_loss_falls_on_digits(self, tmp_path):
         trainer = self.build_trainer(
             tmp_path, "--max_train_steps", "60", "--learning_rate", "3e-3", "--logging_steps", "20",

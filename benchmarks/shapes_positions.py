@@ -142,6 +142,10 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{flag} reads a diffusion model's denoising steps; {args.model} is a {type(pipeline).__name__}. "
                 f"Drop {flag}, or pass a pipeline trained with --family diffusion."
             )
+    if args.word_swap and getattr(pipeline, "vae", None) is not None:
+        raise SystemExit(
+            f"--word_swap noises the shapes' pixels; {args.model} denoises an autoencoder's latents. Drop --word_swap."
+        )
     pipeline.set_progress_bar_config(disable=True)
     prompts = {  # the training captions' wording
         position: template_prompt(
@@ -181,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
                 f"prompted position (the {len(same_caption)} images with this caption: {data_share:.2f})"
             )
     if args.word_swap:
-        data = make_shapes_dataset()
+        data = make_shapes_dataset(resolution=pipeline.image_format[1])  # at the size the model was trained on
         images = torch.from_numpy(np.stack([np.asarray(image) for image in data["image"]])).float() / 127.5 - 1
         images, captions = images.permute(0, 3, 1, 2), list(data["text"])  # (n, 3, h, w) in [-1, 1]
         probed = slice(0, args.probe_images)

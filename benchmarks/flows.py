@@ -4,6 +4,7 @@
     python benchmarks/flows.py --toys --figure benchmarks/flows_toys.png   # two moons, eight Gaussians (~1 min)
     python benchmarks/flows.py --flow out/flow-glow-digits --flow out/flow-realnvp-digits  # trained recipes
     python benchmarks/flows.py --flow out/flow-glow-digits --temperatures 0.5 0.7 1.0     # and samples per T
+    python benchmarks/flows.py --dataset mnist --flow out/flow-glow-mnist --flow out/vae-mnist  # beside a VAE
 
 - Reconstruction error: |y - f^-1(f(y))| for 64 dequantised test digits through Glow stacks of growing depth with
   perturbed random weights (each coupling far from the identity), in float32 and float64: invertible on paper,
@@ -12,9 +13,10 @@
   inverse cannot tell them apart and log|det| is -inf), against LeakyReLU(0.1), which inverts.
 - Toys: a 2-D flow ([`PointFlow`], 8 Glow steps) trained on two moons and eight Gaussians; held-out NLL in nats and
   the learned density plotted beside the data.
-- Digits: test bits/dim with one dequantisation per image (uniform: the exact density; variational: the bound), the
-  importance-weighted bound with S=16, and the anomaly AUROC of -log p(x) (test digits vs grey shapes and vs noise),
-  for flows trained by the recipes.
+- Digits or mnist (`--dataset`): test bits/dim with one dequantisation per image (uniform: the exact density;
+  variational: the bound), the importance-weighted bound with S=16, and the anomaly AUROC of -log p(x) (test images vs
+  grey shapes and vs noise), for flows trained by the recipes; another family's likelihood pipeline passed with
+  `--flow` (a VAE) is scored the same way, for comparison.
 - Temperature: for each T, `--num_images` samples z ~ N(0, T^2 I) (the empty prompt for a text-conditioned flow):
   FID against the training digits in the shipped digit classifier's features, the entropy of its predicted classes,
   the wall time per image (the fastest of three runs); for a text-conditioned flow also prompt adherence,
@@ -31,6 +33,7 @@ import torch
 from torch import nn
 
 import hfgen
+from hfgen.data import grey_levels
 from hfgen.metrics import class_histogram_entropy
 from hfgen.metrics.adherence import adherence, default_prompts
 from hfgen.metrics.anomaly import anomaly_auroc, out_of_distribution_images
@@ -158,46 +161,58 @@ def toys(figure: str | None, steps: int = 1500) -> list[dict]:
     return rows
 
 
-def trained_flows(paths: list[str]) -> list[dict]:
-    test = (real_images("digits", "test") + 1) / 2  # pipelines take images in [0, 1]
+def trained_flows(
+    paths: list[str], dataset: str = "digits", anomaly_samples: int = 1, max_images: int | None = None
+) -> list[dict]:
+    """One row per trained pipeline (a flow, or any model with `log_likelihood`, e.g. a VAE to compare with) on the
+    test split of `dataset`: bits/dim with one sample (a flow's dequantisation u; a VAE's ELBO), the
+    importance-weighted bound with S=16, the anomaly AUROC of the bits/dim with S=`anomaly_samples` against grey
+    shapes and noise of the same size and grey levels, and the sampling time. `max_images`: the first test images
+    only (and as many outliers)."""
+    test = (real_images(dataset, "test", max_images) + 1) / 2  # pipelines take images in [0, 1]
+    size, levels = test.shape[-1], grey_levels(dataset)
     rows = []
     for path in paths:
         pipeline = hfgen.load_pipeline(path)
-        one = pipeline.log_likelihood(test, generator=torch.Generator().manual_seed(0))
+        one = pipeline.log_likelihood(test, num_samples=1, generator=torch.Generator().manual_seed(0))
         bound = pipeline.log_likelihood(test, num_samples=16, generator=torch.Generator().manual_seed(0))
         row = {
-            "flow": path,
-            "architecture": pipeline.flow.config.architecture,
-            "dequantization": pipeline.flow.config.dequantization,
-            "bits/dim (S=1)": one.bits_per_dim.mean().item(),  # uniform: exact density; variational: the bound
+            "model": path,
+            "architecture": pipeline.flow.config.architecture
+            if hasattr(pipeline, "flow")
+            else type(pipeline).__name__,
+            "kind (S=1)": one.kind,  # a flow with uniform u: the exact density; variational u or a VAE: a bound
+            "bits/dim (S=1)": one.bits_per_dim.mean().item(),
             "bound bits/dim (S=16)": bound.bits_per_dim.mean().item(),
         }
         for kind in ("shapes", "noise"):
-            row[f"AUROC vs {kind}"] = anomaly_auroc(
-                pipeline,
-                test,
-                (out_of_distribution_images(kind, len(test)) + 1) / 2,
-                generator=torch.Generator().manual_seed(0),
-            )["auroc"]
+            outliers = out_of_distribution_images(kind, len(test), sample_size=size, num_levels=levels)
+            generator = torch.Generator().manual_seed(0)
+            scores = anomaly_auroc(
+                pipeline, test, (outliers + 1) / 2, num_samples=anomaly_samples, generator=generator
+            )
+            row[f"AUROC vs {kind}"] = scores["auroc"]
         start = time.perf_counter()
         pipeline.generate(256, seed=0)
-        row["ms per sample (T=0.7)"] = 1000 * (time.perf_counter() - start) / 256
+        row["ms per sample"] = 1000 * (time.perf_counter() - start) / 256
         rows.append(row)
     return rows
 
 
 @torch.no_grad()
-def temperature_sweep(paths: list[str], temperatures: list[float], num_samples: int, seed: int = 0) -> list[dict]:
+def temperature_sweep(
+    paths: list[str], temperatures: list[float], num_samples: int, seed: int = 0, dataset: str = "digits"
+) -> list[dict]:
     """One row per flow and temperature: FID (training digits vs `num_samples` samples), class entropy, ms per image,
     and for a text-conditioned flow the fraction of samples showing the prompted digit (seen captions, paraphrases);
-    first a reference row, the held-out test digits."""
-    extractor = load_feature_extractor("digits")
-    real_features, _ = features_and_probabilities(extractor, real_images("digits", "train"))
-    prompt_sets = default_prompts("digits")  # {"seen": ..., "paraphrase": ...}
+    first a reference row, the held-out test images."""
+    extractor = load_feature_extractor(dataset)
+    real_features, _ = features_and_probabilities(extractor, real_images(dataset, "train"))
+    prompt_sets = default_prompts(dataset)  # {"seen": ..., "paraphrase": ...}
     prompts = [group[i % len(group)] for group in prompt_sets.values() for i in range(num_samples)]
-    test = real_images("digits", "test")  # the reference: held-out digits, FID's floor at their (smaller) number
+    test = real_images(dataset, "test")  # the reference: held-out digits, FID's floor at their (smaller) number
     features, probabilities = features_and_probabilities(extractor, test)
-    rows = [{"flow": "held-out test digits", "temperature": None, "samples": len(test)}]
+    rows = [{"flow": f"held-out test {dataset}", "temperature": None, "samples": len(test)}]
     rows[0]["FID"] = fid(real_features, features)
     rows[0]["class entropy"] = class_histogram_entropy(probabilities)
     for path in paths:
@@ -215,7 +230,7 @@ def temperature_sweep(paths: list[str], temperatures: list[float], num_samples: 
             row["ms per image"] = 1000 * min(seconds)
             if pipeline.tokenizer is not None:
                 prompted = pipeline.generate(1, prompt=prompts, seed=seed, temperature=temperature)
-                scores = adherence(prompted, prompts, "digits", extractor)
+                scores = adherence(prompted, prompts, dataset, extractor)
                 row["adherence seen"] = scores["seen"]["all"]
                 row["adherence paraphrase"] = scores["paraphrase"]["all"]
             rows.append(row)
@@ -233,7 +248,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--toys", action="store_true", help="Train the 2-D toy flows.")
     parser.add_argument("--figure", default=None, help="Where to save the toys' figure (PNG).")
     parser.add_argument("--toy_steps", type=int, default=1500, help="Adam steps (batch 256) per toy density.")
-    parser.add_argument("--flow", action="append", default=[], help="A trained flow pipeline folder (repeatable).")
+    parser.add_argument(
+        "--flow",
+        action="append",
+        default=[],
+        help="A trained flow pipeline folder (repeatable); any pipeline with log_likelihood (a VAE) is scored too.",
+    )
+    parser.add_argument(
+        "--dataset", default="digits", choices=["digits", "mnist"], help="Whose test split and classifier to use."
+    )
+    parser.add_argument(
+        "--anomaly_samples", type=int, default=1, help="Samples per image in the AUROC's bits/dim (S; a flow's u)."
+    )
     parser.add_argument(
         "--temperatures", type=float, nargs="+", default=None, help="Also sample each --flow at these temperatures."
     )
@@ -250,12 +276,14 @@ def main(argv: list[str] | None = None) -> dict:
         results["toys"] = toys(args.figure, args.toy_steps)
         show(results["toys"])
     if args.flow:
-        results["digits"] = trained_flows(args.flow)
-        show(results["digits"])
+        results[args.dataset] = trained_flows(args.flow, args.dataset, args.anomaly_samples)
+        show(results[args.dataset])
     if args.temperatures:
         if not args.flow:
             parser.error("--temperatures samples the flows given with --flow: pass at least one.")
-        results["temperatures"] = temperature_sweep(args.flow, args.temperatures, args.num_images)
+        results["temperatures"] = temperature_sweep(
+            args.flow, args.temperatures, args.num_images, dataset=args.dataset
+        )
         show(results["temperatures"])
     if args.json:
         with open(args.json, "w") as f:

@@ -520,6 +520,22 @@ class TestFlowTrainer(TrainerTesterMixin):
         assert actnorms and all(m.initialized.item() == 1 for m in actnorms)
         assert any(not torch.equal(m.bias, torch.zeros_like(m.bias)) for m in actnorms)
 
+    def test_validation_evaluate_logs_the_test_bits_per_dim(self, tmp_path):
+        """`--validation_evaluate` logs the final summary's held-out figure at each validation (to see over-fitting as
+        it starts); the last one, with no step in between, equals the summary's."""
+        trainer = self.build_trainer(
+            tmp_path, "--max_train_steps", "20", "--validation_steps", "10", "--validation_evaluate"
+        )
+        logs = record_logs(trainer)
+
+        summary = trainer.train()
+
+        logged = [(step, v["validation_test_bits_per_dim"]) for step, v in logs if "validation_test_bits_per_dim" in v]
+        assert [step for step, _ in logged] == [10, 20]
+        assert logged[-1][1] == summary["metrics"]["test_bits_per_dim"]
+        with pytest.raises(ValueError, match="--validation_evaluate needs --validation_steps"):
+            self.build_trainer(tmp_path / "again", "--validation_evaluate")
+
 
 def test_flow_learns_digits_and_detects_noise(tmp_path):
     """60 steps of a tiny Glow: the exact bits/dim fall, and its likelihood tells digits from noise."""
@@ -633,6 +649,28 @@ def test_temperature_sweep_samples_at_each_temperature(tmp_path, repo_root, tiny
     for row in rows:
         assert np.isfinite(row["FID"]) and row["ms per image"] > 0
         assert 0 <= row["adherence seen"] <= 1 and 0 <= row["adherence paraphrase"] <= 1
+
+
+def test_trained_flows_scores_mnist_beside_a_vae(tmp_path, repo_root):
+    """`benchmarks/flows.py --dataset mnist --flow FLOW --flow VAE`: both scored on mnist test digits against outliers
+    drawn at 28x28 on the 256 levels (at the digits' 8x8 the likelihoods would refuse them), the VAE's bits/dim a
+    bound."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("benchmark_flows", repo_root / "benchmarks" / "flows.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    hfgen.FlowPipeline(flow=perturb(tiny_flow(sample_size=28, num_bins=256))).save_pretrained(tmp_path / "flow")
+    torch.manual_seed(0)
+    vae = hfgen.VAEModel(sample_size=28, latent_dim=4, block_out_channels=(8, 16), norm_num_groups=4)
+    hfgen.VAEPipeline(vae=vae.eval()).save_pretrained(tmp_path / "vae")
+
+    flow_row, vae_row = bench.trained_flows([str(tmp_path / "flow"), str(tmp_path / "vae")], "mnist", max_images=64)
+    assert (flow_row["architecture"], flow_row["kind (S=1)"]) == ("glow", "exact")
+    assert (vae_row["architecture"], vae_row["kind (S=1)"]) == ("VAEPipeline", "lower bound (IWAE, K=1)")
+    for row in (flow_row, vae_row):
+        assert np.isfinite(row["bits/dim (S=1)"]) and np.isfinite(row["bound bits/dim (S=16)"])
+        assert 0 <= row["AUROC vs shapes"] <= 1 and row["ms per sample"] > 0
 
 
 # ----- loading with diffusers alone ---------------------------------------------------------------------------------

@@ -142,6 +142,13 @@ class TrainingConfig:
             "validation; text conditioning on digits, mnist or shapes."
         },
     )
+    validation_evaluate: bool = field(
+        default=False,
+        metadata={
+            "help": "Also log the family's held-out metrics (those of the final summary and model card: a flow's or "
+            "autoregressive model's test bits/dim, a VAE's IWAE bound, ...) at each validation, to see over-fitting."
+        },
+    )
     adherence_samples: int = field(
         default=100, metadata={"help": "Images per prompt group for validation and final prompt adherence."}
     )
@@ -208,6 +215,8 @@ class TrainingConfig:
                 "--validation_fid needs --validation_steps and a data set with a shipped feature extractor "
                 f"({', '.join(shipped_extractors())}); for other data use `hfgen evaluate` after training."
             )
+        if self.validation_evaluate and not self.validation_steps:
+            raise ValueError("--validation_evaluate needs --validation_steps (how often to measure).")
         if self.validation_adherence:
             if not self.validation_steps:
                 raise ValueError("--validation_adherence needs --validation_steps (how often to measure it).")
@@ -739,6 +748,10 @@ class Trainer:
             if self.config.validation_adherence:
                 adherence = adherence_summary(self.adherence(pipeline))
                 self.accelerator.log({f"validation_{k}": v for k, v in adherence.items()}, step=step)
+            if self.config.validation_evaluate:
+                metrics = {f"validation_{k}": v for k, v in self.evaluate(pipeline).items()}
+                self.accelerator.log(metrics, step=step)
+                self.accelerator.print(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
         for tracker in self.accelerator.trackers:
             if tracker.name == "tensorboard":
                 tracker.writer.add_image("validation", np.asarray(grid.convert("RGB")), step, dataformats="HWC")

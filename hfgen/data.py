@@ -540,7 +540,8 @@ def load_image_dataset(
     for name, split in list(splits.raw.items()):
         if streaming and isinstance(split, datasets.Dataset):
             split = splits.raw[name] = split.to_iterable_dataset()
-        # One transform for both splits (so `set_epoch` reaches both); only training picks among several captions.
+        # One transform for both splits (so `set_epoch` reaches both); only training crops and flips at random and
+        # picks among several captions.
         split_transform = functools.partial(transform, training=name == "train")
         if isinstance(split, datasets.IterableDataset):
             splits[name] = split.map(split_transform, batched=True, remove_columns=_column_names(split))
@@ -591,7 +592,10 @@ class ExampleTransform:
 
     def __call__(self, batch: dict, training: bool = False) -> dict:
         images = batch[self.image_column]
-        pixel_values = [preprocess_image(image, **self.image_options, epoch=self.epoch) for image in images]
+        options = self.image_options
+        if not training:  # held-out images are scored as they are: a centre crop, never flipped
+            options = {**options, "center_crop": True, "random_flip": False}
+        pixel_values = [preprocess_image(image, **options, epoch=self.epoch) for image in images]
         return {"pixel_values": pixel_values, **self.text(batch, len(images), images if training else None)}
 
 

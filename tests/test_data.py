@@ -149,6 +149,19 @@ def test_image_mode_default_keeps_grey():
     assert torch.equal(splits["train"][5]["pixel_values"], splits["train"][5]["pixel_values"])
 
 
+def test_the_test_split_is_not_augmented():
+    """Random crops and flips are for training: held-out images (what test bits/dim, FID and adherence score) are
+    centre-cropped and never flipped, the same in every epoch."""
+    augmented = load_image_dataset("shapes", resolution=24, random_flip=True, test_size=16)
+    plain = load_image_dataset("shapes", resolution=24, center_crop=True, test_size=16)
+    for epoch in (0, 1):
+        augmented.set_epoch(epoch)
+        for i in range(16):
+            assert torch.equal(augmented["test"][i]["pixel_values"], plain["test"][i]["pixel_values"])
+    train = [augmented["train"][i]["pixel_values"] for i in range(16)]
+    assert any(not torch.equal(a, plain["train"][i]["pixel_values"]) for i, a in enumerate(train))
+
+
 def test_missing_column_error(digits):
     with pytest.raises(ValueError, match="--image_column") as error:
         load_image_dataset("digits", image_column="img")

@@ -79,8 +79,8 @@ class TrainingConfig:
     caption_column: str | None = field(default=None, metadata={"help": "Column holding captions."})
     label_column: str | None = field(default=None, metadata={"help": "Class labels; become captions by name."})
     resolution: int | None = field(default=None, metadata={"help": "Resize and crop images to this size."})
-    center_crop: bool = field(default=False, metadata={"help": "Center crop (default: random crop)."})
-    random_flip: bool = field(default=False, metadata={"help": "Random horizontal flips."})
+    center_crop: bool = field(default=False, metadata={"help": "Center crop (default: random crop in training)."})
+    random_flip: bool = field(default=False, metadata={"help": "Random horizontal flips (training split only)."})
     image_mode: str | None = field(
         default=None, metadata={"help": "L, RGB or RGBA (default: L if every image is greyscale, else RGB)."}
     )

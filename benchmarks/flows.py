@@ -15,8 +15,8 @@
   the learned density plotted beside the data.
 - Digits or mnist (`--dataset`): test bits/dim with one dequantisation per image (uniform: the exact density;
   variational: the bound), the importance-weighted bound with S=16, and the anomaly AUROC of -log p(x) (test images vs
-  grey shapes and vs noise), for flows trained by the recipes; another family's likelihood pipeline passed with
-  `--flow` (a VAE) is scored the same way, for comparison.
+  grey shapes and vs noise), plain and complexity-corrected, for flows trained by the recipes; another family's
+  likelihood pipeline passed with `--flow` (a VAE) is scored the same way, for comparison.
 - Temperature: for each T, `--num_images` samples z ~ N(0, T^2 I) (the empty prompt for a text-conditioned flow):
   FID against the training digits in the shipped digit classifier's features, the entropy of its predicted classes,
   the wall time per image (the fastest of three runs); for a text-conditioned flow also prompt adherence,
@@ -167,7 +167,8 @@ def trained_flows(
     """One row per trained pipeline (a flow, or any model with `log_likelihood`, e.g. a VAE to compare with) on the
     test split of `dataset`: bits/dim with one sample (a flow's dequantisation u; a VAE's ELBO), the
     importance-weighted bound with S=16, the anomaly AUROC of the bits/dim with S=`anomaly_samples` against grey
-    shapes and noise of the same size and grey levels, and the sampling time. `max_images`: the first test images
+    shapes and noise of the same size and grey levels, plain and minus each image's PNG bits/dim (Serra et al.
+    2020's input complexity), and the sampling time. `max_images`: the first test images
     only (and as many outliers)."""
     test = (real_images(dataset, "test", max_images) + 1) / 2  # pipelines take images in [0, 1]
     size, levels = test.shape[-1], grey_levels(dataset)
@@ -187,11 +188,16 @@ def trained_flows(
         }
         for kind in ("shapes", "noise"):
             outliers = out_of_distribution_images(kind, len(test), sample_size=size, num_levels=levels)
-            generator = torch.Generator().manual_seed(0)
-            scores = anomaly_auroc(
-                pipeline, test, (outliers + 1) / 2, num_samples=anomaly_samples, generator=generator
-            )
-            row[f"AUROC vs {kind}"] = scores["auroc"]
+            for corrected in (False, True):  # bits/dim, then bits/dim minus PNG bits/dim (Serra et al. 2020)
+                scores = anomaly_auroc(
+                    pipeline,
+                    test,
+                    (outliers + 1) / 2,
+                    complexity_correction=corrected,
+                    num_samples=anomaly_samples,
+                    generator=torch.Generator().manual_seed(0),
+                )
+                row[f"AUROC vs {kind}" + (" - PNG" if corrected else "")] = scores["auroc"]
         start = time.perf_counter()
         pipeline.generate(256, seed=0)
         row["ms per sample"] = 1000 * (time.perf_counter() - start) / 256

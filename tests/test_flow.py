@@ -670,7 +670,7 @@ def test_trained_flows_scores_mnist_beside_a_vae(tmp_path, repo_root):
     assert (vae_row["architecture"], vae_row["kind (S=1)"]) == ("VAEPipeline", "lower bound (IWAE, K=1)")
     for row in (flow_row, vae_row):
         assert np.isfinite(row["bits/dim (S=1)"]) and np.isfinite(row["bound bits/dim (S=16)"])
-        assert 0 <= row["AUROC vs shapes"] <= 1 and row["ms per sample"] > 0
+        assert 0 <= row["AUROC vs shapes"] <= 1 and 0 <= row["AUROC vs shapes - PNG"] <= 1 and row["ms per sample"] > 0
 
 
 # ----- loading with diffusers alone ---------------------------------------------------------------------------------

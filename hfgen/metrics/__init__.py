@@ -5,7 +5,7 @@ anomaly detection, and the `hfgen evaluate` / `hfgen compare` commands.
     results = evaluate_pipeline(hfgen.load_pipeline("out/vae-digits"), dataset="digits")
 """
 
-from hfgen.metrics.anomaly import anomaly_auroc, auroc
+from hfgen.metrics.anomaly import anomaly_auroc, auroc, input_complexity
 from hfgen.metrics.baselines import sklearn_baselines
 from hfgen.metrics.divergences import (
     exact_wasserstein,
@@ -32,6 +32,7 @@ __all__ = [
     "DomainClassifier",
     "GaussianStatistics",
     "anomaly_auroc",
+    "input_complexity",
     "auroc",
     "class_histogram_entropy",
     "compare_pipelines",

@@ -43,6 +43,7 @@ import torch
 
 import hfgen
 from hfgen.layers import quantize
+from hfgen.metrics.anomaly import input_complexity
 from hfgen.metrics.completion import keep_top_rows
 
 MAX_IMAGES = 16
@@ -395,10 +396,14 @@ def _likelihood_section(pipeline, condition: dict, name) -> None:
         if accepts(pipeline.log_likelihood, "generator"):
             kwargs["generator"] = torch.Generator().manual_seed(0)  # the same image gets the same figure
         output, seconds = run(pipeline.log_likelihood, tensor, **kwargs)
-        size = tensor.shape[-1]
+        size, bits_per_dim = tensor.shape[-1], output.bits_per_dim.item()
+        png_bits_per_dim = input_complexity(tensor).item()  # hfgen.metrics.anomaly: Serra et al. 2020
         return (
-            f"**{output.bits_per_dim.item():.3f} bits/dim** ({-output.log_likelihood.item():.1f} nats), "
+            f"**{bits_per_dim:.3f} bits/dim** ({-output.log_likelihood.item():.1f} nats), "
             f"{output.kind}; image resized to {size}x{size}. Lower means the model finds the image more typical. "
+            f"Its PNG encoding takes {png_bits_per_dim:.3f} bits/dim: simple images (flat regions) are likely under "
+            f"any model, so to tell an outlier compare bits/dim minus that: "
+            f"**{bits_per_dim - png_bits_per_dim:.3f}**. "
             f"{timing_text(seconds, 1)}"
         )
 

@@ -6,6 +6,7 @@ is started with its background networking off).
 """
 
 import os
+import re
 import resource
 import shutil
 import threading
@@ -104,6 +105,12 @@ def test_family_extras(served, tmp_path):
     digit.save(tmp_path / "digit.png")
     result = client.predict(gradio_client.handle_file(str(tmp_path / "digit.png")), api_name="/likelihood_vae")
     assert "bits/dim" in result and "lower bound (IWAE" in result
+    # The score that corrects for simple images (hfgen.metrics.anomaly): bits/dim minus the PNG encoding's bits/dim.
+    bits = float(re.search(r"\*\*(-?[\d.]+) bits/dim\*\*", result).group(1))
+    png_bits = float(re.search(r"PNG encoding takes (-?[\d.]+) bits/dim", result).group(1))
+    assert float(re.search(r"minus that: \*\*(-?[\d.]+)\*\*", result).group(1)) == pytest.approx(
+        bits - png_bits, abs=2e-3
+    )
     assert "/likelihood_gan" not in client.view_api(return_format="dict")["named_endpoints"]
 
 

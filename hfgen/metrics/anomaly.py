@@ -69,11 +69,11 @@ def input_complexity(images) -> np.ndarray:
 
     Args:
         images (`torch.Tensor` or `list[PIL.Image.Image]`): (n, c, h, w) in [0, 1], as pipelines return and take them,
-            with 1 (grey) or 3 (RGB) channels, encoded at 8 bits; or PIL images, encoded as they are.
+            with 1 (grey), 3 (RGB) or 4 (RGBA) channels, encoded at 8 bits; or PIL images, encoded as they are.
     """
     if isinstance(images, torch.Tensor):
-        if images.ndim != 4 or images.shape[1] not in (1, 3):
-            raise ValueError(f"images must be (n, 1 or 3, h, w), got shape {tuple(images.shape)}.")
+        if images.ndim != 4 or images.shape[1] not in (1, 3, 4):
+            raise ValueError(f"images must be (n, 1, 3 or 4, h, w), got shape {tuple(images.shape)}.")
         low, high = images.min().item(), images.max().item()
         if low < 0 or high > 1:
             raise ValueError(

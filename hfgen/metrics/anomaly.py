@@ -16,7 +16,7 @@ import io
 
 import numpy as np
 import torch
-from PIL import Image
+from diffusers.image_processor import VaeImageProcessor
 from sklearn.metrics import roc_auc_score
 
 from hfgen.metrics.sample_quality import to_numpy
@@ -80,8 +80,7 @@ def input_complexity(images) -> np.ndarray:
                 f"images must be in [0, 1] (as pipelines return them with output_type='pt'), got values in "
                 f"[{low:.3g}, {high:.3g}]: map [-1, 1] images with (x + 1) / 2."
             )
-        arrays = np.rint(images.detach().cpu().double().numpy() * 255).astype(np.uint8).transpose(0, 2, 3, 1)
-        images = [Image.fromarray(array[:, :, 0] if array.shape[-1] == 1 else array) for array in arrays]
+        images = VaeImageProcessor.numpy_to_pil(VaeImageProcessor.pt_to_numpy(images.detach()))  # 8-bit, as saved
     bits = []
     for image in images:
         buffer = io.BytesIO()

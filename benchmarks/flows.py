@@ -188,16 +188,16 @@ def trained_flows(
         }
         for kind in ("shapes", "noise"):
             outliers = out_of_distribution_images(kind, len(test), sample_size=size, num_levels=levels)
-            for corrected in (False, True):  # bits/dim, then bits/dim minus PNG bits/dim (Serra et al. 2020)
-                scores = anomaly_auroc(
-                    pipeline,
-                    test,
-                    (outliers + 1) / 2,
-                    complexity_correction=corrected,
-                    num_samples=anomaly_samples,
-                    generator=torch.Generator().manual_seed(0),
-                )
-                row[f"AUROC vs {kind}" + (" - PNG" if corrected else "")] = scores["auroc"]
+            scores = anomaly_auroc(
+                pipeline,
+                test,
+                (outliers + 1) / 2,
+                complexity_correction=True,  # bits/dim minus PNG bits/dim (Serra et al. 2020), and bits/dim alone
+                num_samples=anomaly_samples,
+                generator=torch.Generator().manual_seed(0),
+            )
+            row[f"AUROC vs {kind}"] = scores["bits_per_dim_auroc"]
+            row[f"AUROC vs {kind} - PNG"] = scores["auroc"]
         start = time.perf_counter()
         pipeline.generate(256, seed=0)
         row["ms per sample"] = 1000 * (time.perf_counter() - start) / 256

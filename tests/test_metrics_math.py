@@ -395,6 +395,7 @@ def test_anomaly_auroc_complexity_correction_catches_simple_outliers():
     corrected = anomaly_auroc(_EnergyPipeline(), noisy, flat, complexity_correction=True)
     assert plain["auroc"] == 0.0 and plain["score"] == "bits/dim"
     assert corrected["auroc"] == 1.0 and corrected["score"] == "bits/dim - PNG bits/dim"
+    assert corrected["bits_per_dim_auroc"] == plain["auroc"]  # the uncorrected figure comes along
     assert corrected["out_png_bits_per_dim"] < corrected["in_png_bits_per_dim"]
     assert corrected["in_bits_per_dim"] == plain["in_bits_per_dim"]  # the likelihoods themselves are unchanged
 

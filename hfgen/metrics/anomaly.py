@@ -114,7 +114,8 @@ def anomaly_auroc(
     Returns:
         `dict`: "auroc", the mean "in_bits_per_dim" and "out_bits_per_dim", the likelihood's "kind" (exact, lower
         bound or estimate) and "dequantization", which a report should quote next to the numbers, and the "score"
-        ranked (with `complexity_correction`, also the mean "in_png_bits_per_dim" and "out_png_bits_per_dim").
+        ranked (with `complexity_correction`, also the mean "in_png_bits_per_dim" and "out_png_bits_per_dim", and
+        "bits_per_dim_auroc", the AUROC of bits/dim alone from the same likelihoods).
 
     Examples:
         ```py
@@ -138,12 +139,13 @@ def anomaly_auroc(
     }
     if complexity_correction:
         in_png, out_png = input_complexity(in_distribution_images), input_complexity(out_of_distribution_images)
-        in_bits, out_bits = in_bits - in_png, out_bits - out_png
         result.update(
             score="bits/dim - PNG bits/dim",
             in_png_bits_per_dim=float(in_png.mean()),
             out_png_bits_per_dim=float(out_png.mean()),
+            bits_per_dim_auroc=auroc(in_bits, out_bits),  # uncorrected, from the same likelihoods, for comparison
         )
+        in_bits, out_bits = in_bits - in_png, out_bits - out_png
     return {"auroc": auroc(in_bits, out_bits), **result}
 
 

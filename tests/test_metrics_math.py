@@ -383,6 +383,10 @@ def test_input_complexity_ranks_flat_below_half_noise_below_noise():
     np.testing.assert_array_equal(input_complexity(pil), input_complexity(rgb))
     with pytest.raises(ValueError, match=r"\(x \+ 1\) / 2"):
         input_complexity(noise * 2 - 1)
+    with pytest.raises(ValueError, match="NaN"):
+        input_complexity(torch.full((1, 1, 4, 4), math.nan))
+    with pytest.raises(TypeError, match="permute"):
+        input_complexity(noise.permute(0, 2, 3, 1).numpy())  # numpy, as output_type="np" returns it
 
 
 def test_anomaly_auroc_complexity_correction_catches_simple_outliers():

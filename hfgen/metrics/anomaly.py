@@ -17,6 +17,7 @@ import io
 import numpy as np
 import torch
 from diffusers.image_processor import VaeImageProcessor
+from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from hfgen.metrics.sample_quality import to_numpy
@@ -74,6 +75,8 @@ def input_complexity(images) -> np.ndarray:
     if isinstance(images, torch.Tensor):
         if images.ndim != 4 or images.shape[1] not in (1, 3, 4):
             raise ValueError(f"images must be (n, 1, 3 or 4, h, w), got shape {tuple(images.shape)}.")
+        if not torch.isfinite(images).all():
+            raise ValueError("images contain NaN or infinite values.")
         low, high = images.min().item(), images.max().item()
         if low < 0 or high > 1:
             raise ValueError(
@@ -81,6 +84,13 @@ def input_complexity(images) -> np.ndarray:
                 f"[{low:.3g}, {high:.3g}]: map [-1, 1] images with (x + 1) / 2."
             )
         images = VaeImageProcessor.numpy_to_pil(VaeImageProcessor.pt_to_numpy(images.detach()))  # 8-bit, as saved
+    if isinstance(images, Image.Image):
+        images = [images]
+    if not all(isinstance(image, Image.Image) for image in images):
+        raise TypeError(
+            "input_complexity takes a (n, c, h, w) tensor in [0, 1] or a list of PIL images; for a numpy (n, h, w, c) "
+            "array in [0, 1] pass torch.from_numpy(array).permute(0, 3, 1, 2)."
+        )
     bits = []
     for image in images:
         buffer = io.BytesIO()

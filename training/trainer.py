@@ -495,7 +495,10 @@ class Trainer:
     def count_classes(self) -> int:
         labels = self.splits.captions_and_labels("train", limit=10_000 if self.config.streaming else None)[1]
         if not labels or min(labels) < 0:
-            raise ValueError("--conditioning class needs class labels: pass --label_column.")
+            raise ValueError(
+                "Class labels are needed (--conditioning class, a label loss), but the data set gave none: pass "
+                "--label_column."
+            )
         return max(labels) + 1
 
     def condition_from_batch(self, batch: dict, drop: torch.Tensor | None = None) -> Condition | None:

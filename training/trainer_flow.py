@@ -9,9 +9,11 @@ images (the same on every rank, before Accelerate copies the model), and saved w
 `initialized` buffers: a resumed or loaded model is never initialised again.
 """
 
+import math
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from hfgen.pipelines.pipeline_flow import FlowPipeline
 from hfgen.training.trainer import Trainer, TrainingConfig
 
@@ -38,6 +40,19 @@ class FlowTrainingConfig(TrainingConfig):
         },
     )
     condition_dim: int = field(default=16, metadata={"help": "Size the condition is projected to."})
+    condition_couplings: bool = field(
+        default=True,
+        metadata={
+            "help": "Feed the condition to the coupling networks; false: to the priors only (Glow's class model)."
+        },
+    )
+    label_loss_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Glow's label loss: a linear classifier of the --label_column class from the top latent, its "
+            "cross-entropy in bits times this weight added to the bits/dim (Glow uses 0.01); 0: none."
+        },
+    )
     dequantization: str = field(
         default="uniform",
         metadata={"help": "uniform (u ~ U[0, 1)) or variational (u ~ q(u | x), a flow trained jointly; Flow++)."},
@@ -57,6 +72,10 @@ class FlowTrainingConfig(TrainingConfig):
             )
         if self.dequantizer_steps < 1:
             raise ValueError(f"--dequantizer_steps must be at least 1, got {self.dequantizer_steps}.")
+        if self.label_loss_weight < 0:
+            raise ValueError(f"--label_loss_weight must be >= 0 (0: no label loss), got {self.label_loss_weight}.")
+        if self.label_loss_weight > 0 and self.label_column is None:
+            raise ValueError("--label_loss_weight needs the images' classes: pass --label_column.")
         if self.learned_prior is None:
             self.learned_prior = self.architecture == "glow"
         if self.num_bins is None:
@@ -84,6 +103,8 @@ class FlowTrainer(Trainer):
             learned_prior=config.learned_prior,
             logit_alpha=config.logit_alpha,
             condition_dim=config.condition_dim,
+            condition_couplings=config.condition_couplings,
+            num_label_classes=self.count_classes() if config.label_loss_weight > 0 else None,
             dequantization=config.dequantization,
             dequantizer_steps=config.dequantizer_steps,
             **self.condition_kwargs(),
@@ -110,7 +131,12 @@ class FlowTrainer(Trainer):
 
     def compute_loss(self, batch: dict, condition: Condition | None) -> dict[str, torch.Tensor]:
         output = self.model(batch["pixel_values"], condition)
-        return {"loss": output.loss, "bits_per_dim": output.bits_per_dim.detach().mean()}
+        losses = {"loss": output.loss, "bits_per_dim": output.bits_per_dim.detach().mean()}
+        if self.config.label_loss_weight > 0:
+            label_bits = F.cross_entropy(output.label_logits.float(), batch["labels"]) / math.log(2)
+            losses["loss"] = losses["loss"] + self.config.label_loss_weight * label_bits
+            losses["label_bits"] = label_bits.detach()
+        return losses
 
     def build_pipeline(self, model, tokenizer=None, text_encoder=None) -> FlowPipeline:
         return FlowPipeline(flow=model, tokenizer=tokenizer, text_encoder=text_encoder)

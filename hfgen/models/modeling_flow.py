@@ -57,6 +57,7 @@ class FlowEncoderOutput(BaseOutput):
     latents: torch.Tensor
     log_det: torch.Tensor = None
     log_likelihood: torch.Tensor = None
+    label_logits: torch.Tensor = None
 
 
 @dataclass
@@ -71,11 +72,12 @@ class FlowDecoderOutput(BaseOutput):
 class FlowOutput(BaseOutput):
     """One training forward pass: `loss` the mean bits/dim of the dequantised images on the discrete scale;
     `log_likelihood` (b,) log p(y) - log q(u | x) in nats (log q = 0 for uniform dequantisation); `bits_per_dim`
-    (b,)."""
+    (b,); `label_logits` (b, num_label_classes) the label head's logits (None without one)."""
 
     loss: torch.Tensor
     log_likelihood: torch.Tensor = None
     bits_per_dim: torch.Tensor = None
+    label_logits: torch.Tensor = None
 
 
 def at_least_float32(t: torch.Tensor) -> torch.Tensor:
@@ -341,6 +343,10 @@ class FlowModel(ModelMixin, ConfigMixin):
         num_classes (`int`, *optional*): Number of classes when `condition_type="class"`.
         text_embed_dim (`int`, *optional*): Size of the pooled text embedding when `condition_type="text"`.
         condition_dim (`int`, *optional*, defaults to 16): Size the condition is projected to.
+        condition_couplings (`bool`, *optional*, defaults to True): Feed the condition to the coupling networks;
+            False: to the priors only, so z depends on the image alone (Glow's class-conditional model).
+        num_label_classes (`int`, *optional*): Adds Glow's label head: a linear classifier of the image's class from
+            the top scale's output averaged over positions, trained beside the likelihood (`label_logits`).
         dequantization (`str`, *optional*, defaults to "uniform"): "uniform" (u ~ U[0, 1)^D) or "variational" (u from
             a learned q(u | x), Flow++).
         dequantizer_steps (`int`, *optional*, defaults to 4): Affine couplings of q(u | x) when variational.
@@ -363,6 +369,8 @@ class FlowModel(ModelMixin, ConfigMixin):
         num_classes: int | None = None,
         text_embed_dim: int | None = None,
         condition_dim: int = 16,
+        condition_couplings: bool = True,
+        num_label_classes: int | None = None,
         dequantization: str = "uniform",
         dequantizer_steps: int = 4,
     ):
@@ -389,6 +397,10 @@ class FlowModel(ModelMixin, ConfigMixin):
         if dequantizer_steps < 1:
             raise ValueError(f"dequantizer_steps must be >= 1, got {dequantizer_steps}.")
         check_condition_config(condition_type, num_classes, text_embed_dim)
+        if num_label_classes is not None and num_label_classes < 2:
+            raise ValueError(
+                f"num_label_classes must be at least 2 (or None: no label head), got {num_label_classes}."
+            )
 
         self.condition_embedding = condition_embedding(condition_type, num_classes, text_embed_dim, condition_dim)
         self.dequantizer = (
@@ -396,7 +408,8 @@ class FlowModel(ModelMixin, ConfigMixin):
             if dequantization == "variational"
             else None
         )
-        cond = condition_dim if condition_type else 0
+        prior_cond = condition_dim if condition_type else 0
+        cond = prior_cond if condition_couplings else 0  # for the coupling networks
         channels, size = in_channels, sample_size
         self.scales, self.priors, self.latent_shapes = nn.ModuleList(), nn.ModuleList(), []
         for scale in range(num_scales):
@@ -418,12 +431,20 @@ class FlowModel(ModelMixin, ConfigMixin):
                         layers.append(Coupling(channels, hidden_channels, "channel", step % 2, coupling, cond))
             self.scales.append(nn.ModuleList(layers))
             if last:  # the top: all remaining channels
-                self.priors.append(GaussianPrior(channels, 0, size, learned_prior, cond))
+                self.priors.append(GaussianPrior(channels, 0, size, learned_prior, prior_cond))
                 self.latent_shapes.append((channels, size, size))
             else:  # factor out the second half of the channels, with a prior given the first half
-                self.priors.append(GaussianPrior(channels - channels // 2, channels // 2, size, learned_prior, cond))
+                self.priors.append(
+                    GaussianPrior(channels - channels // 2, channels // 2, size, learned_prior, prior_cond)
+                )
                 self.latent_shapes.append((channels - channels // 2, size, size))
                 channels = channels // 2
+        # Glow's y_logits: the likelihood alone gives the condition at most log(num classes) nats of an image's
+        # hundreds, so a short run can ignore it; a classifier on the top latent makes it carry the class.
+        self.label_head = nn.Linear(channels, num_label_classes) if num_label_classes else None
+        if self.label_head is not None:
+            nn.init.zeros_(self.label_head.weight)
+            nn.init.zeros_(self.label_head.bias)
 
     @property
     def num_dims(self) -> int:
@@ -477,12 +498,18 @@ class FlowModel(ModelMixin, ConfigMixin):
     # ----- the flow: y -> z and z -> y ------------------------------------------------------------------------------
     def transform(self, y: torch.Tensor, condition: Condition | None = None):
         """y (b, c, s, s) in (0, 1) -> (z (b, D) standard normal under the model, log|det dz/dy| (b,))."""
+        latents, log_det, _ = self.transform_with_top(y, condition)
+        return latents, log_det
+
+    def transform_with_top(self, y: torch.Tensor, condition: Condition | None = None):
+        """[`transform`], plus the top scale's output before its prior (b, c_top, s_top, s_top)."""
         c = self.embed_condition(condition, y.shape[0])
+        coupling_c = c if self.config.condition_couplings else None
         h, log_det = self.logit(y)
         latents = []
         for layers, prior in zip(self.scales, self.priors):
             for layer in layers:
-                h, layer_log_det = layer(h, c)
+                h, layer_log_det = layer(h, coupling_c)
                 log_det = log_det + layer_log_det
             if prior is self.priors[-1]:
                 eps, prior_log_det = prior(h, None, c)
@@ -491,13 +518,14 @@ class FlowModel(ModelMixin, ConfigMixin):
                 eps, prior_log_det = prior(z, h, c)
             latents.append(eps.flatten(1))
             log_det = log_det + prior_log_det
-        return torch.cat(latents, dim=1), log_det
+        return torch.cat(latents, dim=1), log_det, h
 
     def inverse_transform(self, latents: torch.Tensor, condition: Condition | None = None) -> torch.Tensor:
         """z (b, D) -> y (b, c, s, s) in (0, 1), the inverse of [`transform`]."""
         if latents.ndim != 2 or latents.shape[1] != self.num_dims:
             raise ValueError(f"latents must have shape (batch, {self.num_dims}), got {tuple(latents.shape)}.")
         c = self.embed_condition(condition, latents.shape[0])
+        coupling_c = c if self.config.condition_couplings else None
         sizes = [math.prod(shape) for shape in self.latent_shapes]
         parts = [
             eps.reshape(-1, *shape) for eps, shape in zip(latents.split(sizes, dim=1), self.latent_shapes)
@@ -509,7 +537,7 @@ class FlowModel(ModelMixin, ConfigMixin):
             else:
                 h = torch.cat([h, prior.inverse(eps, h, c)], dim=1)
             for layer in reversed(layers):
-                h = layer.inverse(h, c)
+                h = layer.inverse(h, coupling_c)
         return self.sigmoid(h)
 
     # ----- what the pipeline and the trainer call -------------------------------------------------------------------
@@ -518,11 +546,12 @@ class FlowModel(ModelMixin, ConfigMixin):
         (`noise` u; None: the bin centres, a deterministic encoding)."""
         self.check_sample(sample)
         y = self.dequantize(sample, noise)
-        latents, log_det = self.transform(y, condition)
+        latents, log_det, top = self.transform_with_top(y, condition)
         log_likelihood = standard_normal_log_prob(at_least_float32(latents)) + log_det
+        label_logits = self.label_head(top.mean(dim=(2, 3))) if self.label_head is not None else None
         if not return_dict:
-            return latents, log_det, log_likelihood
-        return FlowEncoderOutput(latents=latents, log_det=log_det, log_likelihood=log_likelihood)
+            return latents, log_det, log_likelihood, label_logits
+        return FlowEncoderOutput(latents, log_det, log_likelihood, label_logits)
 
     def decode(self, latents, condition=None, return_dict: bool = True):
         """z (b, D) -> the image on the data's levels in [-1, 1] (and the continuous y)."""
@@ -548,13 +577,13 @@ class FlowModel(ModelMixin, ConfigMixin):
         """The negative log-likelihood of dequantised images, log p(y) - log q(u | x) (q = 1 when uniform), in
         bits/dim on the discrete scale: for both dequantisations an upper bound on -log2 P(x) / D in expectation."""
         noise, log_q = self.dequantization_noise(sample, generator)
-        _, _, log_likelihood = self.encode(sample, condition, noise, return_dict=False)
+        _, _, log_likelihood, label_logits = self.encode(sample, condition, noise, return_dict=False)
         log_likelihood = log_likelihood - log_q
         bits_per_dim = self.bits_per_dim(log_likelihood)
         loss = bits_per_dim.mean()
         if not return_dict:
-            return loss, log_likelihood, bits_per_dim
-        return FlowOutput(loss=loss, log_likelihood=log_likelihood, bits_per_dim=bits_per_dim)
+            return loss, log_likelihood, bits_per_dim, label_logits
+        return FlowOutput(loss, log_likelihood, bits_per_dim, label_logits)
 
 
 class PointFlow(nn.Module):

@@ -57,6 +57,34 @@ POSITIONS = {
     "bottom right": (0.75, 0.75),
     "center": (0.5, 0.5),
 }
+# The wordings of a shape's caption in the `text_variants` column of the embedded shapes (the first is the `text`
+# column): other word orders, the synonyms "tiny"/"big" and "in the upper left corner"/"in the middle", and captions
+# that leave the size or the position open (an image is also "a red circle at the top left"). As for the digits, the
+# prompt-adherence paraphrases are kept out of this list (a test checks it): they use these words in other templates.
+SHAPE_CAPTION_TEMPLATES = (
+    "a {size} {color} {shape} {where}",
+    "a {color} {shape}, {size}, {where}",
+    "a {size_synonym} {shape} in {color} {where_synonym}",
+    "{where_synonym} there is a {size_synonym} {color} {shape}",
+    "a {color} {shape} {where}",
+    "a {size_synonym} {color} {shape}",
+)
+SIZE_SYNONYMS = {"small": "tiny", "large": "big"}
+
+
+def shape_captions(shape: str, color: str, size: str, position: str) -> list[str]:
+    """Every training wording of a shape's caption, the canonical "a small red circle at the top left" first."""
+    where = "in the center" if position == "center" else f"at the {position}"
+    where_synonym = "in the middle" if position == "center" else f"in the {position.replace('top', 'upper')} corner"
+    return [
+        t.format(
+            size=size, color=color, shape=shape, where=where, size_synonym=SIZE_SYNONYMS[size],
+            where_synonym=where_synonym,
+        )
+        for t in SHAPE_CAPTION_TEMPLATES
+    ]  # fmt: skip
+
+
 logger = logging.getLogger(__name__)
 
 # Modes that hold one grey channel (with alpha, or 16-bit): they become "L".
@@ -100,7 +128,7 @@ def make_shapes_dataset(num_samples: int = 2000, resolution: int = 32, seed: int
     """Coloured circles, squares and triangles on black, drawn with PIL; the same seed gives byte-identical images."""
     rng = np.random.default_rng(seed)
     colors, positions = list(COLORS), list(POSITIONS)
-    images, labels, texts = [], [], []
+    images, labels, texts, variants = [], [], [], []
     for _ in range(num_samples):
         shape = int(rng.integers(len(SHAPES)))
         color, size = colors[rng.integers(len(colors))], list(SIZES)[rng.integers(len(SIZES))]
@@ -117,14 +145,21 @@ def make_shapes_dataset(num_samples: int = 2000, resolution: int = 32, seed: int
             draw.rectangle(box, fill=COLORS[color])
         else:
             draw.polygon([(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)], fill=COLORS[color])
-        where = "in the center" if position == "center" else f"at the {position}"
         images.append(image)
         labels.append(shape)
-        texts.append(f"a {size} {color} {SHAPES[shape]} {where}")
+        variants.append(shape_captions(SHAPES[shape], color, size, position))
+        texts.append(variants[-1][0])
     features = datasets.Features(
-        {"image": datasets.Image(), "label": datasets.ClassLabel(names=SHAPES), "text": datasets.Value("string")}
+        {
+            "image": datasets.Image(),
+            "label": datasets.ClassLabel(names=SHAPES),
+            "text": datasets.Value("string"),
+            "text_variants": datasets.List(datasets.Value("string")),
+        }
     )
-    return datasets.Dataset.from_dict({"image": images, "label": labels, "text": texts}, features=features)
+    return datasets.Dataset.from_dict(
+        {"image": images, "label": labels, "text": texts, "text_variants": variants}, features=features
+    )
 
 
 @functools.lru_cache(maxsize=2)

@@ -13,7 +13,17 @@ from conftest import make_tiny_text_components
 from diffusers import ImagePipelineOutput
 
 import hfgen
-from hfgen.data import DIGIT_NAMES, digit_captions, load_image_dataset
+from hfgen.data import (
+    COLORS,
+    DIGIT_NAMES,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    digit_captions,
+    load_image_dataset,
+    make_shapes_dataset,
+    shape_captions,
+)
 from hfgen.metrics.adherence import (
     ATTRIBUTES,
     CHANCE,
@@ -104,6 +114,28 @@ def test_digit_paraphrases_are_never_training_captions():
     paraphrases = {prompt.lower() for prompt in default_prompts("digits")["paraphrase"]}
     assert len(paraphrases) == 40 and not paraphrases & trained
     assert default_prompts("digits")["seen"] == [digit_captions(digit)[0] for digit in range(10)]
+
+
+def test_shape_paraphrases_are_never_training_captions_and_every_wording_says_what_the_image_shows():
+    """The shapes' `text_variants` teach rewordings (synonyms, word orders, an open size or position); the paraphrases
+    stay outside them, and each wording names only attributes the image has (parsed without unknown words)."""
+    trained = {
+        caption.lower()
+        for shape in SHAPES for color in COLORS for size in SIZES for position in POSITIONS
+        for caption in shape_captions(shape, color, size, position)
+    }  # fmt: skip
+    paraphrases = {prompt.lower() for prompt in default_prompts("shapes")["paraphrase"]}
+    # four full wordings of each of the 150 combinations, 75 without the size, 30 without the position
+    assert len(trained) == 4 * 150 + 75 + 30 and paraphrases and not paraphrases & trained
+    shapes = make_shapes_dataset(60)
+    for caption, wordings in zip(shapes["text"], shapes["text_variants"]):
+        full = parse_prompt(caption, "shapes")
+        assert wordings[0] == caption and len(full) == 4
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # an unknown word warns
+            for wording in wordings:
+                targets = parse_prompt(wording, "shapes")
+                assert targets and all(full[name] == value for name, value in targets.items()), wording
 
 
 def test_shape_paraphrases_parse_to_the_template_targets():

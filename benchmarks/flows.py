@@ -16,7 +16,9 @@
 - Digits or mnist (`--dataset`): test bits/dim with one dequantisation per image (uniform: the exact density;
   variational: the bound), the importance-weighted bound with S=16, and the anomaly AUROC of -log p(x) (test images vs
   grey shapes and vs noise), plain and complexity-corrected, for flows trained by the recipes; another family's
-  likelihood pipeline passed with `--flow` (a VAE) is scored the same way, for comparison.
+  likelihood pipeline passed with `--flow` (a VAE) is scored the same way, for comparison. A text-conditioned model
+  also gets what its likelihood makes of the prompt: the accuracy of classifying each test image by the seen caption
+  with the highest log p(x | caption), and the condition's worth in nats (ln 10 = 2.30 at most; 0: ignored).
 - Temperature: for each T, `--num_images` samples z ~ N(0, T^2 I) (the empty prompt for a text-conditioned flow):
   FID against the training digits in the shipped digit classifier's features, the entropy of its predicted classes,
   the wall time per image (the fastest of three runs); for a text-conditioned flow also prompt adherence,
@@ -33,7 +35,7 @@ import torch
 from torch import nn
 
 import hfgen
-from hfgen.data import grey_levels
+from hfgen.data import grey_levels, load_image_dataset
 from hfgen.metrics import class_histogram_entropy
 from hfgen.metrics.adherence import adherence, default_prompts
 from hfgen.metrics.anomaly import anomaly_auroc, out_of_distribution_images
@@ -198,11 +200,41 @@ def trained_flows(
             )
             row[f"AUROC vs {kind}"] = scores["bits_per_dim_auroc"]
             row[f"AUROC vs {kind} - PNG"] = scores["auroc"]
+        if getattr(pipeline, "tokenizer", None) is not None:
+            row.update(condition_use(pipeline, test, dataset))
         start = time.perf_counter()
         pipeline.generate(256, seed=0)
         row["ms per sample"] = 1000 * (time.perf_counter() - start) / 256
         rows.append(row)
     return rows
+
+
+@torch.no_grad()
+def condition_use(pipeline, test: torch.Tensor, dataset: str) -> dict:
+    """How much a text-conditioned likelihood model uses the prompt, read from its likelihood alone: the test images
+    classified by the caption that gives them the highest log p(x | caption) among the ten seen ones, and the
+    condition's worth in nats, E[log p(x | its caption) - log mean_c p(x | c)] = E[log (10 p(caption | x))] under
+    the model's own posterior: ln 10 = 2.30 when the likelihood names every digit, 0 when it ignores the prompt. The
+    same dequantisation noise for every caption."""
+    splits = load_image_dataset(dataset, label_column="label", test_size=0.1, seed=0)  # real_images' split
+    labels = torch.tensor(splits.captions_and_labels("test")[1])
+    labels = labels[: len(test)]
+    captions = default_prompts(dataset)["seen"]  # one per class, in class order
+    scores = torch.stack(
+        [
+            pipeline.log_likelihood(
+                test, prompt=[caption] * len(test), generator=torch.Generator().manual_seed(0)
+            ).log_likelihood
+            for caption in captions
+        ],
+        dim=1,
+    )  # (n, classes)
+    true = scores[torch.arange(len(test)), labels]
+    worth = true - (scores.logsumexp(1) - math.log(len(captions)))
+    return {
+        "likelihood classifier accuracy": (scores.argmax(1) == labels).double().mean().item(),
+        "condition worth, nats": worth.double().mean().item(),
+    }
 
 
 @torch.no_grad()

@@ -46,6 +46,10 @@ class FlowTrainingConfig(TrainingConfig):
             "help": "Feed the condition to the coupling networks; false: to the priors only (Glow's class model)."
         },
     )
+    spatial_prior_condition: bool = field(
+        default=False,
+        metadata={"help": "The condition shifts the top prior at every position; false: once per channel (Glow)."},
+    )
     label_loss_weight: float = field(
         default=0.0,
         metadata={
@@ -104,6 +108,7 @@ class FlowTrainer(Trainer):
             logit_alpha=config.logit_alpha,
             condition_dim=config.condition_dim,
             condition_couplings=config.condition_couplings,
+            spatial_prior_condition=config.spatial_prior_condition,
             num_label_classes=self.count_classes() if config.label_loss_weight > 0 else None,
             dequantization=config.dequantization,
             dequantizer_steps=config.dequantizer_steps,

@@ -255,14 +255,16 @@ class GaussianPrior(nn.Module):
     latent the model returns is standard normal. Learned (Glow): mean and logs from `context` (the kept half at a
     split) and the condition through a zero-initialised convolution, or a learned map at the top; else N(0, I)."""
 
-    def __init__(self, channels, context_channels, size, learned, condition_dim=0):
+    def __init__(self, channels, context_channels, size, learned, condition_dim=0, spatial_condition=False):
         super().__init__()
         self.learned = learned
         if learned and context_channels:
             self.net = ZeroConv2d(context_channels + condition_dim, 2 * channels)
         elif learned:
             self.top = nn.Parameter(torch.zeros(1, 2 * channels, size, size))
-            self.condition_proj = nn.Linear(condition_dim, 2 * channels) if condition_dim else None
+            # The condition's shift of the top's mean and log-scale: one per channel (Glow), or one per position.
+            self.condition_shape = (2 * channels, size, size) if spatial_condition else (2 * channels, 1, 1)
+            self.condition_proj = nn.Linear(condition_dim, math.prod(self.condition_shape)) if condition_dim else None
             if self.condition_proj is not None:
                 nn.init.zeros_(self.condition_proj.weight)
                 nn.init.zeros_(self.condition_proj.bias)
@@ -272,7 +274,7 @@ class GaussianPrior(nn.Module):
             return self.net(with_condition(context, c)).chunk(2, dim=1)
         params = self.top.expand(z.shape[0], -1, -1, -1)
         if self.condition_proj is not None:
-            params = params + self.condition_proj(c)[:, :, None, None]
+            params = params + self.condition_proj(c).reshape(-1, *self.condition_shape)
         return params.chunk(2, dim=1)
 
     def forward(self, z, context=None, c=None):
@@ -345,8 +347,11 @@ class FlowModel(ModelMixin, ConfigMixin):
         condition_dim (`int`, *optional*, defaults to 16): Size the condition is projected to.
         condition_couplings (`bool`, *optional*, defaults to True): Feed the condition to the coupling networks;
             False: to the priors only, so z depends on the image alone (Glow's class-conditional model).
-        num_label_classes (`int`, *optional*): Adds Glow's label head: a linear classifier of the image's class from
-            the top scale's output averaged over positions, trained beside the likelihood (`label_logits`).
+        spatial_prior_condition (`bool`, *optional*, defaults to False): The condition shifts the top prior's mean
+            and log-scale at every position; False: one shift per channel, as Glow.
+        num_label_classes (`int`, *optional*): Adds a label head as Glow's: a linear classifier of the image's class
+            from the top scale's output, trained beside the likelihood (`label_logits`). It reads every position,
+            where Glow averages them: at 28x28 the top is 7x7x8, and its 8 channel means hold little of the class.
         dequantization (`str`, *optional*, defaults to "uniform"): "uniform" (u ~ U[0, 1)^D) or "variational" (u from
             a learned q(u | x), Flow++).
         dequantizer_steps (`int`, *optional*, defaults to 4): Affine couplings of q(u | x) when variational.
@@ -370,6 +375,7 @@ class FlowModel(ModelMixin, ConfigMixin):
         text_embed_dim: int | None = None,
         condition_dim: int = 16,
         condition_couplings: bool = True,
+        spatial_prior_condition: bool = False,
         num_label_classes: int | None = None,
         dequantization: str = "uniform",
         dequantizer_steps: int = 4,
@@ -431,7 +437,9 @@ class FlowModel(ModelMixin, ConfigMixin):
                         layers.append(Coupling(channels, hidden_channels, "channel", step % 2, coupling, cond))
             self.scales.append(nn.ModuleList(layers))
             if last:  # the top: all remaining channels
-                self.priors.append(GaussianPrior(channels, 0, size, learned_prior, prior_cond))
+                self.priors.append(
+                    GaussianPrior(channels, 0, size, learned_prior, prior_cond, spatial_prior_condition)
+                )
                 self.latent_shapes.append((channels, size, size))
             else:  # factor out the second half of the channels, with a prior given the first half
                 self.priors.append(
@@ -441,7 +449,7 @@ class FlowModel(ModelMixin, ConfigMixin):
                 channels = channels // 2
         # Glow's y_logits: the likelihood alone gives the condition at most log(num classes) nats of an image's
         # hundreds, so a short run can ignore it; a classifier on the top latent makes it carry the class.
-        self.label_head = nn.Linear(channels, num_label_classes) if num_label_classes else None
+        self.label_head = nn.Linear(channels * size * size, num_label_classes) if num_label_classes else None
         if self.label_head is not None:
             nn.init.zeros_(self.label_head.weight)
             nn.init.zeros_(self.label_head.bias)
@@ -548,7 +556,7 @@ class FlowModel(ModelMixin, ConfigMixin):
         y = self.dequantize(sample, noise)
         latents, log_det, top = self.transform_with_top(y, condition)
         log_likelihood = standard_normal_log_prob(at_least_float32(latents)) + log_det
-        label_logits = self.label_head(top.mean(dim=(2, 3))) if self.label_head is not None else None
+        label_logits = self.label_head(top.flatten(1)) if self.label_head is not None else None
         if not return_dict:
             return latents, log_det, log_likelihood, label_logits
         return FlowEncoderOutput(latents, log_det, log_likelihood, label_logits)

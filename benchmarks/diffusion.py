@@ -31,6 +31,7 @@ steps for DDPM / DDIM / DPM-Solver++, the variational bound in bits/dim, and pro
    class labels, a text-conditioned one the prompts' text), sampled with `--guidance_sampler` (DDIM) in
    `--guidance_steps` steps at each `--guidance_scales` value, with the two digits (shapes) the classifier sees most
    often. The shapes: `--model out/diffusion-text-shapes --dataset shapes --parts guidance --guidance_samples 2`.
+   `--guidance_prompts paraphrase`: the paraphrases instead, wordings never used in training (a text model only).
 5. Inpainting (`--parts inpainting`): `hfgen.metrics.completion.completion_accuracy` on the test digits: the top half
    kept, the bottom half filled by the pipeline's RePaint `inpaint` (the null class, `--inpaint_steps`, jump length 10,
    `jump_n_sample` 10 and 1, i.e. with and without resampling), and the shipped classifier's accuracy on the originals,
@@ -167,6 +168,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=50,
         help="Images per template prompt and scale (10 digit prompts; 150 shapes prompts, so 1 or 2 there).",
+    )
+    parser.add_argument(
+        "--guidance_prompts",
+        default="seen",
+        choices=["seen", "paraphrase"],
+        help="The training captions' template, or paraphrases never used in training (text-conditioned models).",
     )
     parser.add_argument(
         "--guidance_sampler", default="ddim", choices=list(SAMPLERS), help="Guidance samples' sampler."
@@ -390,14 +397,18 @@ def bound(args: argparse.Namespace, pipeline) -> dict:
 @torch.no_grad()
 def guidance(args: argparse.Namespace, pipeline) -> list[dict]:
     """Prompt adherence against the guidance scale: `--guidance_samples` images for each of the data set's template
-    prompts (the ten digit classes; every shapes combination), from class labels or from the prompts' text."""
+    prompts (the ten digit classes; every shapes combination), from class labels or from the prompts' text, or for
+    each of its paraphrases (`--guidance_prompts paraphrase`)."""
     class_model_on_shapes = pipeline.condition_type == "class" and args.dataset == "shapes"
     if pipeline.condition_type not in ("class", "text") or class_model_on_shapes:
         raise SystemExit(
             f"--parts guidance needs a class-conditional digits model or a text-conditioned one; this model's "
             f"condition is {pipeline.condition_type!r} and --dataset is {args.dataset!r}."
         )
-    prompts = default_prompts(args.dataset)["seen"]  # digits: "a handwritten digit zero", ... in class order
+    if args.guidance_prompts == "paraphrase" and pipeline.condition_type != "text":
+        raise SystemExit("--guidance_prompts paraphrase needs a text-conditioned model: class labels have no wording.")
+    # seen, digits: "a handwritten digit zero", ... in class order
+    prompts = default_prompts(args.dataset)[args.guidance_prompts]
     condition = (
         {"class_labels": list(range(len(prompts)))} if pipeline.condition_type == "class" else {"prompt": prompts}
     )

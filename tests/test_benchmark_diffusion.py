@@ -61,7 +61,14 @@ def test_guidance_part_samples_a_text_model_from_its_prompts_and_refuses_a_class
         assert 0 <= row["adherence_seen"] <= 1 and sum(count for _, count in row["most_predicted"]) <= 20
     assert isinstance(pipeline.scheduler, type(tiny_pipeline().scheduler))  # the trained scheduler is put back
 
-    args.dataset = "shapes"
+    args.guidance_prompts, args.guidance_scales = "paraphrase", "1"
+    (row,) = bench.guidance(args, pipeline)  # the 40 digit paraphrases, 2 images each
+    assert 0 <= row["adherence_paraphrase"] <= 1 and "adherence_seen" not in row
+    assert sum(count for _, count in row["most_predicted"]) <= 80
+    with pytest.raises(SystemExit, match="paraphrase needs a text-conditioned model"):
+        bench.guidance(args, tiny_pipeline("class"))
+
+    args.dataset, args.guidance_prompts = "shapes", "seen"
     with pytest.raises(SystemExit, match="class-conditional digits model or a text-conditioned one"):
         bench.guidance(args, tiny_pipeline("class"))
 

@@ -302,6 +302,9 @@ def main(argv: list[str] | None = None) -> dict:
         "--temperatures", type=float, nargs="+", default=None, help="Also sample each --flow at these temperatures."
     )
     parser.add_argument("--num_images", type=int, default=1000, help="Samples per temperature (and per prompt group).")
+    parser.add_argument(
+        "--max_images", type=int, default=None, help="Score the first test images only (and as many outliers)."
+    )
     parser.add_argument("--json", default=None, help="Also write the results here.")
     args = parser.parse_args(argv)
     results = {}
@@ -314,7 +317,7 @@ def main(argv: list[str] | None = None) -> dict:
         results["toys"] = toys(args.figure, args.toy_steps)
         show(results["toys"])
     if args.flow:
-        results[args.dataset] = trained_flows(args.flow, args.dataset, args.anomaly_samples)
+        results[args.dataset] = trained_flows(args.flow, args.dataset, args.anomaly_samples, args.max_images)
         show(results[args.dataset])
     if args.temperatures:
         if not args.flow:

@@ -54,7 +54,8 @@ class FlowTrainingConfig(TrainingConfig):
         default=0.0,
         metadata={
             "help": "Glow's label loss: a linear classifier of the --label_column class from the top latent, its "
-            "cross-entropy in bits times this weight added to the bits/dim (Glow uses 0.01); 0: none."
+            "cross-entropy in bits times this weight added to the bits/dim (Glow's PyTorch port defaults to 0.01); "
+            "0: none. Use it with --condition_couplings false, or the head can read the caption instead of the image."
         },
     )
     dequantization: str = field(

@@ -277,9 +277,12 @@ def test_evaluate_and_compare_commands_report_adherence(digit_captions, tmp_path
         hfgen_main(["evaluate", path, "--metrics", "adherence", "--dataset", "cifar10"])
 
 
-@pytest.mark.parametrize("recipe", ["vae_digits", "gan_text_digits", "vae_text_mnist", "gan_text_mnist"])
+@pytest.mark.parametrize(
+    "recipe", ["vae_digits", "gan_text_digits", "vae_text_mnist", "gan_text_mnist", "diffusion_text_shapes"]
+)
 def test_text_recipes_train_on_every_wording(recipe, tmp_path):
-    """The text recipes of the adherence table read `text_variants`, so their tokenizer knows numerals and names."""
+    """The text recipes of the adherence tables read `text_variants`, so their tokenizer knows numerals and names (the
+    shapes: the synonyms)."""
     from accelerate.state import AcceleratorState, GradientState
     from hfgen.training.train import parse_config
 
@@ -291,4 +294,7 @@ def test_text_recipes_train_on_every_wording(recipe, tmp_path):
     )
     assert config.caption_column == "text_variants" and config.conditioning == "text"
     vocabulary = set(trainer_class(config).tokenizer.get_vocab())
-    assert {"7", "seven", "number", "digit", "handwritten"} <= vocabulary
+    if config.dataset_name == "shapes":
+        assert {"tiny", "big", "upper", "corner", "middle", "small", "center"} <= vocabulary
+    else:
+        assert {"7", "seven", "number", "digit", "handwritten"} <= vocabulary

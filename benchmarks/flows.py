@@ -35,10 +35,11 @@ import torch
 from torch import nn
 
 import hfgen
-from hfgen.data import grey_levels, load_image_dataset
+from hfgen.data import grey_levels
 from hfgen.metrics import class_histogram_entropy
 from hfgen.metrics.adherence import adherence, default_prompts
 from hfgen.metrics.anomaly import anomaly_auroc, out_of_distribution_images
+from hfgen.metrics.completion import labelled_test_images
 from hfgen.metrics.evaluate import features_and_probabilities, format_table, real_images
 from hfgen.metrics.features import load_feature_extractor
 from hfgen.metrics.sample_quality import fid
@@ -216,9 +217,7 @@ def condition_use(pipeline, test: torch.Tensor, dataset: str) -> dict:
     condition's worth in nats, E[log p(x | its caption) - log mean_c p(x | c)] = E[log (10 p(caption | x))] under
     the model's own posterior: ln 10 = 2.30 when the likelihood names every digit, 0 when it ignores the prompt. The
     same dequantisation noise for every caption."""
-    splits = load_image_dataset(dataset, label_column="label", test_size=0.1, seed=0)  # real_images' split
-    labels = torch.tensor(splits.captions_and_labels("test")[1])
-    labels = labels[: len(test)]
+    _, labels = labelled_test_images(dataset, len(test))  # the labels of real_images' first test images
     captions = default_prompts(dataset)["seen"]  # one per class, in class order
     scores = torch.stack(
         [

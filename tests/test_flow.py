@@ -702,12 +702,10 @@ def test_text_conditioned_shapes_recipe_trains(tmp_path, repo_root):
 
 
 def test_bad_training_settings_raise(tmp_path):
-    from hfgen.training.train import parse_config
-
     for flag, value in (("--architecture", "maf"), ("--coupling", "spline"), ("--dequantization", "learned"),
                         ("--dequantizer_steps", "0")):  # fmt: skip
         with pytest.raises(ValueError, match=flag):
-            parse_config([*TINY_ARGS, "--output_dir", str(tmp_path), flag, value])
+            parse_tiny(tmp_path, flag, value)
 
 
 # ----- benchmarks/flows.py ------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from hfgen.data import COLORS, DIGIT_NAMES, POSITIONS, SHAPES, SIZES
+from hfgen.data import COLORS, DIGIT_NAMES, POSITIONS, SHAPES, SIZES, shape_captions
 from hfgen.metrics.features import DomainClassifier, load_feature_extractor
 
 ATTRIBUTES = {"digits": ("digit",), "mnist": ("digit",), "shapes": ("shape", "color", "size", "position")}
@@ -148,8 +148,7 @@ def template_prompt(targets: dict[str, str], dataset: str) -> str | None:
         return f"a handwritten digit {targets['digit']}" if "digit" in targets else None
     if set(targets) != set(ATTRIBUTES["shapes"]):
         return None
-    where = "in the center" if targets["position"] == "center" else f"at the {targets['position']}"
-    return f"a {targets['size']} {targets['color']} {targets['shape']} {where}"
+    return shape_captions(targets["shape"], targets["color"], targets["size"], targets["position"])[0]
 
 
 def is_seen(prompt: str, dataset: str, targets: dict[str, str] | None = None) -> bool:

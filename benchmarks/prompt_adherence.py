@@ -2,6 +2,7 @@
 
     python benchmarks/prompt_adherence.py                               # every row but gan-shapes, at its steps
     python benchmarks/prompt_adherence.py --rows gan-shapes             # the shapes text GAN (about 30 minutes)
+    python benchmarks/prompt_adherence.py --rows vae-digits gan-digits vae-mnist gan-shapes gan-mnist  # targets
     python benchmarks/prompt_adherence.py --rows vae-digits --max_train_steps 300 --json out/adherence.json
 
 Each row trains a recipe with the shared trainer (seed 0, into a temporary folder), then measures with
@@ -57,6 +58,8 @@ ROWS = {
     "vae-mnist": ("training/recipes/vae_text_mnist.yaml", []),
     "gan-mnist": ("training/recipes/gan_text_mnist.yaml", []),
     "gan-shapes": ("training/recipes/gan_text_shapes.yaml", []),
+    # The shapes' six wordings per image (`hfgen.data.SHAPE_CAPTION_TEMPLATES`), as the shapes diffusion recipe trains.
+    "gan-shapes-variants": ("training/recipes/gan_text_shapes.yaml", ["--caption_column", "text_variants"]),
     # The recipe before: WGAN-GP's default, the text encoder trained by the generator's loss.
     "gan-shapes-text-by-generator": ("training/recipes/gan_text_shapes.yaml", ["--text_encoder_loss", "generator"]),
 }

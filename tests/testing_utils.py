@@ -77,6 +77,19 @@ class ModelTesterMixin:
         for a, e in zip(actual, expected):
             torch.testing.assert_close(a, e, rtol=0, atol=0)
 
+    def test_return_dict_false_returns_the_set_fields(self):
+        """`return_dict=False` gives the output's fields that are set, in order (`BaseOutput.to_tuple()`, as diffusers'
+        and transformers' outputs): no None in the tuple, and the same values as the dataclass."""
+        model = self.build_model()
+        output = self.seeded_forward(model)
+        torch.manual_seed(0)
+        with torch.no_grad():
+            as_tuple = model(**self.get_inputs(), return_dict=False)
+        assert isinstance(as_tuple, tuple)
+        assert len(as_tuple) == len(output.to_tuple()), (len(as_tuple), list(output.keys()))
+        for value, expected in zip(as_tuple, output.to_tuple()):
+            torch.testing.assert_close(value, expected, rtol=0, atol=0)
+
     def test_config_round_trip(self):
         model = self.build_model()
         rebuilt = self.model_class.from_config(model.config)

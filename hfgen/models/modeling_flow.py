@@ -52,7 +52,8 @@ DEQUANTIZATIONS = ("uniform", "variational")
 @dataclass
 class FlowEncoderOutput(BaseOutput):
     """x -> z: `latents` (b, D) standard normal under the model; `log_det` (b,) the log|det| of the whole map from
-    the dequantised image y in [0, 1]^D (the logit included); `log_likelihood` (b,) log p(y), nats."""
+    the dequantised image y in [0, 1]^D (the logit included); `log_likelihood` (b,) log p(y), nats; `label_logits`
+    (b, num_label_classes) the label head's logits (None without one)."""
 
     latents: torch.Tensor
     log_det: torch.Tensor = None
@@ -557,9 +558,9 @@ class FlowModel(ModelMixin, ConfigMixin):
         latents, log_det, top = self.transform_with_top(y, condition)
         log_likelihood = standard_normal_log_prob(at_least_float32(latents)) + log_det
         label_logits = self.label_head(top.flatten(1)) if self.label_head is not None else None
-        if not return_dict:
-            return latents, log_det, log_likelihood, label_logits
-        return FlowEncoderOutput(latents, log_det, log_likelihood, label_logits)
+        output = FlowEncoderOutput(latents, log_det, log_likelihood, label_logits)
+        # The tuple holds the fields that are set, as diffusers' and transformers' outputs do: no head, no logits.
+        return output if return_dict else output.to_tuple()
 
     def decode(self, latents, condition=None, return_dict: bool = True):
         """z (b, D) -> the image on the data's levels in [-1, 1] (and the continuous y)."""
@@ -585,13 +586,11 @@ class FlowModel(ModelMixin, ConfigMixin):
         """The negative log-likelihood of dequantised images, log p(y) - log q(u | x) (q = 1 when uniform), in
         bits/dim on the discrete scale: for both dequantisations an upper bound on -log2 P(x) / D in expectation."""
         noise, log_q = self.dequantization_noise(sample, generator)
-        _, _, log_likelihood, label_logits = self.encode(sample, condition, noise, return_dict=False)
-        log_likelihood = log_likelihood - log_q
+        encoded = self.encode(sample, condition, noise)
+        log_likelihood = encoded.log_likelihood - log_q
         bits_per_dim = self.bits_per_dim(log_likelihood)
-        loss = bits_per_dim.mean()
-        if not return_dict:
-            return loss, log_likelihood, bits_per_dim, label_logits
-        return FlowOutput(loss, log_likelihood, bits_per_dim, label_logits)
+        output = FlowOutput(bits_per_dim.mean(), log_likelihood, bits_per_dim, encoded.label_logits)
+        return output if return_dict else output.to_tuple()
 
 
 class PointFlow(nn.Module):

@@ -13,7 +13,10 @@ full forward pass per pixel) and with the cache.
    pixels). Seconds per step are the training loop's (the trainer's `finish`, which saves the pipeline, draws a
    sample grid and scores the test split, is timed apart and left out); seconds per epoch are seconds per step times
    the steps of one pass over the training split. `--train_args` adds trainer flags after these, which win (e.g.
-   `--train_args="--use_ema --hidden_channels 64"`; with the `=`, as its value starts with `--`).
+   `--train_args="--use_ema --hidden_channels 64"`; with the `=`, as its value starts with `--`). A class-conditional
+   model (`--train_args="--conditioning class"`) is also scored as p(x) = mean over the classes of p(x | class) (no
+   label needed: the same table as the unconditional models), beside p(x | its class) and its accuracy as a
+   classifier, argmax p(class | x) (`class_marginal`).
 2. Completion (`--parts completion`): the pipeline saved in `--output_dir/<architecture>` (by this run or an earlier
    one) completes each test digit from its top half (`pipe.complete`, seed 0, at each of `--temperatures`), and
    `hfgen.metrics.completion.completion_accuracy` reports the shipped classifier's accuracy on the originals, on the
@@ -37,8 +40,9 @@ import torch
 from hfgen.training.train import parse_config
 
 import hfgen
-from hfgen.metrics.completion import DATASETS, completion_accuracy
+from hfgen.metrics.completion import DATASETS, completion_accuracy, labelled_test_images
 from hfgen.metrics.evaluate import format_table
+from hfgen.metrics.marginal import marginal_log_likelihood
 from hfgen.models.modeling_autoregressive import ARCHITECTURES, MODEL_CLASSES, build_transformer_prior
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -48,7 +52,8 @@ PARTS = ("train", "completion", "sampling")
 TRAIN_COLUMNS = [
     ("architecture", "architecture"), ("parameters", "parameters"), ("steps", "steps"), ("seconds_per_step", "s/step"),
     ("steps_per_epoch", "steps/epoch"), ("seconds_per_epoch", "s/epoch"), ("test_bits_per_dim", "test bits/dim"),
-    ("test_nats_per_image", "test NLL, nats/image"),
+    ("test_nats_per_image", "test NLL, nats/image"), ("test_bits_per_dim_class_marginal", "class-conditional: p(x)"),
+    ("test_bits_per_dim_true_class", "p(x | its class)"), ("likelihood_classifier_accuracy", "likelihood classifier"),
 ]  # fmt: skip
 COMPLETION_COLUMNS = [
     ("architecture", "architecture"), ("temperature", "temperature"), ("num_images", "images"),
@@ -95,6 +100,24 @@ def train(architecture: str, steps: int, dataset: str, output_dir: str, extra: l
             summary["metrics"]["test_bits_per_dim"] * math.prod(trainer.image_shape) * math.log(2), 2
         ),
         "train_bits_per_dim_last": round(summary["metrics"]["train_bits_per_dim"], 3),
+        **(class_marginal(output_dir, dataset) if config.conditioning == "class" and dataset in DATASETS else {}),
+    }
+
+
+def class_marginal(model_dir: str, dataset: str) -> dict:
+    """A class-conditional model (`--train_args="--conditioning class"`; its "test bits/dim" is then p(x | null
+    class)) scored as p(x) = mean_y p(x | y) over the classes, which needs no label and so stands in the same table as
+    the unconditional models; beside it p(x | the true class), and the accuracy of argmax_y p(y | x), the model as a
+    classifier (`hfgen.metrics.marginal`)."""
+    pipeline = hfgen.load_pipeline(model_dir)
+    images, labels = labelled_test_images(dataset)
+    output = marginal_log_likelihood(pipeline, images, class_labels=range(pipeline.num_classes))
+    return {
+        "test_bits_per_dim_class_marginal": round(output.bits_per_dim.mean().item(), 3),
+        "test_bits_per_dim_true_class": round(
+            output.conditional_bits_per_dim[torch.arange(len(labels)), labels].mean().item(), 3
+        ),
+        "likelihood_classifier_accuracy": round((output.posterior.argmax(1) == labels).double().mean().item(), 3),
     }
 
 

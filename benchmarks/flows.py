@@ -42,6 +42,7 @@ from hfgen.metrics.anomaly import anomaly_auroc, out_of_distribution_images
 from hfgen.metrics.completion import labelled_test_images
 from hfgen.metrics.evaluate import features_and_probabilities, format_table, real_images
 from hfgen.metrics.features import load_feature_extractor
+from hfgen.metrics.marginal import marginal_log_likelihood
 from hfgen.metrics.sample_quality import fid
 from hfgen.models.modeling_flow import PointFlow
 
@@ -213,25 +214,16 @@ def trained_flows(
 @torch.no_grad()
 def condition_use(pipeline, test: torch.Tensor, dataset: str) -> dict:
     """How much a text-conditioned likelihood model uses the prompt, read from its likelihood alone: the test images
-    classified by the caption that gives them the highest log p(x | caption) among the ten seen ones, and the
-    condition's worth in nats, E[log p(x | its caption) - log mean_c p(x | c)] = E[log (10 p(caption | x))] under
-    the model's own posterior: ln 10 = 2.30 when the likelihood names every digit, 0 when it ignores the prompt. The
-    same dequantisation noise for every caption."""
+    classified by the caption that gives them the highest log p(x | caption) among the ten seen ones (uniform prior),
+    and the condition's worth in nats, E[log p(x | its caption) - log mean_c p(x | c)] = E[log (10 p(caption | x))]
+    under the model's own posterior: ln 10 = 2.30 when the likelihood names every digit, 0 when it ignores the
+    prompt. The same dequantisation noise for every caption (`hfgen.metrics.marginal`)."""
     _, labels = labelled_test_images(dataset, len(test))  # the labels of real_images' first test images
     captions = default_prompts(dataset)["seen"]  # one per class, in class order
-    scores = torch.stack(
-        [
-            pipeline.log_likelihood(
-                test, prompt=[caption] * len(test), generator=torch.Generator().manual_seed(0)
-            ).log_likelihood
-            for caption in captions
-        ],
-        dim=1,
-    )  # (n, classes)
-    true = scores[torch.arange(len(test)), labels]
-    worth = true - (scores.logsumexp(1) - math.log(len(captions)))
+    posterior = marginal_log_likelihood(pipeline, test, prompts=captions, batch_size=len(test)).posterior  # (n, k)
+    worth = (len(captions) * posterior[torch.arange(len(test)), labels]).log()
     return {
-        "likelihood classifier accuracy": (scores.argmax(1) == labels).double().mean().item(),
+        "likelihood classifier accuracy": (posterior.argmax(1) == labels).double().mean().item(),
         "condition worth, nats": worth.double().mean().item(),
     }
 

@@ -29,3 +29,20 @@ def test_completion_reuses_the_trained_pipeline(tmp_path):
 
     with pytest.raises(SystemExit, match="needs a classifier of mnist_binarized"):
         bench.main(["--parts", "completion", "--dataset_name", "mnist_binarized", *common])
+
+
+def test_a_class_conditional_model_is_also_scored_with_its_class_summed_out(tmp_path):
+    """`--train_args="--conditioning class"`: beside the trainer's p(x | null class), p(x) = mean_y p(x | y) and
+    p(x | its class) on the test digits, and the model's accuracy as a classifier; an unconditional run has none."""
+    bench = load_app(REPO_ROOT / "benchmarks" / "autoregressive.py", "benchmark_autoregressive")
+    common = ["--parts", "train", "--architectures", "row_lstm", "--steps", "2"]
+    conditional = ["--output_dir", str(tmp_path / "class"), "--train_args=--hidden_channels 8 --conditioning class"]
+    row = bench.main([*common, *conditional])["architectures"]["row_lstm"]
+    figures = row["train"]
+    # p(x) >= p(x | y*) / 10 for the true class y*, so the marginal costs at most log2(10) / 64 bits/dim more.
+    assert figures["test_bits_per_dim_class_marginal"] <= figures["test_bits_per_dim_true_class"] + math.log2(10) / 64
+    assert 0 <= figures["likelihood_classifier_accuracy"] <= 1
+
+    unconditional = ["--output_dir", str(tmp_path / "none"), "--train_args=--hidden_channels 8"]
+    plain = bench.main([*common, *unconditional])["architectures"]["row_lstm"]["train"]
+    assert "test_bits_per_dim_class_marginal" not in plain

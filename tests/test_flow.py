@@ -738,7 +738,7 @@ def load_flows_benchmark():
 
 def test_condition_use_is_zero_for_a_flow_that_ignores_its_prompt(tiny_text_components):
     """A text flow whose condition reaches nothing (no learned prior, not in the couplings): every caption gives the
-    same likelihood with the same dequantisation noise, so the condition's worth is exactly 0 nats, and it is at most
+    same likelihood with the same dequantisation noise, so the condition's worth is 0 nats (to rounding), and at most
     ln 10 for one that uses the prompt."""
     tokenizer, text_encoder = tiny_text_components
     test = (torch.rand(32, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 17).floor() / 16
@@ -750,7 +750,7 @@ def test_condition_use_is_zero_for_a_flow_that_ignores_its_prompt(tiny_text_comp
         pipeline = hfgen.FlowPipeline(flow=flow, tokenizer=tokenizer, text_encoder=text_encoder)
         used = bench.condition_use(pipeline, test, "digits")
         if not couplings:
-            assert used["condition worth, nats"] == 0
+            assert used["condition worth, nats"] == pytest.approx(0, abs=1e-12)  # ln 10 + ln 1/10: rounding only
         assert used["condition worth, nats"] <= math.log(10) and 0 <= used["likelihood classifier accuracy"] <= 1
 
 

@@ -1,5 +1,5 @@
 """Measuring generative models: domain features, FID/KID/IS/precision-recall, divergences, likelihood baselines,
-anomaly detection, and the `hfgen evaluate` / `hfgen compare` commands.
+anomaly detection, class-marginal likelihoods, and the `hfgen evaluate` / `hfgen compare` commands.
 
     from hfgen.metrics import load_feature_extractor, evaluate_pipeline
     results = evaluate_pipeline(hfgen.load_pipeline("out/vae-digits"), dataset="digits")
@@ -18,6 +18,7 @@ from hfgen.metrics.divergences import (
 )
 from hfgen.metrics.evaluate import compare_pipelines, evaluate_pipeline
 from hfgen.metrics.features import DomainClassifier, load_feature_extractor
+from hfgen.metrics.marginal import marginal_log_likelihood
 from hfgen.metrics.sample_quality import (
     GaussianStatistics,
     class_histogram_entropy,
@@ -44,6 +45,7 @@ __all__ = [
     "kid",
     "kl_divergence",
     "load_feature_extractor",
+    "marginal_log_likelihood",
     "mmd",
     "modes_covered",
     "precision_recall",

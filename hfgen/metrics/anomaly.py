@@ -49,7 +49,7 @@ def _as_scores(scores, name: str) -> np.ndarray:
     return np.where(np.isposinf(scores), np.finfo(np.float64).max, scores)
 
 
-def _bits_per_dim(pipeline, images, batch_size: int, likelihood_kwargs: dict):
+def bits_per_dim_in_batches(pipeline, images, batch_size: int, likelihood_kwargs: dict):
     """(n,) bits/dim of `images` (a tensor or a list of images), `batch_size` at a time; and the last output."""
     if len(images) == 0:
         raise ValueError("Got no images to score.")
@@ -138,8 +138,8 @@ def anomaly_auroc(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-    in_bits, output = _bits_per_dim(pipeline, in_distribution_images, batch_size, likelihood_kwargs)
-    out_bits, _ = _bits_per_dim(pipeline, out_of_distribution_images, batch_size, likelihood_kwargs)
+    in_bits, output = bits_per_dim_in_batches(pipeline, in_distribution_images, batch_size, likelihood_kwargs)
+    out_bits, _ = bits_per_dim_in_batches(pipeline, out_of_distribution_images, batch_size, likelihood_kwargs)
     result = {
         "in_bits_per_dim": float(in_bits.mean()),
         "out_bits_per_dim": float(out_bits.mean()),

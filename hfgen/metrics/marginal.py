@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from diffusers.utils import BaseOutput
 
+from hfgen.metrics.anomaly import bits_per_dim_in_batches
+
 
 @dataclass
 class MarginalLikelihoodOutput(BaseOutput):
@@ -90,21 +92,17 @@ def marginal_log_likelihood(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
 
-    conditional_bits, kind = [], None
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size]
-        columns = []
-        for condition in conditions:
-            generator = torch.Generator().manual_seed(seed + start)  # the same noise for every condition
-            output = pipeline.log_likelihood(batch, **{key: [condition] * len(batch)}, generator=generator,
-                                             **likelihood_kwargs)  # fmt: skip
-            columns.append(torch.as_tensor(output.bits_per_dim).detach().cpu().double().reshape(-1))
-            kind = output.kind
-        conditional_bits.append(torch.stack(columns, dim=1))
-    conditional_bits = torch.cat(conditional_bits)  # (n, k)
+    columns = []
+    for condition in conditions:
+        # One generator per condition, seeded alike and drawn in the same order: the same noise for every condition.
+        kwargs = {key: condition, "generator": torch.Generator().manual_seed(seed), **likelihood_kwargs}
+        bits, output = bits_per_dim_in_batches(pipeline, images, batch_size, kwargs)
+        columns.append(torch.from_numpy(bits))
+    conditional_bits = torch.stack(columns, dim=1)  # (n, k)
 
     # In bits per image: log P(x | c) = -bits/dim x D x ln 2, whatever scale the family's log_likelihood uses.
-    num_dims = pipeline.model_images(images[:1])[0].numel()
+    channels, side = pipeline.image_format
+    num_dims = channels * side * side
     log_joint = -conditional_bits * num_dims * math.log(2) + prior.log()  # (n, k) log p(c) P(x | c)
     log_marginal = log_joint.logsumexp(dim=1)
     return MarginalLikelihoodOutput(
@@ -112,5 +110,5 @@ def marginal_log_likelihood(
         bits_per_dim=-log_marginal / (num_dims * math.log(2)),
         posterior=(log_joint - log_marginal[:, None]).exp(),
         conditional_bits_per_dim=conditional_bits,
-        kind=kind,
+        kind=output.kind,
     )

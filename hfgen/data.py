@@ -517,6 +517,7 @@ def load_image_dataset(
     image_mode: str | None = None,
     test_size: float = 0.1,
     seed: int = 0,
+    split_seed: int = 0,
     streaming: bool = False,
     max_train_samples: int | None = None,
     skip_bad_images: bool = False,
@@ -530,6 +531,10 @@ def load_image_dataset(
     map-style until split and are then turned into `IterableDataset`s when `streaming=True`; a source that is already
     streamed has its first `test_size` (when >= 1, else `STREAMING_TEST_EXAMPLES`) examples as test and the rest as
     train.
+
+    `split_seed` draws that split and nothing else; `seed` draws the training split's random crops, flips and caption
+    choices. They are apart so that runs with different seeds hold out the same images (those of `split_seed=0`, the
+    split that `hfgen evaluate`, the baselines and the benchmarks score on).
     """
     source, folder_mode = _load_source(
         dataset_name, train_data_dir, dataset_config_name, streaming, image_column, resolution, skip_bad_images
@@ -551,7 +556,7 @@ def load_image_dataset(
         train, test = train.skip(num_test), train.take(num_test)
     elif test is None:
         test_size = int(test_size) if test_size >= 1 else test_size
-        splits = train.train_test_split(test_size=test_size, seed=seed)
+        splits = train.train_test_split(test_size=test_size, seed=split_seed)
         train, test = splits["train"], splits["test"]
     if max_train_samples is not None:
         if isinstance(train, datasets.IterableDataset):

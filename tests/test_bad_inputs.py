@@ -291,6 +291,33 @@ def test_resume_with_other_model_settings_names_them(checkpointed_run):
     assert "--conditioning: 'text' in the checkpoint, 'none' now" in message
 
 
+def test_every_seed_holds_out_the_images_that_evaluation_scores(tmp_path):
+    """--seed changes weights, data order and noise, never the held-out split: a run with another seed is scored by
+    `hfgen evaluate`, the baselines and the benchmarks (split seed 0) on images it never trained on."""
+    evaluation_split = load_image_dataset("digits", test_size=0.1).raw["test"]  # as hfgen.metrics splits it
+    held_out = {"seed 3": build(tmp_path, "--seed", "3").splits.raw["test"]["image"]}
+    held_out["split seed 3"] = build(tmp_path, "--split_seed", "3").splits.raw["test"]["image"]
+
+    def pixels(images):
+        return sorted(np.asarray(image).tobytes() for image in images)
+
+    assert pixels(held_out["seed 3"]) == pixels(evaluation_split["image"])
+    assert pixels(held_out["split seed 3"]) != pixels(evaluation_split["image"])
+
+
+def test_resume_on_another_split_is_refused(checkpointed_run):
+    """Another held-out split on resume would train on images held out so far: refused, naming the flags."""
+    output_dir, resume_args = checkpointed_run
+    trainer = build(output_dir, *resume_args, "--split_seed", "1", "--seed", "5")
+
+    with pytest.raises(ValueError, match="on another train/test split") as error:
+        trainer.train()
+
+    message = str(error.value)
+    assert "--split_seed: 0 in the checkpoint, 1 now" in message
+    assert "--seed" not in message  # another seed only changes what is drawn from now on: allowed
+
+
 def test_resume_of_a_checkpoint_that_does_not_fit_says_so(checkpointed_run):
     """A checkpoint without its settings (as older hfgen versions wrote them), resumed with another model: a clear
     error naming the checkpoint, not torch's size mismatch from deep inside Accelerate."""

@@ -158,9 +158,13 @@ def save_training_config(config, folder: str) -> None:
         json.dump(values, f, indent=2, default=str)
 
 
+SPLIT_SETTINGS = ("test_size", "split_seed")  # they choose the held-out images
+
+
 def compare_training_config(config, checkpoint: str, print_fn=print) -> None:
-    """Raises a ValueError listing the model settings (the config class's `model_settings`) that differ from those
-    the checkpoint was written with; other differences are printed, as they apply from now on."""
+    """Raises a ValueError listing the model settings (the config class's `model_settings`) or the split settings
+    (`SPLIT_SETTINGS`) that differ from those the checkpoint was written with; other differences are printed, as
+    they apply from now on."""
     path = os.path.join(checkpoint, TRAINING_CONFIG_NAME)
     if not os.path.isfile(path):
         print_fn(f"{checkpoint} has no {TRAINING_CONFIG_NAME} (an older hfgen wrote it): settings are not compared.")
@@ -176,13 +180,20 @@ def compare_training_config(config, checkpoint: str, print_fn=print) -> None:
         model_settings.update(vars(cls).get("model_settings", ()))
     ignored = {"output_dir", "resume_from_checkpoint", "overwrite_output_dir", "hub_token", "recipe"}
     differ = {k: (saved[k], current[k]) for k in current if k in saved and k not in ignored and saved[k] != current[k]}
-    model = {k: v for k, v in differ.items() if k in model_settings}
-    if model:
-        listed = "; ".join(f"--{k}: {old!r} in the checkpoint, {new!r} now" for k, (old, new) in sorted(model.items()))
-        raise ValueError(
-            f"{checkpoint} was trained with other model settings: {listed}. Resume with the checkpoint's settings, "
-            "or start a new run in another --output_dir."
-        )
+    for fixed, what in (
+        (model_settings, "with other model settings"),
+        # Another split would train on images held out so far and score on images already trained on.
+        (SPLIT_SETTINGS, "on another train/test split"),
+    ):
+        refused = {k: v for k, v in differ.items() if k in fixed}
+        if refused:
+            listed = "; ".join(
+                f"--{k}: {old!r} in the checkpoint, {new!r} now" for k, (old, new) in sorted(refused.items())
+            )
+            raise ValueError(
+                f"{checkpoint} was trained {what}: {listed}. Resume with the checkpoint's settings, or start a new "
+                "run in another --output_dir."
+            )
     for name, (old, new) in sorted(differ.items()):
         if name != "learning_rate":  # `apply_learning_rates` reports that one
             print_fn(f"--{name} is {new!r} now ({old!r} when {checkpoint} was written): the new value applies.")

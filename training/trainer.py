@@ -66,7 +66,7 @@ class TrainingConfig:
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Train into a folder holding another run (its checkpoints are deleted)."}
     )
-    seed: int = field(default=0, metadata={"help": "Seed for weights, data order and noise."})
+    seed: int = field(default=0, metadata={"help": "Seed for weights, data order, augmentation and noise."})
 
     # ----- data -----
     dataset_name: str | None = field(
@@ -91,6 +91,13 @@ class TrainingConfig:
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set."})
     test_size: float = field(
         default=0.1, metadata={"help": "Held-out fraction (or count) when there is no test split."}
+    )
+    split_seed: int = field(
+        default=0,
+        metadata={
+            "help": "Seed of that held-out split, apart from --seed: runs with any --seed hold out the same images, "
+            "those that hfgen evaluate and the benchmarks score (split seed 0)."
+        },
     )
     dataloader_num_workers: int = field(
         default=0, metadata={"help": "DataLoader worker processes decoding images (0: in the training process)."}
@@ -161,6 +168,7 @@ class TrainingConfig:
     # The valid range of each numeric flag, checked in __post_init__ ("[1, inf)": at least 1; None passes).
     ranges: ClassVar[dict[str, str]] = {
         "seed": "[0, 4294967295]",  # what numpy's seeding accepts
+        "split_seed": "[0, 4294967295]",
         "resolution": "[1, 1024]",
         "max_train_samples": "[1, inf)",
         "dataloader_num_workers": "[0, 64]",
@@ -325,6 +333,7 @@ class Trainer:
             image_mode=config.image_mode,
             test_size=config.test_size,
             seed=config.seed,
+            split_seed=config.split_seed,
             streaming=config.streaming,
             max_train_samples=config.max_train_samples,
             skip_bad_images=config.skip_bad_images,

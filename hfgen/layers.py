@@ -132,6 +132,15 @@ def check_condition_config(condition_type: str | None, num_classes: int | None, 
         raise ValueError("condition_type='class' needs num_classes.")
     if condition_type == "text" and not text_embed_dim:
         raise ValueError("condition_type='text' needs text_embed_dim (the text encoder's pooled output size).")
+    # A setting of the other kind would be ignored, leaving a silently unconditional (or class-only) model.
+    if num_classes is not None and condition_type != "class":
+        raise ValueError(
+            f"num_classes={num_classes} is used only with condition_type='class'; got {condition_type!r}."
+        )
+    if text_embed_dim is not None and condition_type != "text":
+        raise ValueError(
+            f"text_embed_dim={text_embed_dim} is used only with condition_type='text'; got {condition_type!r}."
+        )
 
 
 def condition_embedding(condition_type, num_classes, text_embed_dim, dim: int) -> nn.Module | None:

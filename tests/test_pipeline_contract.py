@@ -52,6 +52,19 @@ def test_condition_cat_pads_text_states_and_masks():
     assert Condition.cat([None, None]) is None
 
 
+@pytest.mark.parametrize(
+    "model_class, size",
+    [(hfgen.VAEModel, TINY_VAE), (hfgen.GANGenerator, TINY_GAN), (hfgen.RowLSTMModel, {}), (hfgen.FlowModel, {})],
+)
+def test_a_condition_setting_without_its_condition_type_is_refused(model_class, size):
+    """num_classes without condition_type="class" (or text_embed_dim without "text") would build an unconditional
+    model that ignores it: every family refuses, naming the setting."""
+    with pytest.raises(ValueError, match="num_classes=10 is used only with condition_type='class'; got None"):
+        model_class(**size, num_classes=10)
+    with pytest.raises(ValueError, match="text_embed_dim=32 is used only with condition_type='text'; got 'class'"):
+        model_class(**size, condition_type="class", num_classes=10, text_embed_dim=32)
+
+
 def test_null_rule_is_the_same_for_caption_dropout_and_sampling(tiny_text_components):
     tokenizer, text_encoder = tiny_text_components
     encoder = ConditionEncoder("text", tokenizer, text_encoder)

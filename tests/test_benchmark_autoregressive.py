@@ -4,8 +4,12 @@ training, with the same figures; it refuses to complete with a model it has not 
 import math
 
 import pytest
+import torch
 from conftest import REPO_ROOT
 from testing_utils import load_app
+
+import hfgen
+from hfgen.models.modeling_autoregressive import RowLSTMModel
 
 
 def test_completion_reuses_the_trained_pipeline(tmp_path):
@@ -46,3 +50,37 @@ def test_a_class_conditional_model_is_also_scored_with_its_class_summed_out(tmp_
     unconditional = ["--output_dir", str(tmp_path / "none"), "--train_args=--hidden_channels 8"]
     plain = bench.main([*common, *unconditional])["architectures"]["row_lstm"]["train"]
     assert "test_bits_per_dim_class_marginal" not in plain
+
+
+def test_ensembles_are_exact_and_no_worse_than_their_members(tmp_path):
+    """benchmarks/autoregressive_ensemble.py: a model ensembled with itself is itself; two models together (the
+    mixture of joints and the average of conditionals) beat their members' mean (Jensen), and the mixture loses at
+    most log2(2) / 64 bits/dim to its best member; a conditioned model is refused."""
+    bench = load_app(REPO_ROOT / "benchmarks" / "autoregressive_ensemble.py", "benchmark_autoregressive_ensemble")
+    paths = []
+    for seed, favourite_level in ((0, 0), (1, 16)):  # two models that disagree: one expects background, one ink
+        torch.manual_seed(seed)
+        prior = RowLSTMModel(sample_size=8, num_levels=17, hidden_channels=8, num_layers=1)
+        with torch.no_grad():
+            prior.to_logits[0][1].bias[favourite_level] += 3
+        paths.append(str(tmp_path / f"seed-{seed}"))
+        hfgen.AutoregressivePipeline(prior=prior).save_pretrained(paths[-1])
+
+    itself = bench.main([paths[0], paths[0]])["rows"]
+    assert itself[2]["mixture_bits_per_dim"] == pytest.approx(itself[0]["bits_per_dim"], abs=1e-4)
+    assert itself[2]["conditional_average_bits_per_dim"] == pytest.approx(itself[0]["bits_per_dim"], abs=1e-4)
+
+    alone_0, alone_1, together = bench.main(paths)["rows"]
+    members = (alone_0["bits_per_dim"], alone_1["bits_per_dim"])
+    assert together["members_mean"] == pytest.approx(sum(members) / 2, abs=1e-4)
+    for key in ("mixture_bits_per_dim", "conditional_average_bits_per_dim"):
+        assert together[key] < together["members_mean"] - 0.05
+    assert together["mixture_bits_per_dim"] <= min(members) + 1 / 64 + 1e-4
+
+    torch.manual_seed(0)
+    conditioned = RowLSTMModel(
+        sample_size=8, num_levels=17, hidden_channels=8, num_layers=1, condition_type="class", num_classes=10
+    )
+    hfgen.AutoregressivePipeline(prior=conditioned).save_pretrained(tmp_path / "class")
+    with pytest.raises(SystemExit, match="class-conditioned"):
+        bench.main([paths[0], str(tmp_path / "class")])

@@ -1,0 +1,102 @@
+"""Saved unconditional autoregressive pipelines (for example one architecture trained with several `--seed`s) scored on
+the test split alone and together, in exact test bits/dim:
+
+    python benchmarks/autoregressive_ensemble.py out/seed-0/row_lstm out/seed-1/row_lstm out/seed-2/row_lstm
+
+Two ways to put K models together, both exact likelihoods:
+- the mixture of the joint densities, p(x) = (1/K) sum_k p_k(x): a model with a latent "which model" variable;
+- the average of the conditionals, p(x_i | x_<i) = (1/K) sum_k p_k(x_i | x_<i) at every pixel: itself an
+  autoregressive model (each factor is a distribution over the levels, so the product is normalised), sampled pixel
+  by pixel like its members.
+By Jensen's inequality neither is worse than the members' average, and the mixture is at most log2(K) / dims bits/dim
+worse than its best member. Rows: each model alone, then the first k models together for k = 2..K.
+"""
+
+import argparse
+import datetime
+import json
+import math
+import statistics
+
+import torch
+
+import hfgen
+from hfgen.data import load_image_dataset
+from hfgen.metrics.evaluate import format_table
+from hfgen.models.modeling_autoregressive import images_to_tokens, prior_forward
+
+
+def token_log_probs(pipeline, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """log p(x_i | x_<i) of every token, (n, c, h, w), of `images` in [-1, 1]."""
+    if pipeline.condition_type is not None:
+        raise SystemExit(
+            f"The ensemble takes unconditional models; this one is {pipeline.condition_type}-conditioned "
+            "(score it with hfgen.metrics.marginal_log_likelihood instead)."
+        )
+    num_levels = pipeline.prior.config.num_levels
+    out = []
+    with torch.no_grad():
+        for batch in images.split(batch_size):
+            tokens = images_to_tokens(batch, num_levels)
+            logits = prior_forward(pipeline.prior, tokens).logits.float()  # (b, levels, c, h, w)
+            out.append(logits.log_softmax(1).gather(1, tokens.unsqueeze(1)).squeeze(1))
+    return torch.cat(out)
+
+
+def bits_per_dim(log_px: torch.Tensor, dims: int) -> float:
+    return round((-log_px / (dims * math.log(2))).mean().item(), 4)
+
+
+def score(log_probs: list[torch.Tensor]) -> dict:
+    """The members' and the ensembles' test bits/dim from each member's per-token log-probabilities."""
+    dims = log_probs[0][0].numel()
+    singles = [bits_per_dim(lp.flatten(1).sum(1), dims) for lp in log_probs]
+    rows = [{"models": f"model {k + 1} alone", "bits_per_dim": value} for k, value in enumerate(singles)]
+    for k in range(2, len(log_probs) + 1):
+        members = torch.stack(log_probs[:k])  # (k, n, c, h, w)
+        joint = torch.logsumexp(members.flatten(2).sum(2), 0) - math.log(k)
+        conditionals = (torch.logsumexp(members, 0) - math.log(k)).flatten(1).sum(1)
+        rows.append(
+            {
+                "models": f"models 1-{k}",
+                "mixture_bits_per_dim": bits_per_dim(joint, dims),
+                "conditional_average_bits_per_dim": bits_per_dim(conditionals, dims),
+                "members_mean": round(statistics.mean(singles[:k]), 4),
+            }
+        )
+    spread = {"mean": round(statistics.mean(singles), 4), "min": min(singles), "max": max(singles)}
+    if len(singles) > 1:
+        spread["stdev"] = round(statistics.stdev(singles), 4)
+    return {"rows": rows, "members": spread}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model_dirs", nargs="+", help="Saved autoregressive pipelines (folders or Hub ids).")
+    parser.add_argument("--dataset_name", default="digits", help="Whose test split (test_size=0.1, split seed 0).")
+    parser.add_argument("--json", default=None, help="Also write the results here.")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    test = load_image_dataset(args.dataset_name, test_size=0.1)["test"]
+    images = torch.stack([test[i]["pixel_values"] for i in range(len(test))])
+    log_probs = [token_log_probs(hfgen.load_pipeline(path), images) for path in args.model_dirs]
+    results = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "settings": vars(args),
+        "num_test_images": len(images),
+        **score(log_probs),
+    }
+    columns = [
+        ("models", "models"), ("bits_per_dim", "alone"), ("mixture_bits_per_dim", "mixture of joints"),
+        ("conditional_average_bits_per_dim", "average of conditionals"), ("members_mean", "members' mean"),
+    ]  # fmt: skip
+    print(format_table(results["rows"], columns))
+    print(f"members: {results['members']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -70,7 +70,7 @@ def _metric_list(text: str) -> tuple[str, ...]:
 def cmd_evaluate(args, rest: list[str]):
     from hfgen import hub, load_pipeline
     from hfgen.metrics.adherence import format_adherence
-    from hfgen.metrics.evaluate import evaluate_pipeline, format_table
+    from hfgen.metrics.evaluate import evaluate_pipeline, format_table, held_out_warning
 
     metrics = _metric_list(args.metrics)
     if set(metrics) - {"nll"} and args.num_samples < 10:
@@ -88,6 +88,8 @@ def cmd_evaluate(args, rest: list[str]):
         metrics = tuple(m for m in metrics if m != "nll")
         if not metrics:
             raise SystemExit("Nothing to evaluate: ask for fid, kid, is or pr with --metrics.")
+    if "nll" in metrics and (warning := held_out_warning(args.path, args.dataset)):
+        print(warning, file=sys.stderr)
     try:
         results = evaluate_pipeline(
             pipeline, args.dataset, metrics, args.num_samples, seed=args.seed, extractor=args.feature_extractor

@@ -536,6 +536,7 @@ def load_image_dataset(
     choices. They are apart so that runs with different seeds hold out the same images (those of `split_seed=0`, the
     split that `hfgen evaluate`, the baselines and the benchmarks score on).
     """
+    drawn_split = None  # the split's settings when it is drawn here (not the source's own, not a streamed prefix)
     source, folder_mode = _load_source(
         dataset_name, train_data_dir, dataset_config_name, streaming, image_column, resolution, skip_bad_images
     )
@@ -558,6 +559,7 @@ def load_image_dataset(
         test_size = int(test_size) if test_size >= 1 else test_size
         splits = train.train_test_split(test_size=test_size, seed=split_seed)
         train, test = splits["train"], splits["test"]
+        drawn_split = {"test_size": test_size, "split_seed": split_seed}
     if max_train_samples is not None:
         if isinstance(train, datasets.IterableDataset):
             train = train.take(max_train_samples)
@@ -576,7 +578,7 @@ def load_image_dataset(
         image_mode,
         seed,
     )
-    splits = ImageSplits(transform, {"train": train, "test": test})
+    splits = ImageSplits(transform, {"train": train, "test": test}, drawn_split)
     for name, split in list(splits.raw.items()):
         if streaming and isinstance(split, datasets.Dataset):
             split = splits.raw[name] = split.to_iterable_dataset()
@@ -640,11 +642,13 @@ class ExampleTransform:
 
 
 class ImageSplits(dict):
-    """`{"train": ..., "test": ...}` transformed splits, plus what the trainer needs without decoding images."""
+    """`{"train": ..., "test": ...}` transformed splits, plus what the trainer needs without decoding images.
+    `drawn_split` is `{"test_size", "split_seed"}` when the test split was drawn from the training rows, None when the
+    source has its own (or, streamed, its first rows are held out)."""
 
-    def __init__(self, transform: ExampleTransform, raw: dict):
+    def __init__(self, transform: ExampleTransform, raw: dict, drawn_split: dict | None = None):
         super().__init__()
-        self.transform, self.raw = transform, raw
+        self.transform, self.raw, self.drawn_split = transform, raw, drawn_split
 
     def set_epoch(self, epoch: int) -> None:
         """New random crops and flips for each epoch (the same for the same epoch, so resume stays exact)."""

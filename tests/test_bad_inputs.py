@@ -614,6 +614,23 @@ def test_evaluate_nll_on_a_gan_says_it_is_skipped_and_why(tmp_path, capsys):
     assert "nll skipped: a GANPipeline defines no likelihood" in capsys.readouterr().err
 
 
+def test_evaluate_warns_when_the_model_held_out_other_images(tmp_path, capsys):
+    """A model trained with another --split_seed partly trained on the images `hfgen evaluate` scores its nll on: the
+    trainer records what it held out, and evaluate says the figure is optimistic; with the default split it says
+    nothing."""
+    for name, extra in (("default", ()), ("other", ("--split_seed", "3"))):
+        build(tmp_path / name, "--max_train_steps", "1", "--conditioning", "none", *extra).train()
+    summary = json.loads((tmp_path / "other" / "train_summary.json").read_text())
+    assert summary["held_out"] == {"dataset": "digits", "test_size": 0.1, "split_seed": 3}
+
+    for name, warned in (("default", False), ("other", True)):
+        capsys.readouterr()
+        hfgen_main(["evaluate", str(tmp_path / name), "--dataset", "digits", "--metrics", "nll"])
+        err = capsys.readouterr().err
+        assert ("partly trained on: the figure is optimistic" in err) == warned, err
+        assert ("split_seed=3" in err) == warned
+
+
 def test_datasets_export_into_a_model_folder_overwrites_nothing(saved_pipeline):
     folder, weights = saved_pipeline
     before = sorted(os.listdir(folder)), weights.read_bytes()

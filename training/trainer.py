@@ -825,6 +825,11 @@ class Trainer:
                 "world_size": accelerator.num_processes,
                 "distributed_type": str(accelerator.distributed_type),
                 "rank_weight_checksums": checksums,
+                # What was held out, so that `hfgen evaluate` can tell whether its test images are unseen.
+                "held_out": {
+                    "dataset": config.dataset_name or config.train_data_dir,
+                    **(self.splits.drawn_split or {}),
+                },
                 "metrics": metrics,
             }
             repo_id = hub.repo_id_for(config.output_dir, config.hub_model_id)

@@ -7,15 +7,17 @@
 Sample quality (FID, KID, IS, precision/recall) compares `num_samples` generated images with the real training split in
 the feature space of the data set's domain classifier ([`load_feature_extractor`]); NLL is measured on the held-out
 test split through the pipeline's `log_likelihood` when the family has one. Both splits are the ones every hfgen
-trainer uses (`test_size=0.1, seed=0`). Prompt adherence (text-conditioned pipelines on digits, mnist and shapes)
-samples `num_samples` images from the training template's prompts and as many from paraphrases, and reports the two
-separately ([`hfgen.metrics.adherence.prompt_adherence`]).
+trainer uses by default (`test_size=0.1, split_seed=0`; a pipeline trained with others is scored with a warning).
+Prompt adherence (text-conditioned pipelines on digits, mnist and shapes) samples `num_samples` images from the
+training template's prompts and as many from paraphrases, and reports the two separately
+([`hfgen.metrics.adherence.prompt_adherence`]).
 """
 
 import functools
 import json
 import math
 import os
+import sys
 import time
 
 import PIL.Image
@@ -32,10 +34,13 @@ METRICS = ("fid", "kid", "is", "pr", "nll", "adherence")
 SAMPLE_QUALITY_METRICS = ("fid", "kid", "is", "pr")  # the ones that need a feature extractor
 
 
+EVALUATION_SPLIT = {"test_size": 0.1, "split_seed": 0}  # the trainer's defaults
+
+
 @functools.lru_cache(maxsize=4)
 def _split_images(dataset: str, split: str) -> torch.Tensor:
     # Cached: `hfgen compare` measures every model against the same images, loaded once.
-    images = load_image_dataset(dataset, test_size=0.1, seed=0)[split]
+    images = load_image_dataset(dataset, **EVALUATION_SPLIT)[split]
     return torch.stack([images[i]["pixel_values"] for i in range(len(images))])
 
 
@@ -158,19 +163,43 @@ def quality_extractor(extractor: str | None, dataset: str) -> DomainClassifier:
         ) from None
 
 
-def training_seconds(path: str) -> float | None:
-    """Training wall time that the trainer recorded in `train_summary.json` beside a saved pipeline (a folder or a Hub
-    repo; the model card shows the same figure), or None for a pipeline saved without the trainer."""
+def training_summary(path: str) -> dict:
+    """The `train_summary.json` that the trainer wrote beside a saved pipeline (a folder or a Hub repo), or {} for a
+    pipeline saved without the trainer."""
     summary = os.path.join(path, "train_summary.json")
     if not os.path.isdir(path):
         try:
             summary = hf_hub_download(path, "train_summary.json")
         except (EntryNotFoundError, HFValidationError):
-            return None
+            return {}
     if not os.path.isfile(summary):
-        return None
+        return {}
     with open(summary) as f:
-        return json.load(f).get("metrics", {}).get("train_wall_seconds")
+        return json.load(f)
+
+
+def training_seconds(path: str) -> float | None:
+    """Training wall time recorded in `train_summary.json` (the model card shows the same figure), or None."""
+    return training_summary(path).get("metrics", {}).get("train_wall_seconds")
+
+
+def held_out_warning(path: str, dataset: str) -> str | None:
+    """A warning when the pipeline at `path` was trained on `dataset` holding out another split than the one its
+    likelihood is scored on here (`EVALUATION_SPLIT`): then some of those test images were training images, and the
+    figure is optimistic. None when the splits agree, or when the summary does not say (another data set, the data
+    set's own test split, a pipeline saved without the trainer)."""
+    held_out = training_summary(path).get("held_out") or {}
+    if held_out.get("dataset") != dataset or "split_seed" not in held_out:
+        return None
+    trained = {key: held_out[key] for key in EVALUATION_SPLIT}
+    if trained == EVALUATION_SPLIT:
+        return None
+    settings = ", ".join(f"{key}={value}" for key, value in trained.items())
+    return (
+        f"{path} was trained on {dataset} holding out the split of {settings}, but its nll is scored on the split of "
+        f"test_size=0.1, split_seed=0, which it partly trained on: the figure is optimistic. Retrain with the "
+        "defaults (--test_size 0.1 --split_seed 0) to compare it with other models."
+    )
 
 
 COMPARE_COLUMNS = [
@@ -247,6 +276,8 @@ def compare_pipelines(
         pipeline = HFGenPipeline.from_pretrained(path)
         row = {"name": os.path.basename(os.path.normpath(path)), "path": path, "pipeline": type(pipeline).__name__}
         row["family"] = row["pipeline"].removesuffix("Pipeline").lower()
+        if "nll" in metrics and (warning := held_out_warning(path, dataset)):
+            print(warning, file=sys.stderr)
         row.update(evaluate_pipeline(pipeline, dataset, metrics, num_samples, seed=seed, extractor=extractor))
         row["train_wall_seconds"] = training_seconds(path)
         rows.append(row)

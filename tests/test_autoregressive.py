@@ -553,6 +553,31 @@ class TestAutoregressiveTrainer(TrainerTesterMixin):
         images = pipe(class_labels=[3, 7], generator=torch.manual_seed(0), output_type="np").images
         assert images.shape == (2, 8, 8, 1)
 
+    def test_transformer_dropout_acts_in_training_only(self, tmp_path):
+        """`--dropout` is GPT-2's own: two forward passes differ in training mode and agree in eval mode, where the
+        likelihood is computed (so it stays exact and deterministic); the other architectures refuse it."""
+        trainer = self.build_trainer(
+            tmp_path, "--architecture", "transformer", "--conditioning", "none", "--num_layers", "1",
+            "--n_embd", "16", "--n_head", "2", "--dropout", "0.3",
+        )  # fmt: skip
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        assert model.config.resid_pdrop == model.config.embd_pdrop == model.config.attn_pdrop == 0.3
+        tokens = torch.randint(0, 17, (2, 1, 8, 8))
+        model.train()
+        assert not torch.equal(
+            prior_forward(model, tokens).log_likelihood, prior_forward(model, tokens).log_likelihood
+        )
+        model.eval()
+        with torch.no_grad():
+            assert torch.equal(
+                prior_forward(model, tokens).log_likelihood, prior_forward(model, tokens).log_likelihood
+            )
+
+        with pytest.raises(ValueError, match="--dropout is GPT-2's"):
+            self.build_trainer(tmp_path, "--architecture", "row_lstm", "--dropout", "0.3")
+        with pytest.raises(ValueError, match=r"\[0, 1\)"):
+            self.build_trainer(tmp_path, "--architecture", "transformer", "--dropout", "1")
+
     def test_unknown_architecture_raises(self, tmp_path):
         with pytest.raises(ValueError, match="--architecture must be one of"):
             self.build_trainer(tmp_path, "--architecture", "pixelgan")

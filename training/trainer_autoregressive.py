@@ -6,6 +6,7 @@ accelerate launch training/train.py --family autoregressive --architecture gated
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from hfgen.pipelines.pipeline_autoregressive import AutoregressivePipeline
@@ -41,6 +42,10 @@ class AutoregressiveTrainingConfig(TrainingConfig):
         default=None, metadata={"help": "GPT-2 width (default: 64, or the text encoder's width for text)."}
     )
     n_head: int = field(default=4, metadata={"help": "GPT-2 attention heads."})
+    dropout: float = field(
+        default=0.0,
+        metadata={"help": "GPT-2's dropout on its embeddings, attention and residual branches (transformer only)."},
+    )
     output_distribution: str = field(
         default="categorical",
         metadata={
@@ -50,6 +55,8 @@ class AutoregressiveTrainingConfig(TrainingConfig):
     )
     num_mixtures: int = field(default=5, metadata={"help": "Mixture components for logistic_mixture."})
     eval_max_images: int = field(default=256, metadata={"help": "Test images for the final exact bits/dim."})
+
+    ranges: ClassVar[dict[str, str]] = {"dropout": "[0, 1)"}
 
     def __post_init__(self):
         super().__post_init__()
@@ -63,6 +70,11 @@ class AutoregressiveTrainingConfig(TrainingConfig):
             raise ValueError(
                 f"--output_distribution must be one of {', '.join(OUTPUT_DISTRIBUTIONS)}, got "
                 f"{self.output_distribution!r}."
+            )
+        if self.dropout and self.architecture != "transformer":
+            raise ValueError(
+                f"--dropout is GPT-2's (--architecture transformer); the {self.architecture} model has none: leave it "
+                "at 0 (--adam_weight_decay is what regularises the convolutional and recurrent models here)."
             )
         if self.output_distribution == "logistic_mixture" and self.architecture == "transformer":
             raise ValueError(
@@ -89,6 +101,7 @@ class AutoregressiveTrainer(Trainer):
                 n_embd=n_embd,
                 n_layer=config.num_layers,
                 n_head=config.n_head,
+                dropout=config.dropout,
                 **condition,
             )
         return MODEL_CLASSES[config.architecture](

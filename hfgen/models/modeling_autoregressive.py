@@ -858,12 +858,14 @@ def build_transformer_prior(
     condition_type: str | None = None,
     num_classes: int | None = None,
     text_embed_dim: int | None = None,
+    dropout: float = 0.0,
 ) -> GPT2LMHeadModel:
     r"""A GPT-2 (random weights) over the c x h x w tokens in raster order. The vocabulary is the `num_levels` values
     plus the start tokens: one, or for a class model one per class and one for the null class (`num_classes`), so
     the class is the first token. A text model cross-attends to the text encoder's per-token states, which GPT-2 reads
     at its own width: `n_embd` must equal `text_embed_dim`. hfgen's reading of the sequence (grid shape, levels,
-    conditioning) is stored in the config, so `config.json` says everything."""
+    conditioning) is stored in the config, so `config.json` says everything. `dropout` is GPT-2's own (on the
+    embeddings, the attention weights and each residual branch), active in training mode only."""
     check_condition_config(condition_type, num_classes, text_embed_dim)
     if condition_type == "text" and n_embd != text_embed_dim:
         raise ValueError(
@@ -879,9 +881,9 @@ def build_transformer_prior(
         n_embd=n_embd,
         n_layer=n_layer,
         n_head=n_head,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
         add_cross_attention=condition_type == "text",
         bos_token_id=num_levels,
         eos_token_id=None,

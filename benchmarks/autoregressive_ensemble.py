@@ -21,8 +21,7 @@ import statistics
 import torch
 
 import hfgen
-from hfgen.data import load_image_dataset
-from hfgen.metrics.evaluate import format_table
+from hfgen.metrics.evaluate import format_table, real_images
 from hfgen.models.modeling_autoregressive import images_to_tokens, prior_forward
 
 
@@ -77,8 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", default=None, help="Also write the results here.")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    test = load_image_dataset(args.dataset_name, test_size=0.1)["test"]
-    images = torch.stack([test[i]["pixel_values"] for i in range(len(test))])
+    images = real_images(args.dataset_name, "test")
     log_probs = [token_log_probs(hfgen.load_pipeline(path), images) for path in args.model_dirs]
     results = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),

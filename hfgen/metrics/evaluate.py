@@ -194,11 +194,15 @@ def held_out_warning(path: str, dataset: str) -> str | None:
     trained = {key: held_out[key] for key in EVALUATION_SPLIT}
     if trained == EVALUATION_SPLIT:
         return None
-    settings = ", ".join(f"{key}={value}" for key, value in trained.items())
+
+    def listed(split: dict) -> str:
+        return ", ".join(f"{key}={value}" for key, value in split.items())
+
+    flags = " ".join(f"--{key} {value}" for key, value in EVALUATION_SPLIT.items())
     return (
-        f"{path} was trained on {dataset} holding out the split of {settings}, but its nll is scored on the split of "
-        f"test_size=0.1, split_seed=0, which it partly trained on: the figure is optimistic. Retrain with the "
-        "defaults (--test_size 0.1 --split_seed 0) to compare it with other models."
+        f"{path} was trained on {dataset} holding out the split of {listed(trained)}, but its nll is scored on the "
+        f"split of {listed(EVALUATION_SPLIT)}, which it partly trained on: the figure is optimistic. Retrain with the "
+        f"defaults ({flags}) to compare it with other models."
     )
 
 

@@ -8,11 +8,11 @@ full forward pass per pixel) and with the cache.
     python benchmarks/autoregressive.py --parts sampling --repeats 3          # the sampling times alone, no training
 
 1. Training (`--parts train`): each architecture trains through the shared trainer (`--family autoregressive
-   --conditioning none`, the split of every hfgen trainer: `test_size=0.1, seed=0`) for `--steps` steps at batch 64
-   into `--output_dir/<architecture>`; its test bits/dim is exact (the sum of the log-probabilities of the 17-level
-   pixels). Seconds per step are the training loop's (the trainer's `finish`, which saves the pipeline, draws a
-   sample grid and scores the test split, is timed apart and left out); seconds per epoch are seconds per step times
-   the steps of one pass over the training split. `--train_args` adds trainer flags after these, which win (e.g.
+   --conditioning none`, the split of every hfgen trainer: `test_size=0.1, split_seed=0`) for `--steps` steps at batch
+   64 into `--output_dir/<architecture>`; its test bits/dim is exact (the sum of the log-probabilities of the 17-level
+   pixels). Seconds per step are the training loop's (the trainer's `finish`, which saves the pipeline, draws a sample
+   grid and scores the test split, is timed apart and left out); seconds per epoch are seconds per step times the steps
+   of one pass over the training split. `--train_args` adds trainer flags after these, which win (e.g.
    `--train_args="--use_ema --hidden_channels 64"`; with the `=`, as its value starts with `--`). A class-conditional
    model (`--train_args="--conditioning class"`) is also scored as p(x) = mean over the classes of p(x | class) (no
    label needed: the same table as the unconditional models), beside p(x | its class) and its accuracy as a

@@ -3,10 +3,10 @@
     python benchmarks/baselines_digits.py                          # trains the VAE recipe (about 2 min on 2 cores)
     python benchmarks/baselines_digits.py --vae out/vae-digits      # or measures a VAE you trained
 
-All models see the same train/test split (`test_size=0.1, seed=0`, as every hfgen trainer). The scikit-learn models
-fit uniformly dequantised pixels (`hfgen.metrics.baselines`), so their figures bound the discrete code length from
-above; the VAE reports the IWAE lower bound on log P(x) with a discretized-logistic decoder over the 17 grey levels
-(exact probabilities of discrete images), K = `--num_samples`. Lower is better for all. The VAE's anomaly AUROC
+All models see the same train/test split (`test_size=0.1, split_seed=0`, as every hfgen trainer). The scikit-learn
+models fit uniformly dequantised pixels (`hfgen.metrics.baselines`), so their figures bound the discrete code length
+from above; the VAE reports the IWAE lower bound on log P(x) with a discretized-logistic decoder over the 17 grey
+levels (exact probabilities of discrete images), K = `--num_samples`. Lower is better for all. The VAE's anomaly AUROC
 (-log p(x) separating test digits from grey shapes and from noise) is printed below the table.
 """
 

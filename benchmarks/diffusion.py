@@ -4,6 +4,11 @@ steps for DDPM / DDIM / DPM-Solver++, the variational bound in bits/dim, and pro
     OMP_NUM_THREADS=1 python benchmarks/diffusion.py --json diffusion.json            # trains the digits recipe first
     OMP_NUM_THREADS=1 python benchmarks/diffusion.py --model out/diffusion-digits      # a model trained already
     OMP_NUM_THREADS=1 python benchmarks/diffusion.py --parts throughput --steps 300 --repeats 3
+    OMP_NUM_THREADS=1 python benchmarks/diffusion.py --dataset mnist --parts fid,latent --output_dir out/bench-mnist
+
+`--dataset` (digits, mnist) picks the recipes (`diffusion_<dataset>.yaml`, `vae_spatial_<dataset>.yaml`,
+`diffusion_latent_<dataset>.yaml`), the test split, the shipped feature extractor and the classifier of every part but
+the throughput, which is measured on the digits. `--output_dir` keeps the models the run trains.
 
 1. Throughput (`--parts throughput`): hfgen's `DiffusionTrainer` against the inner loop of diffusers'
    `examples/unconditional_image_generation/train_unconditional.py` (noise, a random timestep per image,
@@ -77,9 +82,11 @@ from trainer_overhead import with_timed_finish  # noqa: E402  (the same timing o
 
 PARTS = ("throughput", "fid", "bound", "guidance", "inpainting", "latent")
 RECIPES = os.path.join(os.path.dirname(__file__), "..", "training", "recipes")
-RECIPE = os.path.join(RECIPES, "diffusion_digits.yaml")
-LATENT_VAE_RECIPE = os.path.join(RECIPES, "vae_spatial_digits.yaml")  # the first stage of --parts latent
-LATENT_RECIPE = os.path.join(RECIPES, "diffusion_latent_digits.yaml")  # RECIPE on that VAE's latents
+# Per --dataset: the pixel recipe trained when no --model is given, the first stage of --parts latent, and the pixel
+# recipe's UNet on that first stage's latents.
+RECIPE = {name: os.path.join(RECIPES, f"diffusion_{name}.yaml") for name in ("digits", "mnist")}
+LATENT_VAE_RECIPE = {name: os.path.join(RECIPES, f"vae_spatial_{name}.yaml") for name in ("digits", "mnist")}
+LATENT_RECIPE = {name: os.path.join(RECIPES, f"diffusion_latent_{name}.yaml") for name in ("digits", "mnist")}
 # name: (scheduler class, overrides of the pipeline's scheduler config, `__call__` arguments). The "-clip" samplers
 # clamp every x0 prediction to [-1, 1], as diffusers' default `clip_sample=True` does (what hfgen's trainer saved
 # before its `--clip_sample` option, default off); DPM-Solver++ has no such clamp (its `thresholding` is off).
@@ -124,7 +131,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--parts", default=",".join(PARTS), help=f"Comma-separated: {PARTS}.")
     parser.add_argument(
         "--model",
-        help="A trained diffusion pipeline (of --dataset); default: train the class-conditional digits recipe.",
+        help="A trained diffusion pipeline (of --dataset); default: train the dataset's class-conditional recipe.",
+    )
+    parser.add_argument(
+        "--output_dir",
+        help="Keep the models this run trains here (default: a temporary folder, deleted at the end).",
     )
     parser.add_argument("--max_train_steps", type=int, help="Steps of that training run (default: the recipe's).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of weights, data order and samples.")
@@ -161,7 +172,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--dataset",
         default="digits",
         choices=list(ATTRIBUTES),
-        help="What --model was trained on: the prompts and the classifier of the guidance part.",
+        help="The data of every part (its recipes, test split, feature extractor and classifier); shapes: "
+        "--parts guidance of a trained text-conditioned --model only.",
     )
     parser.add_argument(
         "--guidance_samples",
@@ -326,9 +338,9 @@ def parse_settings(text: str) -> list[tuple[str, int]]:
     return settings
 
 
-def real_features(extractor) -> dict:
+def real_features(extractor, dataset: str) -> dict:
     return {
-        split: features_and_probabilities(extractor, real_images("digits", split))[0] for split in ("train", "test")
+        split: features_and_probabilities(extractor, real_images(dataset, split))[0] for split in ("train", "test")
     }
 
 
@@ -354,8 +366,8 @@ def fid_row(pipeline, original, extractor, real: dict, sampler: str, steps: int,
 
 @torch.no_grad()
 def fid_against_steps(args: argparse.Namespace, pipeline) -> list[dict]:
-    extractor = load_feature_extractor("digits")
-    real = real_features(extractor)
+    extractor = load_feature_extractor(args.dataset)
+    real = real_features(extractor, args.dataset)
     original = pipeline.scheduler
     rows = []
     settings = [(*setting, args.seed) for setting in parse_settings(args.settings)]
@@ -390,7 +402,7 @@ def fewest_steps(rows: list[dict]) -> dict:
 # ----- 3. the bound, 4. guidance -------------------------------------------------------------------------------------
 def bound(args: argparse.Namespace, pipeline) -> dict:
     start = time.perf_counter()
-    result = likelihood(pipeline, real_images("digits", "test"), batch_size=500, seed=args.seed)
+    result = likelihood(pipeline, real_images(args.dataset, "test"), batch_size=500, seed=args.seed)
     return {**result, "seconds": time.perf_counter() - start}
 
 
@@ -454,7 +466,7 @@ def inpainting(args: argparse.Namespace, pipeline) -> list[dict]:
             )
 
         start = time.perf_counter()
-        result = completion_accuracy(complete, "digits", batch_size=500)
+        result = completion_accuracy(complete, args.dataset, batch_size=500)
         seconds = (time.perf_counter() - start) / result["num_images"]
         rows.append({"jump_n_sample": jump_n_sample, **result, "seconds_per_image": seconds})
         print(f"inpainting, jump_n_sample {jump_n_sample}: {rows[-1]}", flush=True)
@@ -477,12 +489,17 @@ def train_timed(argv: list[str]) -> dict:
     }
 
 
+def common_training_args(args: argparse.Namespace) -> list[str]:
+    """Of every model the script trains: no validation samples inside the timed loop."""
+    return ["--seed", str(args.seed), "--report_to", "none", "--validation_steps", "0"]
+
+
 def trained_model(args: argparse.Namespace, tmp: str) -> tuple[str, dict | None]:
-    """The pixel model: `--model`, or the digits recipe trained here (with its loop's seconds per step)."""
+    """The pixel model: `--model`, or the dataset's recipe trained here (with its loop's seconds per step)."""
     if args.model:
         return args.model, None
-    output_dir = os.path.join(tmp, "diffusion-digits")
-    argv = ["--recipe", RECIPE, "--output_dir", output_dir, "--seed", str(args.seed), "--report_to", "none"]
+    output_dir = os.path.join(tmp, f"diffusion-{args.dataset}")
+    argv = ["--recipe", RECIPE[args.dataset], "--output_dir", output_dir, *common_training_args(args)]
     if args.max_train_steps:
         argv += ["--max_train_steps", str(args.max_train_steps)]
     return output_dir, train_timed(argv)
@@ -490,20 +507,22 @@ def trained_model(args: argparse.Namespace, tmp: str) -> tuple[str, dict | None]
 
 @torch.no_grad()
 def pixel_against_latent(args: argparse.Namespace, tmp: str, pixel_path: str, pixel_training: dict | None) -> dict:
-    vae_dir, latent_dir = os.path.join(tmp, "vae-spatial"), os.path.join(tmp, "latent-diffusion-digits")
-    common = ["--seed", str(args.seed), "--report_to", "none", "--validation_steps", "0"]
+    vae_dir = os.path.join(tmp, f"vae-spatial-{args.dataset}")
+    latent_dir = os.path.join(tmp, f"diffusion-latent-{args.dataset}")
+    common = common_training_args(args)
     with torch.enable_grad():
-        argv = ["--recipe", LATENT_VAE_RECIPE, *shlex.split(args.latent_vae_args), "--output_dir", vae_dir, *common]
+        vae_recipe, latent_recipe = LATENT_VAE_RECIPE[args.dataset], LATENT_RECIPE[args.dataset]
+        argv = ["--recipe", vae_recipe, *shlex.split(args.latent_vae_args), "--output_dir", vae_dir, *common]
         vae_training = train_timed(argv)
-        argv = ["--recipe", LATENT_RECIPE, "--vae_name_or_path", vae_dir, "--output_dir", latent_dir, *common]
+        argv = ["--recipe", latent_recipe, "--vae_name_or_path", vae_dir, "--output_dir", latent_dir, *common]
         if args.max_train_steps:
             argv += ["--max_train_steps", str(args.max_train_steps)]
         latent_training = train_timed(argv)
-    extractor = load_feature_extractor("digits")
-    real = real_features(extractor)
+    extractor = load_feature_extractor(args.dataset)
+    real = real_features(extractor, args.dataset)
     # What the first stage loses: FID of its reconstructions of the test digits (mean of q(z | x), decoded).
     vae = hfgen.VAEPipeline.from_pretrained(vae_dir)
-    reconstructions = vae.reconstruct(real_images("digits", "test") / 2 + 0.5, output_type="pt")
+    reconstructions = vae.reconstruct(real_images(args.dataset, "test") / 2 + 0.5, output_type="pt")
     reconstructed = fid(real["train"], features_and_probabilities(extractor, reconstructions * 2 - 1)[0])
     results = {
         "vae": {**vae_training, "reconstruction_fid_train": reconstructed},
@@ -534,8 +553,13 @@ def main(argv: list[str] | None = None) -> dict:
     parts = [part.strip() for part in args.parts.split(",") if part.strip()]
     if not parts or set(parts) - set(PARTS):
         raise SystemExit(f"--parts takes a list of {', '.join(PARTS)}, got {args.parts!r}.")
-    if args.dataset != "digits" and (set(parts) - {"guidance"} or not args.model):
-        raise SystemExit(f"--dataset {args.dataset} is for --parts guidance of a trained --model; the rest is digits.")
+    if "throughput" in parts and args.dataset != "digits":
+        raise SystemExit("--parts throughput is measured on the digits; leave it out for another --dataset.")
+    if args.dataset not in RECIPE and (set(parts) - {"guidance"} or not args.model):
+        raise SystemExit(
+            f"--dataset {args.dataset} is for --parts guidance of a trained text-conditioned --model; the other parts "
+            f"take {' or '.join(RECIPE)}."
+        )
     results = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "settings": vars(args),
@@ -549,6 +573,9 @@ def main(argv: list[str] | None = None) -> dict:
         },
     }
     with tempfile.TemporaryDirectory(prefix="hfgen-diffusion-bench-") as tmp:
+        if args.output_dir:  # kept after the run: a later run can take the pixel model as --model
+            os.makedirs(args.output_dir, exist_ok=True)
+            tmp = args.output_dir
         if "throughput" in parts:
             results["throughput"] = throughput(args, tmp)
             t = results["throughput"]
@@ -562,7 +589,8 @@ def main(argv: list[str] | None = None) -> dict:
             path, results["training"] = trained_model(args, tmp)
             pipeline = hfgen.DiffusionImagePipeline.from_pretrained(path)
             pipeline.set_progress_bar_config(disable=True)
-            results["model"] = args.model or f"diffusion_digits.yaml, {args.max_train_steps or 'recipe'} steps"
+            recipe = f"diffusion_{args.dataset}.yaml"
+            results["model"] = args.model or f"{recipe}, {args.max_train_steps or 'recipe'} steps"
             if "fid" in parts:
                 results["fid"] = fid_against_steps(args, pipeline)
                 results["fewest_steps_within_10_percent"] = fewest_steps(results["fid"])

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO_ROOT
+from hfgen.training.train import parse_config
 
 
 def load_benchmark():
@@ -101,3 +102,39 @@ def test_shapes_positions_word_swap_changes_only_the_corner():
     images = torch.tensor([[0.0], [0.0], [1.0], [3.0]])
     assert module.group_mean_error(images, ["a", "a", "b", "c"]) == 0.0
     assert module.group_mean_error(images, ["a", "a", "b", "b"]) == pytest.approx(2 / 4)
+
+
+def test_dataset_picks_the_recipes_and_refuses_what_it_cannot_measure():
+    """`--dataset mnist` measures the mnist recipes; the throughput stays a digits figure and the shapes are for the
+    guidance of a trained text model only, each refused with what to pass instead."""
+    bench = load_benchmark()
+    for dataset in ("digits", "mnist"):
+        for recipes in (bench.RECIPE, bench.LATENT_VAE_RECIPE, bench.LATENT_RECIPE):
+            _, config = parse_config(["--recipe", recipes[dataset]])
+            assert config.dataset_name == dataset
+    with pytest.raises(SystemExit, match="throughput is measured on the digits"):
+        bench.main(["--dataset", "mnist", "--parts", "throughput"])
+    with pytest.raises(SystemExit, match="other parts take digits or mnist"):
+        bench.main(["--dataset", "shapes", "--parts", "fid"])
+    with pytest.raises(SystemExit, match="guidance of a trained text-conditioned --model"):
+        bench.main(["--dataset", "shapes", "--parts", "guidance"])
+
+
+def test_mnist_latent_recipe_denoises_the_first_stages_latent_grid(tmp_path):
+    """The mnist latent recipe's UNet fits the 2 x 14 x 14 latents of the mnist first stage (a grid its down and up
+    blocks halve and restore), and the pipeline decodes its samples to 28x28 digits."""
+    import hfgen
+
+    vae_dir, latent_dir = str(tmp_path / "vae"), str(tmp_path / "latent")
+    bench = load_benchmark()
+    short = ["--max_train_steps", "2", "--train_batch_size", "8", "--report_to", "none", "--validation_steps", "0"]
+    for argv in (
+        ["--recipe", bench.LATENT_VAE_RECIPE["mnist"], "--output_dir", vae_dir, *short],
+        ["--recipe", bench.LATENT_RECIPE["mnist"], "--vae_name_or_path", vae_dir, "--output_dir", latent_dir, *short],
+    ):
+        trainer_class, config = parse_config(argv)
+        trainer_class(config).train()
+    pipeline = hfgen.DiffusionImagePipeline.from_pretrained(latent_dir)
+    assert (pipeline.unet.config.in_channels, pipeline.unet.config.sample_size) == (2, 14)
+    images = pipeline.generate(2, seed=0, num_inference_steps=2)
+    assert images.shape == (2, 1, 28, 28) and 0 <= images.min() and images.max() <= 1

@@ -8,9 +8,9 @@
         --output_dir hfgen/metrics/extractors/mnist
 
 The shipped extractors were made with exactly these commands (seed 0, defaults below) on the CPU. The split is the one
-every hfgen trainer uses (`load_image_dataset(..., test_size=0.1, seed=0)`, which keeps a data set's own test split:
-for mnist the fixed stratified 8,000 / 2,000), so the test accuracy in the written model card is measured on images
-that neither the classifier nor hfgen's generative models trained on.
+every hfgen trainer uses (`load_image_dataset(..., test_size=0.1, split_seed=0)`, `EVALUATION_SPLIT`, which keeps a
+data set's own test split: for mnist the fixed stratified 8,000 / 2,000), so the test accuracy in the written model
+card is measured on images that neither the classifier nor hfgen's generative models trained on.
 
 This is a plain supervised loop, not the shared generative trainer: a classifier has no pipeline, samples or Hub card
 of a generative model, and it trains in seconds on one process.
@@ -27,6 +27,7 @@ from huggingface_hub import ModelCard
 from torch.utils.data import DataLoader
 
 from hfgen.data import collate_fn, load_image_dataset
+from hfgen.metrics.evaluate import EVALUATION_SPLIT
 from hfgen.metrics.features import DomainClassifier
 
 CARD = """---
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--max_shift must be >= 0, got {args.max_shift}.")
 
     torch.manual_seed(args.seed)
-    splits = load_image_dataset(args.dataset_name, label_column=args.label_column, test_size=0.1, seed=0)
+    splits = load_image_dataset(args.dataset_name, label_column=args.label_column, **EVALUATION_SPLIT)
     train, test = splits["train"], splits["test"]
     class_names = train.features[args.label_column].names
     channels, size, _ = train[0]["pixel_values"].shape

@@ -1,6 +1,6 @@
 """Likelihood floors from scikit-learn: what every hfgen family's bits/dim has to beat.
 
-On the same data set and split as hfgen's trainers (`test_size=0.1, seed=0`), pixels become integer levels
+On the same data set and split as hfgen's trainers (`test_size=0.1, split_seed=0`), pixels become integer levels
 (`hfgen.data.grey_levels`: 17 for the digits, 2 binarized, else 256) and are dequantised by adding uniform noise
 u ~ U[0, 1): a continuous density p on the dequantised data gives a lower bound E_u[log p(x + u)] <= log P(x) on the
 probability of the discrete image (Theis et al. 2016, "A note on the evaluation of generative models"), so the
@@ -21,12 +21,13 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.neighbors import KernelDensity
 
 from hfgen.data import grey_levels, load_image_dataset
+from hfgen.metrics.evaluate import EVALUATION_SPLIT
 
 
 def pixel_levels(dataset: str = "digits", split: str = "train", num_levels: int | None = None) -> np.ndarray:
     """(n, c * h * w) integer levels 0..num_levels-1 of a split, from the [-1, 1] pixels hfgen trains on."""
     num_levels = num_levels or grey_levels(dataset)
-    images = load_image_dataset(dataset, test_size=0.1, seed=0)[split]
+    images = load_image_dataset(dataset, **EVALUATION_SPLIT)[split]
     pixels = np.stack([images[i]["pixel_values"].numpy().reshape(-1) for i in range(len(images))])
     return np.rint((pixels + 1) / 2 * (num_levels - 1)).astype(np.int64)
 

@@ -17,6 +17,7 @@ import torch
 
 from hfgen.data import load_image_dataset
 from hfgen.metrics.adherence import predicted_classes, to_unit_images
+from hfgen.metrics.evaluate import EVALUATION_SPLIT
 from hfgen.metrics.features import DomainClassifier, load_feature_extractor
 
 DATASETS = ("digits", "mnist")
@@ -27,7 +28,7 @@ def labelled_test_images(dataset: str, num_images: int | None = None) -> tuple[t
     and their labels (n,)."""
     if dataset not in DATASETS:
         raise ValueError(f"Completion accuracy needs a labelled digit data set: one of {DATASETS}, got {dataset!r}.")
-    split = load_image_dataset(dataset, label_column="label", test_size=0.1, seed=0)["test"]
+    split = load_image_dataset(dataset, label_column="label", **EVALUATION_SPLIT)["test"]
     count = len(split) if num_images is None else min(num_images, len(split))
     examples = [split[i] for i in range(count)]
     images = torch.stack([example["pixel_values"] for example in examples]) / 2 + 0.5

@@ -300,6 +300,48 @@ class TestVAETrainer(TrainerTesterMixin):
         pipeline = hfgen.load_pipeline(str(tmp_path))
         assert len(pipeline(prompt="a handwritten digit seven", generator=torch.Generator().manual_seed(0)).images)
 
+    # ----- fine-tuning -----------------------------------------------------------------------------------------------
+    def test_init_from_starts_from_the_saved_model_and_text_encoder(self, tmp_path, capsys):
+        """--init_from copies a saved pipeline's model and jointly trained text encoder into the new run (which
+        trains both on), says which words of its captions the saved tokenizer does not know, and records where the
+        run started; a saved run built otherwise, of another family, or holding out other images is refused."""
+        pretrained = tmp_path / "pretrained"
+        self.build_trainer(pretrained, "--max_train_steps", "3").train()
+        saved = hfgen.load_pipeline(str(pretrained))
+
+        # The paraphrases of text_variants hold words the saved tokenizer (built from the template captions) lacks.
+        trainer = self.build_trainer(
+            tmp_path / "finetuned", "--init_from", str(pretrained), "--max_train_steps", "2",
+            "--caption_column", "text_variants",
+        )  # fmt: skip
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        text_encoder = trainer.accelerator.unwrap_model(trainer.text_encoder)
+        for name, parameter in saved.vae.state_dict().items():
+            assert torch.equal(model.state_dict()[name], parameter), f"the model's {name} was not copied"
+        for name, parameter in saved.text_encoder.state_dict().items():
+            assert torch.equal(text_encoder.state_dict()[name], parameter), f"the text encoder's {name} was not copied"
+        assert trainer.tokenizer.get_vocab() == saved.tokenizer.get_vocab() and trainer.train_text_encoder
+        assert "are not in the vocabulary of --init_from's tokenizer" in capsys.readouterr().out
+        summary = trainer.train()
+        assert summary["initialised_from"] == str(pretrained)
+        tuned = hfgen.load_pipeline(str(tmp_path / "finetuned")).vae.state_dict()
+        assert any(not torch.equal(tuned[name], p) for name, p in saved.vae.state_dict().items()), "it did not train"
+
+        with pytest.raises(ValueError, match=r"latent_dim: saved 4, here 8\)\. Pass the saved run's model flags"):
+            self.build_trainer(tmp_path / "wider", "--init_from", str(pretrained), "--latent_dim", "8")
+        with pytest.raises(
+            ValueError, match="text encoder of 32 wide, 1 layers; this run asks for --text_hidden_size"
+        ):
+            self.build_trainer(tmp_path / "text", "--init_from", str(pretrained), "--text_hidden_size", "64")
+        with pytest.raises(ValueError, match="holding out test_size=0.1, split_seed=0.*Pass --test_size 0.1"):
+            self.build_trainer(tmp_path / "split", "--init_from", str(pretrained), "--split_seed", "1")
+        flow_trainer, config = parse_config(
+            ["--family", "flow", "--dataset_name", "digits", "--conditioning", "none", "--report_to", "none",
+             "--output_dir", str(tmp_path / "flow"), "--init_from", str(pretrained)]
+        )  # fmt: skip
+        with pytest.raises(ValueError, match="holds a VAEPipeline whose model is a VAEModel; --family flow"):
+            flow_trainer(config)
+
 
 # ----- frozen first stages -------------------------------------------------------------------------------------------
 class LatentVAEPipeline(hfgen.VAEPipeline):

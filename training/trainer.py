@@ -38,6 +38,7 @@ from hfgen.pipelines.pipeline_utils import image_grid
 from hfgen.training import checks
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+from transformers import CLIPTextModel
 
 import hfgen
 from hfgen import hub
@@ -133,6 +134,15 @@ class TrainingConfig:
     checkpointing_steps: int = field(default=500, metadata={"help": "Save a resumable checkpoint every N steps."})
     checkpoints_total_limit: int | None = field(default=None, metadata={"help": "Keep at most N checkpoints."})
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "A checkpoint folder, or 'latest'."})
+    init_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "Fine-tune: start from the weights of a pipeline this family saved (a folder or Hub id) built "
+            "with the same model flags; its tokenizer and text encoder too when this run trains its own. A fresh "
+            "optimizer, schedule and step count (a GAN's discriminator starts afresh); to continue a run, "
+            "--resume_from_checkpoint."
+        },
+    )
     logging_steps: int = field(default=10, metadata={"help": "Log losses every N steps."})
     report_to: str = field(default="tensorboard", metadata={"help": "tensorboard, wandb, all or none."})
     validation_steps: int | None = field(default=None, metadata={"help": "Write a sample grid every N steps."})
@@ -341,7 +351,8 @@ class Trainer:
         self.example_batch = collate_fn([next(iter(self.splits["train"]))])  # one example, for shapes
         self.image_shape = tuple(self.example_batch["pixel_values"].shape[1:])  # (c, h, w)
 
-        # 2. Conditioning components, frozen first stages, then the family's model.
+        # 2. Conditioning components, frozen first stages, then the family's model (from --init_from's weights).
+        self.init_pipeline = self.load_init_pipeline() if config.init_from else None
         self.tokenizer, self.text_encoder, self.train_text_encoder = self.build_text_components()
         self.num_classes = self.count_classes() if config.conditioning == "class" else None
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
@@ -355,6 +366,9 @@ class Trainer:
                 module.to(dtype=self.weight_dtype)
             self.frozen_components[name] = module
         self.model = self.build_model()
+        if self.init_pipeline is not None:
+            self.initialise_from_pipeline(self.model)
+            self.init_pipeline = None  # the weights are copied; free the saved pipeline
 
         # 3. Data loader, optimizer, schedule, and everything through Accelerate.
         self.train_dataloader = DataLoader(
@@ -476,6 +490,86 @@ class Trainer:
             return {"condition_type": "class", "num_classes": self.num_classes}
         return {"condition_type": None}
 
+    # ----- fine-tuning (--init_from), shared ------------------------------------------------------------------------
+    def load_init_pipeline(self):
+        """The saved pipeline `--init_from` names (safetensors only), refused when it trained on this run's test
+        images: the same data set with another held-out split."""
+        from hfgen.metrics.evaluate import training_summary
+
+        config = self.config
+        held_out = training_summary(config.init_from).get("held_out") or {}
+        this_run = {"test_size": config.test_size, "split_seed": config.split_seed}
+        dataset = config.dataset_name or config.train_data_dir
+        if held_out.get("dataset") == dataset and "split_seed" in held_out:
+            saved = {key: held_out[key] for key in this_run}
+            if saved != this_run:
+                raise ValueError(
+                    f"--init_from {config.init_from} trained on {dataset} holding out test_size={saved['test_size']}, "
+                    f"split_seed={saved['split_seed']}; this run holds out test_size={config.test_size}, split_seed="
+                    f"{config.split_seed}, images that model trained on, so its test figures would be optimistic. "
+                    f"Pass --test_size {saved['test_size']} --split_seed {saved['split_seed']}."
+                )
+        return hfgen.load_pipeline(config.init_from)
+
+    def initialise_from_pipeline(self, model: torch.nn.Module):
+        """Copies the saved pipeline's trained model (its `model_component`) into `model`, which the run's flags
+        built: the same class and config, or a ValueError that lists what differs."""
+        saved = self.init_pipeline.conditioned_model
+        source = f"--init_from {self.config.init_from}"
+        if type(saved) is not type(model):
+            raise ValueError(
+                f"{source} holds a {type(self.init_pipeline).__name__} whose model is a {type(saved).__name__}; "
+                f"--family {self.family} with these flags builds a {type(model).__name__}. Give a pipeline of this "
+                "family."
+            )
+
+        def plain(value):  # a config read from JSON has lists where a freshly built one may have tuples
+            return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+        keys = sorted(key for key in {*saved.config, *model.config} if not key.startswith("_"))
+        differ = [key for key in keys if plain(saved.config.get(key)) != plain(model.config.get(key))]
+        if differ:
+            listed = "; ".join(
+                f"{key}: saved {saved.config.get(key)!r}, here {model.config.get(key)!r}" for key in differ
+            )
+            raise ValueError(
+                f"{source}: its {self.init_pipeline.model_component} was built otherwise than this run's model "
+                f"({listed}). Pass the saved run's model flags (its README lists its settings)."
+            )
+        model.load_state_dict(saved.state_dict())
+
+    def saved_text_components(self):
+        """--init_from's tokenizer and text encoder, for a run that trains its own: the model's text input was
+        learnt through them. Refused when the run's text flags ask for another encoder."""
+        tokenizer = getattr(self.init_pipeline, "tokenizer", None)
+        text_encoder = getattr(self.init_pipeline, "text_encoder", None)
+        if text_encoder is None:
+            return None
+        if not isinstance(text_encoder, CLIPTextModel):
+            raise ValueError(
+                f"--init_from {self.config.init_from} has a pretrained {type(text_encoder).__name__} text encoder, "
+                "which its run kept frozen: name it again with --text_encoder_name_or_path."
+            )
+        wanted = {"hidden_size": self.config.text_hidden_size, "num_hidden_layers": self.config.text_num_layers}
+        saved = {key: getattr(text_encoder.config, key, None) for key in wanted}
+        if saved != wanted:
+            raise ValueError(
+                f"--init_from {self.config.init_from} has a text encoder of {saved['hidden_size']} wide, "
+                f"{saved['num_hidden_layers']} layers; this run asks for --text_hidden_size "
+                f"{wanted['hidden_size']} --text_num_layers {wanted['num_hidden_layers']}. Pass the saved values."
+            )
+        # The saved tokenizer knows the words of the captions it was built from; others read as [UNK].
+        unknown = sorted(
+            {word for caption in self.all_captions() for word in caption.lower().split()} - set(tokenizer.get_vocab())
+        )
+        if unknown:
+            self.accelerator.print(
+                f"Warning: {len(unknown)} words of these captions are not in the vocabulary of --init_from's "
+                f"tokenizer and read as [UNK], one token for all of them: {', '.join(unknown[:10])}"
+                f"{', ...' * (len(unknown) > 10)}."
+            )
+        return tokenizer, text_encoder
+
     # ----- conditioning, shared -------------------------------------------------------------------------------------
     def build_text_components(self):
         """(tokenizer, text_encoder, trainable) for text conditioning, else (None, None, False)."""
@@ -484,6 +578,9 @@ class Trainer:
         if self.config.text_encoder_name_or_path:
             tokenizer, text_encoder = load_pretrained_text_encoder(self.config.text_encoder_name_or_path)
             return tokenizer, text_encoder, False
+        saved = self.saved_text_components() if self.init_pipeline is not None else None
+        if saved is not None:
+            return (*saved, True)
         captions = self.all_captions()
         if not any(captions):
             raise ValueError(
@@ -830,6 +927,7 @@ class Trainer:
                     "dataset": config.dataset_name or config.train_data_dir,
                     **(self.splits.drawn_split or {}),
                 },
+                "initialised_from": config.init_from,
                 "metrics": metrics,
             }
             repo_id = hub.repo_id_for(config.output_dir, config.hub_model_id)

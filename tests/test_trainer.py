@@ -326,6 +326,10 @@ class TestVAETrainer(TrainerTesterMixin):
         assert summary["initialised_from"] == str(pretrained)
         tuned = hfgen.load_pipeline(str(tmp_path / "finetuned")).vae.state_dict()
         assert any(not torch.equal(tuned[name], p) for name, p in saved.vae.state_dict().items()), "it did not train"
+        # Resumed without it, the run would build another tokenizer for the same text encoder.
+        with pytest.raises(ValueError, match=r"--init_from: '\S+pretrained' in the checkpoint, None now"):
+            resumed = ["--caption_column", "text_variants", "--resume_from_checkpoint", "latest"]
+            self.build_trainer(tmp_path / "finetuned", *resumed).train()
 
         with pytest.raises(ValueError, match=r"latent_dim: saved 4, here 8\)\. Pass the saved run's model flags"):
             self.build_trainer(tmp_path / "wider", "--init_from", str(pretrained), "--latent_dim", "8")

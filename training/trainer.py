@@ -207,7 +207,7 @@ class TrainingConfig:
     # Settings that shape the model: resuming a checkpoint with other values is refused (see checks.py).
     model_settings: ClassVar[tuple[str, ...]] = (
         "family", "conditioning", "resolution", "image_mode", "text_encoder_name_or_path", "text_hidden_size",
-        "text_num_layers",
+        "text_num_layers", "init_from",  # --init_from's tokenizer replaces one built from the captions
     )  # fmt: skip
 
     def __post_init__(self):

@@ -337,6 +337,8 @@ class TestVAETrainer(TrainerTesterMixin):
             ValueError, match="text encoder of 32 wide, 1 layers; this run asks for --text_hidden_size"
         ):
             self.build_trainer(tmp_path / "text", "--init_from", str(pretrained), "--text_hidden_size", "64")
+        with pytest.raises(OSError, match="no saved pipeline there.*with --resume_from_checkpoint instead"):
+            self.build_trainer(tmp_path / "checkpoint", "--init_from", str(tmp_path / "finetuned" / "checkpoint-2"))
         with pytest.raises(ValueError, match="holding out test_size=0.1, split_seed=0.*Pass --test_size 0.1"):
             self.build_trainer(tmp_path / "split", "--init_from", str(pretrained), "--split_seed", "1")
         flow_trainer, config = parse_config(

@@ -509,7 +509,14 @@ class Trainer:
                     f"{config.split_seed}, images that model trained on, so its test figures would be optimistic. "
                     f"Pass --test_size {saved['test_size']} --split_seed {saved['split_seed']}."
                 )
-        return hfgen.load_pipeline(config.init_from)
+        try:
+            return hfgen.load_pipeline(config.init_from)
+        except OSError as error:
+            raise OSError(
+                f"--init_from {config.init_from}: no saved pipeline there ({error}). Give the folder or Hub id of a "
+                "pipeline the trainer saved (it holds model_index.json); a checkpoint-N folder continues its run "
+                "with --resume_from_checkpoint instead."
+            ) from error
 
     def initialise_from_pipeline(self, model: torch.nn.Module):
         """Copies the saved pipeline's trained model (its `model_component`) into `model`, which the run's flags

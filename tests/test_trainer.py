@@ -324,8 +324,11 @@ class TestVAETrainer(TrainerTesterMixin):
         assert "are not in the vocabulary of --init_from's tokenizer" in capsys.readouterr().out
         summary = trainer.train()
         assert summary["initialised_from"] == str(pretrained)
-        tuned = hfgen.load_pipeline(str(tmp_path / "finetuned")).vae.state_dict()
-        assert any(not torch.equal(tuned[name], p) for name, p in saved.vae.state_dict().items()), "it did not train"
+        tuned = hfgen.load_pipeline(str(tmp_path / "finetuned"))
+        for component in ("vae", "text_encoder"):
+            weights = getattr(tuned, component).state_dict()
+            changed = [not torch.equal(weights[name], p) for name, p in getattr(saved, component).state_dict().items()]
+            assert any(changed), f"the {component} did not train on"
         # Resumed without it, the run would build another tokenizer for the same text encoder.
         with pytest.raises(ValueError, match=r"--init_from: '\S+pretrained' in the checkpoint, None now"):
             resumed = ["--caption_column", "text_variants", "--resume_from_checkpoint", "latest"]

@@ -47,6 +47,7 @@ from hfgen.data import EMBEDDED_DATASETS, collate_fn, load_image_dataset
 from hfgen.metrics.adherence import ATTRIBUTES as ADHERENCE_ATTRIBUTES
 from hfgen.metrics.adherence import format_adherence, prompt_adherence
 from hfgen.metrics.adherence import summary as adherence_summary
+from hfgen.metrics.evaluate import training_summary
 from hfgen.metrics.features import load_feature_extractor, shipped_extractors
 from hfgen.metrics.sample_quality import GaussianStatistics, fid
 from hfgen.text import build_clip_text_encoder, build_word_tokenizer, load_pretrained_text_encoder
@@ -494,8 +495,6 @@ class Trainer:
     def load_init_pipeline(self):
         """The saved pipeline `--init_from` names (safetensors only), refused when it trained on this run's test
         images: the same data set with another held-out split."""
-        from hfgen.metrics.evaluate import training_summary
-
         config = self.config
         held_out = training_summary(config.init_from).get("held_out") or {}
         this_run = {"test_size": config.test_size, "split_seed": config.split_seed}
@@ -575,7 +574,7 @@ class Trainer:
                 f"tokenizer and read as [UNK], one token for all of them: {', '.join(unknown[:10])}"
                 f"{', ...' * (len(unknown) > 10)}."
             )
-        return tokenizer, text_encoder
+        return tokenizer, text_encoder.requires_grad_(True).train()  # loaded in eval mode; it trains on here
 
     # ----- conditioning, shared -------------------------------------------------------------------------------------
     def build_text_components(self):

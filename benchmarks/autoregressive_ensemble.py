@@ -1,5 +1,5 @@
-"""Saved unconditional autoregressive pipelines (for example one architecture trained with several `--seed`s) scored on
-the test split alone and together, in exact test bits/dim:
+"""Saved autoregressive pipelines (for example one architecture trained with several `--seed`s), unconditional or
+class-conditional with the class summed out, scored on the test split alone and together, in exact test bits/dim:
 
     python benchmarks/autoregressive_ensemble.py out/seed-0/row_lstm out/seed-1/row_lstm out/seed-2/row_lstm
 
@@ -21,24 +21,37 @@ import statistics
 import torch
 
 import hfgen
+from hfgen.conditioning import Condition
 from hfgen.metrics.evaluate import format_table, real_images
 from hfgen.models.modeling_autoregressive import images_to_tokens, prior_forward
 
 
 def token_log_probs(pipeline, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """log p(x_i | x_<i) of every token, (n, c, h, w), of `images` in [-1, 1]."""
-    if pipeline.condition_type is not None:
+    """log p(x_i | x_<i) of every token of `images` in [-1, 1], (n, tokens) in the models' order (raster, channels
+    within a pixel). A class-conditional model is taken with its class summed out (a uniform p(y), as
+    `hfgen.metrics.marginal_log_likelihood`): p(x_i | x_<i) = p(x_<=i) / p(x_<i), p(x_<=i) = mean_y p(x_<=i | y),
+    itself an autoregressive model whose token log-probabilities add up to the exact log p(x)."""
+    if pipeline.condition_type not in (None, "class"):
         raise SystemExit(
-            f"The ensemble takes unconditional models; this one is {pipeline.condition_type}-conditioned "
-            "(score it with hfgen.metrics.marginal_log_likelihood instead)."
+            f"The ensemble takes unconditional or class-conditional models; this one is {pipeline.condition_type}-"
+            "conditioned."
         )
-    num_levels = pipeline.prior.config.num_levels
+    prior = pipeline.prior
+    num_levels = prior.config.num_levels
+    classes = range(pipeline.num_classes) if pipeline.condition_type == "class" else [None]
     out = []
     with torch.no_grad():
         for batch in images.split(batch_size):
             tokens = images_to_tokens(batch, num_levels)
-            logits = prior_forward(pipeline.prior, tokens).logits.float()  # (b, levels, c, h, w)
-            out.append(logits.log_softmax(1).gather(1, tokens.unsqueeze(1)).squeeze(1))
+            per_class = []  # (classes, b, tokens)
+            for label in classes:
+                condition = None if label is None else Condition(class_labels=torch.full((len(batch),), label))
+                logits = prior_forward(prior, tokens, condition).logits.float()  # (b, levels, c, h, w)
+                log_probs = logits.log_softmax(1).gather(1, tokens.unsqueeze(1)).squeeze(1)
+                per_class.append(log_probs.permute(0, 2, 3, 1).flatten(1))  # in sampling order
+            # log p(x_<=i) with the class summed out, then its differences: the conditionals.
+            prefix = torch.logsumexp(torch.stack(per_class).cumsum(-1), 0) - math.log(len(per_class))
+            out.append(torch.diff(prefix, dim=-1, prepend=torch.zeros_like(prefix[:, :1])))
     return torch.cat(out)
 
 

@@ -55,7 +55,7 @@ def test_a_class_conditional_model_is_also_scored_with_its_class_summed_out(tmp_
 def test_ensembles_are_exact_and_no_worse_than_their_members(tmp_path):
     """benchmarks/autoregressive_ensemble.py: a model ensembled with itself is itself; two models together (the
     mixture of joints and the average of conditionals) beat their members' mean (Jensen), and the mixture loses at
-    most log2(2) / 64 bits/dim to its best member; a conditioned model is refused."""
+    most log2(2) / 64 bits/dim to its best member."""
     bench = load_app(REPO_ROOT / "benchmarks" / "autoregressive_ensemble.py", "benchmark_autoregressive_ensemble")
     paths = []
     for seed, favourite_level in ((0, 0), (1, 16)):  # two models that disagree: one expects background, one ink
@@ -77,13 +77,41 @@ def test_ensembles_are_exact_and_no_worse_than_their_members(tmp_path):
         assert together[key] < together["members_mean"] - 0.05
     assert together["mixture_bits_per_dim"] <= min(members) + 1 / 64 + 1e-4
 
+
+def test_a_class_conditional_member_counts_with_its_class_summed_out(tmp_path, tiny_text_components):
+    """The ensemble takes a class-conditional model as p(x) = mean_y p(x | y), token by token: alone, its figure is
+    `hfgen.metrics.marginal_log_likelihood`'s exact one; a text-conditioned model (no finite set of prompts to sum
+    over) is refused."""
+    from hfgen.metrics.evaluate import real_images
+    from hfgen.metrics.marginal import marginal_log_likelihood
+
+    bench = load_app(REPO_ROOT / "benchmarks" / "autoregressive_ensemble.py", "benchmark_autoregressive_ensemble")
     torch.manual_seed(0)
     conditioned = RowLSTMModel(
         sample_size=8, num_levels=17, hidden_channels=8, num_layers=1, condition_type="class", num_classes=10
     )
-    hfgen.AutoregressivePipeline(prior=conditioned).save_pretrained(tmp_path / "class")
-    with pytest.raises(SystemExit, match="class-conditioned"):
-        bench.main([paths[0], str(tmp_path / "class")])
+    with torch.no_grad():
+        conditioned.condition_embedding.weight.normal_(0, 3)  # classes that disagree, so the sum over them matters
+    pipeline = hfgen.AutoregressivePipeline(prior=conditioned)
+    pipeline.save_pretrained(tmp_path / "class")
+    (alone,) = bench.main([str(tmp_path / "class")])["rows"]
+    images = real_images("digits", "test") / 2 + 0.5  # the pipelines take [0, 1]
+    exact = marginal_log_likelihood(pipeline, images, class_labels=range(10)).bits_per_dim.mean().item()
+    assert alone["bits_per_dim"] == pytest.approx(exact, abs=1e-3)
+    # Against the null class alone (what the trainer reports for a class-conditional model) it is another figure.
+    null_class = bench.bits_per_dim(
+        pipeline.log_likelihood(images, class_labels=[10] * len(images)).log_likelihood, 64
+    )
+    assert abs(null_class - exact) > 1e-2
+
+    text_model = RowLSTMModel(
+        sample_size=8, num_levels=17, hidden_channels=8, num_layers=1, condition_type="text", text_embed_dim=32
+    )
+    text_pipeline = hfgen.AutoregressivePipeline(
+        prior=text_model, tokenizer=tiny_text_components[0], text_encoder=tiny_text_components[1]
+    )
+    with pytest.raises(SystemExit, match="text-conditioned"):
+        bench.token_log_probs(text_pipeline, images[:2] * 2 - 1)
 
 
 def test_mnist_redrawn_as_uci_digits_reads_as_digits():

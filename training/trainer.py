@@ -47,7 +47,7 @@ from hfgen.data import EMBEDDED_DATASETS, collate_fn, load_image_dataset
 from hfgen.metrics.adherence import ATTRIBUTES as ADHERENCE_ATTRIBUTES
 from hfgen.metrics.adherence import format_adherence, prompt_adherence
 from hfgen.metrics.adherence import summary as adherence_summary
-from hfgen.metrics.evaluate import training_summary
+from hfgen.metrics.evaluate import held_out_split
 from hfgen.metrics.features import load_feature_extractor, shipped_extractors
 from hfgen.metrics.sample_quality import GaussianStatistics, fid
 from hfgen.text import build_clip_text_encoder, build_word_tokenizer, load_pretrained_text_encoder
@@ -496,18 +496,15 @@ class Trainer:
         """The saved pipeline `--init_from` names (safetensors only), refused when it trained on this run's test
         images: the same data set with another held-out split."""
         config = self.config
-        held_out = training_summary(config.init_from).get("held_out") or {}
-        this_run = {"test_size": config.test_size, "split_seed": config.split_seed}
         dataset = config.dataset_name or config.train_data_dir
-        if held_out.get("dataset") == dataset and "split_seed" in held_out:
-            saved = {key: held_out[key] for key in this_run}
-            if saved != this_run:
-                raise ValueError(
-                    f"--init_from {config.init_from} trained on {dataset} holding out test_size={saved['test_size']}, "
-                    f"split_seed={saved['split_seed']}; this run holds out test_size={config.test_size}, split_seed="
-                    f"{config.split_seed}, images that model trained on, so its test figures would be optimistic. "
-                    f"Pass --test_size {saved['test_size']} --split_seed {saved['split_seed']}."
-                )
+        saved = held_out_split(config.init_from, dataset)
+        if saved is not None and saved != {"test_size": config.test_size, "split_seed": config.split_seed}:
+            raise ValueError(
+                f"--init_from {config.init_from} trained on {dataset} holding out test_size={saved['test_size']}, "
+                f"split_seed={saved['split_seed']}; this run holds out test_size={config.test_size}, split_seed="
+                f"{config.split_seed}, images that model trained on, so its test figures would be optimistic. "
+                f"Pass --test_size {saved['test_size']} --split_seed {saved['split_seed']}."
+            )
         try:
             return hfgen.load_pipeline(config.init_from)
         except OSError as error:

@@ -183,16 +183,22 @@ def training_seconds(path: str) -> float | None:
     return training_summary(path).get("metrics", {}).get("train_wall_seconds")
 
 
-def held_out_warning(path: str, dataset: str) -> str | None:
-    """A warning when the pipeline at `path` was trained on `dataset` holding out another split than the one its
-    likelihood is scored on here (`EVALUATION_SPLIT`): then some of those test images were training images, and the
-    figure is optimistic. None when the splits agree, or when the summary does not say (another data set, the data
-    set's own test split, a pipeline saved without the trainer)."""
+def held_out_split(path: str, dataset: str) -> dict | None:
+    """The split ({"test_size", "split_seed"}) that the pipeline at `path` held out of `dataset` when it trained, or
+    None when its summary does not say (another data set, the data set's own test split, a pipeline saved without the
+    trainer)."""
     held_out = training_summary(path).get("held_out") or {}
     if held_out.get("dataset") != dataset or "split_seed" not in held_out:
         return None
-    trained = {key: held_out[key] for key in EVALUATION_SPLIT}
-    if trained == EVALUATION_SPLIT:
+    return {key: held_out[key] for key in EVALUATION_SPLIT}
+
+
+def held_out_warning(path: str, dataset: str) -> str | None:
+    """A warning when the pipeline at `path` was trained on `dataset` holding out another split than the one its
+    likelihood is scored on here (`EVALUATION_SPLIT`): then some of those test images were training images, and the
+    figure is optimistic. None when the splits agree, or when `held_out_split` does not know."""
+    trained = held_out_split(path, dataset)
+    if trained is None or trained == EVALUATION_SPLIT:
         return None
 
     def listed(split: dict) -> str:

@@ -84,9 +84,10 @@ PARTS = ("throughput", "fid", "bound", "guidance", "inpainting", "latent")
 RECIPES = os.path.join(os.path.dirname(__file__), "..", "training", "recipes")
 # Per --dataset: the pixel recipe trained when no --model is given, the first stage of --parts latent, and the pixel
 # recipe's UNet on that first stage's latents.
-RECIPE = {name: os.path.join(RECIPES, f"diffusion_{name}.yaml") for name in ("digits", "mnist")}
-LATENT_VAE_RECIPE = {name: os.path.join(RECIPES, f"vae_spatial_{name}.yaml") for name in ("digits", "mnist")}
-LATENT_RECIPE = {name: os.path.join(RECIPES, f"diffusion_latent_{name}.yaml") for name in ("digits", "mnist")}
+RECIPE_DATASETS = ("digits", "mnist")
+RECIPE = {name: os.path.join(RECIPES, f"diffusion_{name}.yaml") for name in RECIPE_DATASETS}
+LATENT_VAE_RECIPE = {name: os.path.join(RECIPES, f"vae_spatial_{name}.yaml") for name in RECIPE_DATASETS}
+LATENT_RECIPE = {name: os.path.join(RECIPES, f"diffusion_latent_{name}.yaml") for name in RECIPE_DATASETS}
 # name: (scheduler class, overrides of the pipeline's scheduler config, `__call__` arguments). The "-clip" samplers
 # clamp every x0 prediction to [-1, 1], as diffusers' default `clip_sample=True` does (what hfgen's trainer saved
 # before its `--clip_sample` option, default off); DPM-Solver++ has no such clamp (its `thresholding` is off).
@@ -558,7 +559,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.dataset not in RECIPE and (set(parts) - {"guidance"} or not args.model):
         raise SystemExit(
             f"--dataset {args.dataset} is for --parts guidance of a trained text-conditioned --model; the other parts "
-            f"take {' or '.join(RECIPE)}."
+            f"take {' or '.join(RECIPE_DATASETS)}."
         )
     results = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -589,7 +590,7 @@ def main(argv: list[str] | None = None) -> dict:
             path, results["training"] = trained_model(args, tmp)
             pipeline = hfgen.DiffusionImagePipeline.from_pretrained(path)
             pipeline.set_progress_bar_config(disable=True)
-            recipe = f"diffusion_{args.dataset}.yaml"
+            recipe = os.path.basename(RECIPE[args.dataset])
             results["model"] = args.model or f"{recipe}, {args.max_train_steps or 'recipe'} steps"
             if "fid" in parts:
                 results["fid"] = fid_against_steps(args, pipeline)

@@ -323,7 +323,7 @@ def _check_columns(dataset, image_column: str, caption_column: str | None, label
         if column is not None and column not in columns:
             raise ValueError(
                 f"Column {column!r} is not in the data set, which has the columns {columns}. "
-                f"Pass one of them with `--{flag}_column`."
+                f"Pass one of them with `--{flag}_column`, or `--{flag}_column none` if the run needs no {flag}s."
             )
 
 

@@ -463,6 +463,28 @@ def test_train_data_dir_alone_is_the_data_set(tmp_path):
         parse_config([*vae, "--train_data_dir", str(tmp_path), "--dataset_name", "shapes"])
 
 
+def test_a_recipe_can_be_pointed_at_a_folder_without_captions(tmp_path, repo_root):
+    """A digits recipe names the digits' columns; a folder given as a flag replaces its data set, and `none` unsets its
+    columns (before: "not both", then no way to unset the recipe's caption column)."""
+    from hfgen.training.trainer_flow import FlowTrainer
+
+    folder = write_folder(tmp_path / "plain", {f"{i}.png": Image.new("L", (8, 8), i * 30) for i in range(8)})
+    recipe = ["--recipe", str(repo_root / "training" / "recipes" / "flow_glow_digits.yaml")]
+    args = [*recipe, "--train_data_dir", folder, "--train_batch_size", "2", "--test_size", "2"]
+
+    _, config = parse_config([*args, "--output_dir", str(tmp_path / "run")])
+    assert config.dataset_name is None and config.train_data_dir == folder
+    with pytest.raises(ValueError, match="Column 'text' is not in the data set.*`--caption_column none`"):
+        FlowTrainer(config)
+
+    _, config = parse_config(
+        [*args, "--caption_column", "none", "--label_column", "None", "--output_dir", str(tmp_path)]
+    )
+    assert config.caption_column is None and config.label_column is None
+    assert len(FlowTrainer(config).splits["train"]) == 6
+    assert parse_config([*recipe, "--dataset_name", "shapes"])[1].dataset_name == "shapes"  # a flag over the recipe's
+
+
 def test_skip_bad_images_counts_and_leaves_them_out(tmp_path, caplog):
     images = {f"{i}.png": Image.new("L", (8, 8), i * 10) for i in range(4)}
     folder = write_folder(tmp_path / "bad", {**images, "broken.png": b"\x89PNG broken"})

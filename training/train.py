@@ -32,11 +32,18 @@ def parse_config(argv: list[str] | None = None):
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--family")
     pre.add_argument("--recipe")
+    pre.add_argument("--dataset_name")
+    pre.add_argument("--train_data_dir")
     known, _ = pre.parse_known_args(argv)
     recipe = {}
     if known.recipe:
         with open(known.recipe) as f:
             recipe = yaml.safe_load(f) or {}
+    # A data source given as a flag replaces the recipe's, whichever kind it is (both at once are refused).
+    if known.train_data_dir is not None:
+        recipe.pop("dataset_name", None), recipe.pop("dataset_config_name", None)
+    if known.dataset_name is not None:
+        recipe.pop("train_data_dir", None)
     family = known.family or recipe.get("family")
     if family is None:
         raise SystemExit(f"--family is required (or `family:` in the --recipe): one of {', '.join(sorted(TRAINERS))}.")

@@ -78,8 +78,12 @@ class TrainingConfig:
     dataset_config_name: str | None = field(default=None, metadata={"help": "Config of a Hub data set."})
     train_data_dir: str | None = field(default=None, metadata={"help": "An imagefolder (metadata.jsonl captions)."})
     image_column: str = field(default="image", metadata={"help": "Column holding the images."})
-    caption_column: str | None = field(default=None, metadata={"help": "Column holding captions."})
-    label_column: str | None = field(default=None, metadata={"help": "Class labels; become captions by name."})
+    caption_column: str | None = field(
+        default=None, metadata={"help": "Column holding captions (`none`: no captions, over a recipe's column)."}
+    )
+    label_column: str | None = field(
+        default=None, metadata={"help": "Class labels; become captions by name (`none`: no labels)."}
+    )
     resolution: int | None = field(default=None, metadata={"help": "Resize and crop images to this size."})
     center_crop: bool = field(default=False, metadata={"help": "Center crop (default: random crop in training)."})
     random_flip: bool = field(default=False, metadata={"help": "Random horizontal flips (training split only)."})
@@ -219,6 +223,11 @@ class TrainingConfig:
             self.dataset_name = "digits"
         if self.train_data_dir is not None and self.dataset_name is not None:
             raise ValueError("Give --dataset_name or --train_data_dir, not both.")
+        # `--caption_column none` unsets a recipe's column, so a recipe can be pointed at data without captions.
+        if self.caption_column is not None and self.caption_column.lower() == "none":
+            self.caption_column = None
+        if self.label_column is not None and self.label_column.lower() == "none":
+            self.label_column = None
         # The embedded data sets know their columns, so `--dataset_name digits` works without column flags.
         if self.dataset_name in EMBEDDED_DATASETS and self.caption_column is None and self.label_column is None:
             self.caption_column = "text"

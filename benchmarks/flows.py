@@ -204,6 +204,8 @@ def trained_flows(
             row[f"AUROC vs {kind} - PNG"] = scores["auroc"]
         if getattr(pipeline, "tokenizer", None) is not None:
             row.update(condition_use(pipeline, test, dataset))
+        if getattr(pipeline, "condition_type", None) == "class":
+            row.update(class_marginal(pipeline, test, dataset))
         start = time.perf_counter()
         pipeline.generate(256, seed=0)
         row["ms per sample"] = 1000 * (time.perf_counter() - start) / 256
@@ -225,6 +227,24 @@ def condition_use(pipeline, test: torch.Tensor, dataset: str) -> dict:
     return {
         "likelihood classifier accuracy": (posterior.argmax(1) == labels).double().mean().item(),
         "condition worth, nats": worth.double().mean().item(),
+    }
+
+
+@torch.no_grad()
+def class_marginal(pipeline, test: torch.Tensor, dataset: str) -> dict:
+    """A class-conditional flow scored without labels, so it stands in the same table as the unconditional ones (its
+    other columns are the null class's): p(x) = mean_y p(x | y) over the classes, with one dequantisation (the same u
+    for every class, so with uniform u still an exact density, of the mixture) and as the S=16 bound; beside them
+    p(x | the true class), and argmax_y p(y | x) as a classifier (`hfgen.metrics.marginal`)."""
+    _, labels = labelled_test_images(dataset, len(test))
+    classes = range(pipeline.num_classes)
+    one = marginal_log_likelihood(pipeline, test, class_labels=classes, num_samples=1)
+    bound = marginal_log_likelihood(pipeline, test, class_labels=classes, num_samples=16)
+    return {
+        "class summed out: bits/dim (S=1)": one.bits_per_dim.mean().item(),
+        "class summed out: bound (S=16)": bound.bits_per_dim.mean().item(),
+        "true class: bits/dim (S=1)": one.conditional_bits_per_dim[torch.arange(len(labels)), labels].mean().item(),
+        "likelihood classifier accuracy": (one.posterior.argmax(1) == labels).double().mean().item(),
     }
 
 

@@ -25,6 +25,8 @@ import hfgen
 from hfgen.conditioning import Condition
 from hfgen.data import make_digits_dataset
 from hfgen.metrics.anomaly import anomaly_auroc, out_of_distribution_images
+from hfgen.metrics.completion import labelled_test_images
+from hfgen.metrics.evaluate import real_images
 from hfgen.models.modeling_flow import (
     ActNorm,
     Coupling,
@@ -752,6 +754,38 @@ def test_condition_use_is_zero_for_a_flow_that_ignores_its_prompt(tiny_text_comp
         if not couplings:
             assert used["condition worth, nats"] == pytest.approx(0, abs=1e-12)  # ln 10 + ln 1/10: rounding only
         assert used["condition worth, nats"] <= math.log(10) and 0 <= used["likelihood classifier accuracy"] <= 1
+
+
+def test_a_class_conditional_flow_is_scored_with_its_class_summed_out(tmp_path):
+    """`benchmarks/flows.py --flow` on a class-conditional flow adds p(x) = mean_y p(x | y), the same dequantisation
+    for every class (here recomputed from the pipeline's own log p(x | y) per class), p(x | the true class) and the
+    likelihood classifier; its other columns are the null class's."""
+    bench = load_flows_benchmark()
+    flow = perturb(tiny_flow(condition_type="class", num_classes=10))
+    flow.initialize_actnorm(torch.rand(8, 1, 8, 8) * 2 - 1, Condition(class_labels=torch.full((8,), 10)))
+    hfgen.FlowPipeline(flow=flow).save_pretrained(tmp_path)
+    pipeline = hfgen.load_pipeline(str(tmp_path))
+    test = (real_images("digits", "test", 32) + 1) / 2
+    _, labels = labelled_test_images("digits", 32)
+
+    (row,) = bench.trained_flows([str(tmp_path)], "digits", max_images=32)
+
+    per_class = torch.stack(
+        [
+            pipeline.log_likelihood(
+                test, class_labels=[k] * 32, generator=torch.Generator().manual_seed(0)
+            ).bits_per_dim
+            for k in range(10)
+        ],
+        dim=1,
+    ).double()  # (32, 10) bits/dim of p(x | y)
+    nats = -per_class * 64 * math.log(2)
+    summed_out = -(nats.logsumexp(1) - math.log(10)) / (64 * math.log(2))
+    assert row["class summed out: bits/dim (S=1)"] == pytest.approx(summed_out.mean().item(), rel=1e-5)
+    assert row["true class: bits/dim (S=1)"] == pytest.approx(per_class[torch.arange(32), labels].mean().item(), 1e-5)
+    accuracy = (per_class.argmin(1) == labels).double().mean().item()
+    assert row["likelihood classifier accuracy"] == pytest.approx(accuracy)
+    assert np.isfinite(row["class summed out: bound (S=16)"])
 
 
 def test_trained_flows_scores_mnist_beside_a_vae(tmp_path):

@@ -5,10 +5,15 @@ data to pretrain a digits model on (issue 12's attempts at <= 1.6 bits/dim, benc
 
 The UCI digits are 32x32 bitmaps of normalised handwriting whose set pixels were counted in each 4x4 block, giving an
 8x8 image of levels 0-16. Each MNIST digit here is deskewed (its second moments made upright), cropped to its ink,
-scaled to fit a 32-high, `--widths`-wide box in the middle of a 32x32 bitmap, thresholded at `--thresholds`, and
+stretched to fill a 32-high, `--widths`-wide box in the middle of a 32x32 bitmap, thresholded at `--thresholds`, and
 counted the same way (several widths or thresholds: every digit once per pair, as more varied data); level v is stored
 as the grey value round(v * 255 / 16), which the trainers read back as level v of 17. The columns are `image` and
 `label` (0-9). The folder is written with `Dataset.save_to_disk`.
+
+Stretched, not scaled with its aspect kept (`--keep_aspect`, the first version): every UCI digit spans all eight rows
+and about six columns, a 1 as well (5.3), so their normalisation fills a box of fixed size. Stretched into a 20-wide
+box, the redrawn digits' statistics match the UCI digits' (mean level 5.0 against 4.9, ink in 6.0 of 8 columns against
+5.9) and the shipped digits classifier names 0.73 of them (0.56 with the aspect kept, 0.98 for real test digits).
 """
 
 import argparse
@@ -35,15 +40,19 @@ def deskew(image: np.ndarray) -> np.ndarray:
     return affine_transform(image, np.array([[1, 0], [alpha, 1]]), offset=[0, -alpha * mean_y], order=1)
 
 
-def as_uci_digit(image: Image.Image, width: int = 24, threshold: int = 64) -> Image.Image:
-    """One 28x28 MNIST digit as an 8x8 image of 4x4-block counts (levels 0-16, stored as round(v * 255 / 16))."""
+def as_uci_digit(image: Image.Image, width: int = 20, threshold: int = 64, keep_aspect: bool = False) -> Image.Image:
+    """One 28x28 MNIST digit as an 8x8 image of 4x4-block counts (levels 0-16, stored as round(v * 255 / 16)): its ink
+    stretched to `width` x 32, or with `keep_aspect` scaled to fit inside that box."""
     upright = deskew(np.asarray(image, dtype=np.float32))
     ys, xs = np.nonzero(upright > threshold)
     if len(ys) == 0:
         raise ValueError(f"No pixel of the digit is above the threshold {threshold}: lower --threshold.")
     ink = upright[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
-    scale = min(SIDE / ink.shape[0], width / ink.shape[1])
-    height, wide = max(1, round(ink.shape[0] * scale)), max(1, round(ink.shape[1] * scale))
+    if keep_aspect:
+        scale = min(SIDE / ink.shape[0], width / ink.shape[1])
+        height, wide = max(1, round(ink.shape[0] * scale)), max(1, round(ink.shape[1] * scale))
+    else:
+        height, wide = SIDE, width
     resized = Image.fromarray(ink.clip(0, 255).astype(np.uint8)).resize((wide, height), Image.BILINEAR)
     bitmap = np.zeros((SIDE, SIDE), np.float32)
     top, left = (SIDE - height) // 2, (SIDE - wide) // 2
@@ -52,7 +61,9 @@ def as_uci_digit(image: Image.Image, width: int = 24, threshold: int = 64) -> Im
     return Image.fromarray(np.round(counts * 255 / BLOCK**2).astype(np.uint8), mode="L")
 
 
-def mnist_as_digits(widths: tuple[int, ...] = (24,), thresholds: tuple[int, ...] = (64,)) -> datasets.Dataset:
+def mnist_as_digits(
+    widths: tuple[int, ...] = (20,), thresholds: tuple[int, ...] = (64,), keep_aspect: bool = False
+) -> datasets.Dataset:
     """Every embedded MNIST digit (its 8,000 training and 2,000 test images, in that order) redrawn, once per width
     and threshold (all the digits for the first pair, then for the next)."""
     splits = load_image_dataset("mnist", label_column="label").raw
@@ -61,7 +72,7 @@ def mnist_as_digits(widths: tuple[int, ...] = (24,), thresholds: tuple[int, ...]
         for threshold in thresholds:
             for split in ("train", "test"):
                 for example in splits[split]:
-                    rows["image"].append(as_uci_digit(example["image"], width, threshold))
+                    rows["image"].append(as_uci_digit(example["image"], width, threshold, keep_aspect))
                     rows["label"].append(example["label"])
     features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
     return datasets.Dataset.from_dict(rows, features=features)
@@ -71,15 +82,21 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("output_dir", help="Where to save the data set (Dataset.save_to_disk).")
     parser.add_argument(
-        "--widths", type=int, nargs="+", default=[24], help="Widths of the box the digit is scaled into (of 32)."
+        "--widths", type=int, nargs="+", default=None, help="Widths of the box the digit is stretched to (of 32; 20)."
     )
     parser.add_argument(
         "--thresholds", type=int, nargs="+", default=[64], help="Grey values (0-255) above which a pixel is ink."
     )
+    parser.add_argument(
+        "--keep_aspect",
+        action="store_true",
+        help="Scale each digit to fit the box with its aspect kept (the first version; --widths 24 by default).",
+    )
     args = parser.parse_args(argv)
+    args.widths = args.widths or [24 if args.keep_aspect else 20]
     if not all(1 <= width <= SIDE for width in args.widths) or not all(0 <= t < 255 for t in args.thresholds):
         parser.error(f"--widths take 1-{SIDE} and --thresholds 0-254, got {args.widths} and {args.thresholds}.")
-    dataset = mnist_as_digits(tuple(args.widths), tuple(args.thresholds))
+    dataset = mnist_as_digits(tuple(args.widths), tuple(args.thresholds), args.keep_aspect)
     dataset.save_to_disk(args.output_dir)
     print(f"Wrote {len(dataset):,} digits of 8x8 (levels 0-16) to {args.output_dir}")
 

@@ -138,11 +138,17 @@ def test_mnist_redrawn_as_uci_digits_reads_as_digits():
     assert slant(slanted) == pytest.approx(0.5, abs=0.01) and abs(slant(module.deskew(slanted))) < 1e-3
 
     mnist = load_image_dataset("mnist", label_column="label").raw["test"].select(range(300))
-    redrawn = [module.as_uci_digit(image) for image in mnist["image"]]
-    levels = np.stack([np.asarray(image) for image in redrawn])
-    assert levels.shape == (300, 8, 8) and set(np.unique(levels)) <= {round(v * 255 / 16) for v in range(17)}
-    images = torch.tensor(levels, dtype=torch.float32)[:, None] / 255
-    accuracy = (predicted_classes(images, load_feature_extractor("digits")) == torch.tensor(mnist["label"])).float()
-    assert accuracy.mean() > 0.4  # chance is 0.1; 0.57 on the first 500 (the real test digits: 0.98)
+    classifier, labels = load_feature_extractor("digits"), torch.tensor(mnist["label"])
+    accuracy = {}
+    for keep_aspect in (False, True):
+        redrawn = [module.as_uci_digit(image, keep_aspect=keep_aspect) for image in mnist["image"]]
+        levels = np.stack([np.asarray(image) for image in redrawn])
+        assert levels.shape == (300, 8, 8) and set(np.unique(levels)) <= {round(v * 255 / 16) for v in range(17)}
+        images = torch.tensor(levels, dtype=torch.float32)[:, None] / 255
+        accuracy[keep_aspect] = (predicted_classes(images, classifier) == labels).float().mean().item()
+        # Stretched, every digit spans all eight rows, as every UCI digit does; with its aspect kept, wide ones do not.
+        assert (levels > 0).any(2).all() != keep_aspect
+    # Chance is 0.1; on the first 500: 0.73 stretched, 0.56 with the aspect kept (the real test digits: 0.98).
+    assert accuracy[False] > 0.6 and accuracy[False] > accuracy[True] + 0.08, accuracy
     with pytest.raises(ValueError, match="lower --threshold"):
         module.as_uci_digit(Image.fromarray(np.full((28, 28), 30, np.uint8)))

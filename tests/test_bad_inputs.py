@@ -483,6 +483,9 @@ def test_a_recipe_can_be_pointed_at_a_folder_without_captions(tmp_path, repo_roo
     assert config.caption_column is None and config.label_column is None
     assert len(FlowTrainer(config).splits["train"]) == 6
     assert parse_config([*recipe, "--dataset_name", "shapes"])[1].dataset_name == "shapes"  # a flag over the recipe's
+    # An explicit `none` holds on an embedded data set too, whose columns are otherwise filled in.
+    _, config = parse_config(["--family", "flow", "--caption_column", "none", "--label_column", "none"])
+    assert config.dataset_name == "digits" and config.caption_column is None and config.label_column is None
 
 
 def test_skip_bad_images_counts_and_leaves_them_out(tmp_path, caplog):

@@ -41,7 +41,8 @@ def parse_config(argv: list[str] | None = None):
             recipe = yaml.safe_load(f) or {}
     # A data source given as a flag replaces the recipe's, whichever kind it is (both at once are refused).
     if known.train_data_dir is not None:
-        recipe.pop("dataset_name", None), recipe.pop("dataset_config_name", None)
+        recipe.pop("dataset_name", None)
+        recipe.pop("dataset_config_name", None)
     if known.dataset_name is not None:
         recipe.pop("train_data_dir", None)
     family = known.family or recipe.get("family")

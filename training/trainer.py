@@ -223,15 +223,15 @@ class TrainingConfig:
             self.dataset_name = "digits"
         if self.train_data_dir is not None and self.dataset_name is not None:
             raise ValueError("Give --dataset_name or --train_data_dir, not both.")
+        # The embedded data sets know their columns, so `--dataset_name digits` works without column flags.
+        if self.dataset_name in EMBEDDED_DATASETS and self.caption_column is None and self.label_column is None:
+            self.caption_column = "text"
+            self.label_column = "label"
         # `--caption_column none` unsets a recipe's column, so a recipe can be pointed at data without captions.
         if self.caption_column is not None and self.caption_column.lower() == "none":
             self.caption_column = None
         if self.label_column is not None and self.label_column.lower() == "none":
             self.label_column = None
-        # The embedded data sets know their columns, so `--dataset_name digits` works without column flags.
-        if self.dataset_name in EMBEDDED_DATASETS and self.caption_column is None and self.label_column is None:
-            self.caption_column = "text"
-            self.label_column = "label"
         if self.conditioning not in ("none", "text", "class"):
             raise ValueError(f"--conditioning must be none, text or class, got {self.conditioning!r}.")
         if self.streaming and self.max_train_steps is None:

@@ -253,8 +253,9 @@ def temperature_sweep(
     paths: list[str], temperatures: list[float], num_samples: int, seed: int = 0, dataset: str = "digits"
 ) -> list[dict]:
     """One row per flow and temperature: FID (training digits vs `num_samples` samples), class entropy, ms per image,
-    and for a text-conditioned flow the fraction of samples showing the prompted digit (seen captions, paraphrases);
-    first a reference row, the held-out test images."""
+    and the fraction of samples showing the asked-for digit: for a text-conditioned flow per prompt group (seen
+    captions, paraphrases), for a class-conditioned one with the classes asked for in turn; first a reference row, the
+    held-out test images."""
     extractor = load_feature_extractor(dataset)
     real_features, _ = features_and_probabilities(extractor, real_images(dataset, "train"))
     prompt_sets = default_prompts(dataset)  # {"seen": ..., "paraphrase": ...}
@@ -282,6 +283,11 @@ def temperature_sweep(
                 scores = adherence(prompted, prompts, dataset, extractor)
                 row["adherence seen"] = scores["seen"]["all"]
                 row["adherence paraphrase"] = scores["paraphrase"]["all"]
+            if pipeline.num_classes is not None:  # class-conditioned: each class asked for in turn, judged alike
+                labels = [i % pipeline.num_classes for i in range(num_samples)]
+                asked = pipeline.generate(1, class_labels=labels, seed=seed, temperature=temperature)
+                captions = [prompt_sets["seen"][label] for label in labels]  # the seen captions are in class order
+                row["adherence class"] = adherence(asked, captions, dataset, extractor)["seen"]["all"]
             rows.append(row)
     return rows
 

@@ -729,6 +729,25 @@ def test_temperature_sweep_samples_at_each_temperature(tmp_path, tiny_text_compo
         assert 0 <= row["adherence seen"] <= 1 and 0 <= row["adherence paraphrase"] <= 1
 
 
+def test_temperature_sweep_asks_a_class_flow_for_each_class(tmp_path):
+    """For a class-conditioned flow the sweep asks for the classes in turn and scores the samples by the digits
+    classifier: the same fraction as comparing its predicted classes with the labels asked for."""
+    from hfgen.metrics.adherence import predicted_classes
+    from hfgen.metrics.features import load_feature_extractor
+
+    bench = load_flows_benchmark()
+    flow = perturb(tiny_flow(condition_type="class", num_classes=10))
+    flow.initialize_actnorm(torch.rand(8, 1, 8, 8) * 2 - 1, Condition(class_labels=torch.full((8,), 10)))
+    hfgen.FlowPipeline(flow=flow).save_pretrained(tmp_path)
+
+    _, row = bench.temperature_sweep([str(tmp_path)], [0.7], num_samples=30)
+
+    labels = [i % 10 for i in range(30)]
+    images = hfgen.load_pipeline(str(tmp_path)).generate(1, class_labels=labels, seed=0, temperature=0.7)
+    right = predicted_classes(images, load_feature_extractor("digits")) == torch.tensor(labels)
+    assert row["adherence class"] == pytest.approx(right.double().mean().item())
+
+
 def load_flows_benchmark():
     import importlib.util
 

@@ -204,7 +204,7 @@ def trained_flows(
             row[f"AUROC vs {kind} - PNG"] = scores["auroc"]
         if getattr(pipeline, "tokenizer", None) is not None:
             row.update(condition_use(pipeline, test, dataset))
-        if getattr(pipeline, "condition_type", None) == "class":
+        if pipeline.condition_type == "class":
             row.update(class_marginal(pipeline, test, dataset))
         start = time.perf_counter()
         pipeline.generate(256, seed=0)
@@ -283,7 +283,7 @@ def temperature_sweep(
                 scores = adherence(prompted, prompts, dataset, extractor)
                 row["adherence seen"] = scores["seen"]["all"]
                 row["adherence paraphrase"] = scores["paraphrase"]["all"]
-            if pipeline.num_classes is not None:  # class-conditioned: each class asked for in turn, judged alike
+            if pipeline.condition_type == "class":  # each class asked for in turn, judged alike
                 labels = [i % pipeline.num_classes for i in range(num_samples)]
                 asked = pipeline.generate(1, class_labels=labels, seed=seed, temperature=temperature)
                 captions = [prompt_sets["seen"][label] for label in labels]  # the seen captions are in class order

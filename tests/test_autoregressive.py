@@ -553,6 +553,20 @@ class TestAutoregressiveTrainer(TrainerTesterMixin):
         images = pipe(class_labels=[3, 7], generator=torch.manual_seed(0), output_type="np").images
         assert images.shape == (2, 8, 8, 1)
 
+    def test_transformer_fine_tunes_from_a_saved_prior(self, tmp_path):
+        """--init_from copies a saved GPT-2 prior, whose config is a transformers one (no `.get`, and bookkeeping
+        such as the transformers version that differs from a fresh model's); another size is refused by name."""
+        prior_args = ["--architecture", "transformer", "--conditioning", "class", "--num_layers", "1", "--n_head", "2"]
+        self.build_trainer(tmp_path / "pretrained", *prior_args, "--n_embd", "16", "--max_train_steps", "2").train()
+        saved = hfgen.load_pipeline(str(tmp_path / "pretrained")).prior
+        start = ["--init_from", str(tmp_path / "pretrained")]
+
+        trainer = self.build_trainer(tmp_path / "tuned", *prior_args, "--n_embd", "16", *start)
+        weights = trainer.accelerator.unwrap_model(trainer.model).state_dict()
+        assert all(torch.equal(weights[name], p) for name, p in saved.state_dict().items())
+        with pytest.raises(ValueError, match=r"n_embd: saved 16, here 32"):
+            self.build_trainer(tmp_path / "wider", *prior_args, "--n_embd", "32", *start)
+
     def test_transformer_dropout_acts_in_training_only(self, tmp_path):
         """`--dropout` is GPT-2's own: two forward passes differ in training mode and agree in eval mode, where the
         likelihood is computed (so it stays exact and deterministic); the other architectures refuse it."""

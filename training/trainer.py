@@ -55,6 +55,8 @@ from hfgen.text import build_clip_text_encoder, build_word_tokenizer, load_pretr
 CHECKPOINT_PATTERN = checks.CHECKPOINT_PATTERN
 # Where torch has a fused AdamW kernel that hfgen uses (a parameter elsewhere gets torch's default implementation).
 FUSED_ADAM_DEVICES = ("cpu", "cuda")
+# What a transformers config records about its saving, not about the model: left out when --init_from compares configs.
+TRANSFORMERS_BOOKKEEPING = ("architectures", "transformers_version", "dtype")
 
 
 @dataclass
@@ -535,14 +537,20 @@ class Trainer:
                 "family."
             )
 
+        def settings(config) -> dict:
+            if not isinstance(config, dict):  # a transformers config (the GPT-2 prior), without its bookkeeping
+                config = {k: v for k, v in config.to_dict().items() if k not in TRANSFORMERS_BOOKKEEPING}
+            return {key: value for key, value in config.items() if not key.startswith("_")}
+
         def plain(value):  # a config read from JSON has lists where a freshly built one may have tuples
             return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
-        keys = sorted(key for key in {*saved.config, *model.config} if not key.startswith("_"))
-        differ = [key for key in keys if plain(saved.config.get(key)) != plain(model.config.get(key))]
+        saved_settings, settings_here = settings(saved.config), settings(model.config)
+        keys = sorted({*saved_settings, *settings_here})
+        differ = [key for key in keys if plain(saved_settings.get(key)) != plain(settings_here.get(key))]
         if differ:
             listed = "; ".join(
-                f"{key}: saved {saved.config.get(key)!r}, here {model.config.get(key)!r}" for key in differ
+                f"{key}: saved {saved_settings.get(key)!r}, here {settings_here.get(key)!r}" for key in differ
             )
             raise ValueError(
                 f"{source}: its {self.init_pipeline.model_component} was built otherwise than this run's model "

@@ -114,10 +114,8 @@ def class_marginal(model_dir: str, dataset: str) -> dict:
     output = marginal_log_likelihood(pipeline, images, class_labels=range(pipeline.num_classes))
     return {
         "test_bits_per_dim_class_marginal": round(output.bits_per_dim.mean().item(), 3),
-        "test_bits_per_dim_true_class": round(
-            output.conditional_bits_per_dim[torch.arange(len(labels)), labels].mean().item(), 3
-        ),
-        "likelihood_classifier_accuracy": round((output.posterior.argmax(1) == labels).double().mean().item(), 3),
+        "test_bits_per_dim_true_class": round(output.true_condition_bits_per_dim(labels).mean().item(), 3),
+        "likelihood_classifier_accuracy": round(output.classifier_accuracy(labels), 3),
     }
 
 

@@ -222,10 +222,10 @@ def condition_use(pipeline, test: torch.Tensor, dataset: str) -> dict:
     prompt. The same dequantisation noise for every caption (`hfgen.metrics.marginal`)."""
     _, labels = labelled_test_images(dataset, len(test))  # the labels of real_images' first test images
     captions = default_prompts(dataset)["seen"]  # one per class, in class order
-    posterior = marginal_log_likelihood(pipeline, test, prompts=captions, batch_size=len(test)).posterior  # (n, k)
-    worth = (len(captions) * posterior[torch.arange(len(test)), labels]).log()
+    output = marginal_log_likelihood(pipeline, test, prompts=captions, batch_size=len(test))
+    worth = (len(captions) * output.posterior[torch.arange(len(test)), labels]).log()
     return {
-        "likelihood classifier accuracy": (posterior.argmax(1) == labels).double().mean().item(),
+        "likelihood classifier accuracy": output.classifier_accuracy(labels),
         "condition worth, nats": worth.double().mean().item(),
     }
 
@@ -243,8 +243,8 @@ def class_marginal(pipeline, test: torch.Tensor, dataset: str) -> dict:
     return {
         "class summed out: bits/dim (S=1)": one.bits_per_dim.mean().item(),
         "class summed out: bound (S=16)": bound.bits_per_dim.mean().item(),
-        "true class: bits/dim (S=1)": one.conditional_bits_per_dim[torch.arange(len(labels)), labels].mean().item(),
-        "likelihood classifier accuracy": (one.posterior.argmax(1) == labels).double().mean().item(),
+        "true class: bits/dim (S=1)": one.true_condition_bits_per_dim(labels).mean().item(),
+        "likelihood classifier accuracy": one.classifier_accuracy(labels),
     }
 
 

@@ -50,6 +50,24 @@ def test_the_marginal_of_every_2x2_binary_image_sums_to_one_and_is_bayes_rule():
     assert (output.posterior - torch.tensor(prior, dtype=torch.float64)).abs().max() > 0.05
 
 
+def test_true_condition_bits_and_classifier_accuracy_read_the_right_cells():
+    """`true_condition_bits_per_dim(labels)` picks each image's own column of the conditional table, and
+    `classifier_accuracy(labels)` counts the images whose most probable condition is their own; labels of another
+    length or outside the conditions are refused."""
+    output = marginal_log_likelihood(class_conditional_pipeline(), ALL_2X2_BINARY_IMAGES, class_labels=range(3))
+    labels = torch.arange(16) % 3
+    for i in range(16):
+        assert output.true_condition_bits_per_dim(labels)[i] == output.conditional_bits_per_dim[i, labels[i]]
+    predicted = output.posterior.argmax(1)
+    assert output.classifier_accuracy(predicted) == 1.0
+    assert output.classifier_accuracy(labels) == sum(int(predicted[i] == labels[i]) for i in range(16)) / 16
+    assert output.classifier_accuracy((predicted + 1) % 3) == 0.0
+    with pytest.raises(ValueError, match=r"one condition per image \(16\); got shape \(15,\)"):
+        output.classifier_accuracy(labels[:15])
+    with pytest.raises(ValueError, match=r"so in \[0, 3\); got 0 to 3"):
+        output.true_condition_bits_per_dim(labels.clamp(max=2) + (torch.arange(16) == 5).long())
+
+
 def test_a_conditional_model_with_one_class_is_its_own_marginal():
     pipeline = class_conditional_pipeline(num_classes=1)
     output = marginal_log_likelihood(pipeline, ALL_2X2_BINARY_IMAGES, class_labels=[0])

@@ -11,7 +11,7 @@ Classifiers"): how well `posterior.argmax(1)` names the class says how much the 
 
     from hfgen.metrics.marginal import marginal_log_likelihood
     output = marginal_log_likelihood(pipeline, test_images, class_labels=range(10))
-    output.bits_per_dim.mean(), (output.posterior.argmax(1) == test_labels).float().mean()
+    output.bits_per_dim.mean(), output.classifier_accuracy(test_labels)
 """
 
 import math
@@ -42,6 +42,31 @@ class MarginalLikelihoodOutput(BaseOutput):
     posterior: torch.Tensor
     conditional_bits_per_dim: torch.Tensor
     kind: str
+
+    def true_condition_bits_per_dim(self, labels) -> torch.Tensor:
+        """(n,) -log2 P(x | its own condition) per dimension; `labels[i]` is image i's condition, as a position in
+        the conditions given (for `class_labels=range(10)`, the class itself)."""
+        labels = self._check_labels(labels)
+        return self.conditional_bits_per_dim[torch.arange(len(labels)), labels]
+
+    def classifier_accuracy(self, labels) -> float:
+        """The fraction of images whose most probable condition, argmax_c p(c | x), is their own: how much the
+        likelihood uses the condition (the prior's mode when it ignores it)."""
+        return (self.posterior.argmax(1) == self._check_labels(labels)).double().mean().item()
+
+    def _check_labels(self, labels) -> torch.Tensor:
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        num_images, num_conditions = self.posterior.shape
+        if labels.shape != (num_images,):
+            raise ValueError(
+                f"labels must hold one condition per image ({num_images}); got shape {tuple(labels.shape)}."
+            )
+        if ((labels < 0) | (labels >= num_conditions)).any():
+            raise ValueError(
+                f"labels are positions in the {num_conditions} conditions given, so in [0, {num_conditions}); got "
+                f"{labels.min().item()} to {labels.max().item()}."
+            )
+        return labels
 
 
 def marginal_log_likelihood(

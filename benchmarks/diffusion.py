@@ -52,6 +52,7 @@ the throughput, which is measured on the digits. `--output_dir` keeps the models
 
 import argparse
 import collections
+import contextlib
 import datetime
 import json
 import os
@@ -573,10 +574,12 @@ def main(argv: list[str] | None = None) -> dict:
             "load_average_start": os.getloadavg(),
         },
     }
-    with tempfile.TemporaryDirectory(prefix="hfgen-diffusion-bench-") as tmp:
-        if args.output_dir:  # kept after the run: a later run can take the pixel model as --model
-            os.makedirs(args.output_dir, exist_ok=True)
-            tmp = args.output_dir
+    if args.output_dir:  # kept after the run: a later run can take the pixel model as --model
+        os.makedirs(args.output_dir, exist_ok=True)
+        work_dir = contextlib.nullcontext(args.output_dir)
+    else:
+        work_dir = tempfile.TemporaryDirectory(prefix="hfgen-diffusion-bench-")
+    with work_dir as tmp:
         if "throughput" in parts:
             results["throughput"] = throughput(args, tmp)
             t = results["throughput"]

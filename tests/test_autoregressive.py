@@ -554,8 +554,9 @@ class TestAutoregressiveTrainer(TrainerTesterMixin):
         assert images.shape == (2, 8, 8, 1)
 
     def test_transformer_fine_tunes_from_a_saved_prior(self, tmp_path):
-        """--init_from copies a saved GPT-2 prior, whose config is a transformers one (no `.get`, and bookkeeping
-        such as the transformers version that differs from a fresh model's); another size is refused by name."""
+        """--init_from copies a saved GPT-2 prior, whose config is a transformers one (no `.get`, and bookkeeping,
+        `architectures` and `dtype`, that a saved config holds and a fresh one does not); another size is refused by
+        name."""
         prior_args = ["--architecture", "transformer", "--conditioning", "class", "--num_layers", "1", "--n_head", "2"]
         self.build_trainer(tmp_path / "pretrained", *prior_args, "--n_embd", "16", "--max_train_steps", "2").train()
         saved = hfgen.load_pipeline(str(tmp_path / "pretrained")).prior

@@ -85,6 +85,11 @@ def _apply(function, value):
     return None if value is None else function(value)
 
 
+def prompt_max_length(tokenizer) -> int:
+    """The tokens of a prompt that the text encoder reads (CLIP's 77 at most); the rest are cut off."""
+    return min(tokenizer.model_max_length, 77)
+
+
 def encode_text(tokenizer, text_encoder, prompts: list[str], device: torch.device | None = None) -> Condition:
     """Prompts -> a [`Condition`] with `text_hidden_states` (b, t, d), `text_attention_mask` (b, t) and the pooled
     `text_embeds` (b, d).
@@ -94,8 +99,9 @@ def encode_text(tokenizer, text_encoder, prompts: list[str], device: torch.devic
     """
     device = device or next(text_encoder.parameters()).device
     # Pad to the longest prompt only: pretrained tokenizers report model_max_length=512, and padding is wasted work.
-    max_length = min(tokenizer.model_max_length, 77)
-    inputs = tokenizer(prompts, padding=True, max_length=max_length, truncation=True, return_tensors="pt").to(device)
+    inputs = tokenizer(
+        prompts, padding=True, max_length=prompt_max_length(tokenizer), truncation=True, return_tensors="pt"
+    ).to(device)
     output = text_encoder(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask)
     hidden_states = output.last_hidden_state  # (b, t, d)
     # During training the encoder may be wrapped (DistributedDataParallel): call the wrapper, inspect the module.
@@ -105,6 +111,25 @@ def encode_text(tokenizer, text_encoder, prompts: list[str], device: torch.devic
         mask = inputs.attention_mask.unsqueeze(-1).to(hidden_states.dtype)  # (b, t, 1)
         pooled = (hidden_states * mask).sum(1) / mask.sum(1).clamp(min=1)
     return Condition(text_embeds=pooled, text_hidden_states=hidden_states, text_attention_mask=inputs.attention_mask)
+
+
+def class_label_tensor(class_labels) -> torch.Tensor:
+    """An int, a list of ints or a 0-/1-D integer tensor -> a (b,) long tensor; anything else is a ValueError (a 2-D
+    tensor too: flattening it would silently give one image per entry)."""
+    try:
+        labels = torch.as_tensor(class_labels)
+    except (TypeError, ValueError, RuntimeError):
+        labels = None
+    if (
+        labels is None
+        or labels.ndim > 1
+        or labels.dtype not in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+    ):
+        described = f" (dtype {labels.dtype}, shape {tuple(labels.shape)})" if labels is not None else ""
+        raise ValueError(
+            f"class_labels must be an int, a list of ints or a 1-D integer tensor, got {class_labels!r}{described}."
+        )
+    return labels.long().flatten()
 
 
 class ConditionEncoder:
@@ -169,10 +194,7 @@ class ConditionEncoder:
     def check_class_labels(self, class_labels) -> torch.Tensor:
         """(b,) long labels in [0, num_classes] (the last is the null class), or a ValueError saying what is
         allowed."""
-        labels = torch.as_tensor(class_labels)
-        if labels.is_floating_point() or labels.dtype == torch.bool:
-            raise ValueError(f"class_labels must be integers, got dtype {labels.dtype}.")
-        labels = labels.long().flatten()
+        labels = class_label_tensor(class_labels)
         if labels.numel() and (labels.min() < 0 or labels.max() > self.num_classes):
             raise ValueError(
                 f"class_labels must be in [0, {self.num_classes - 1}] ({self.num_classes} classes), got "

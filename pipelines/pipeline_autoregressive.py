@@ -6,7 +6,7 @@ import math
 import torch
 from diffusers import ImagePipelineOutput
 from diffusers.utils import replace_example_docstring
-from hfgen.pipelines.pipeline_utils import HFGenPipeline, LikelihoodOutput
+from hfgen.pipelines.pipeline_utils import HFGenPipeline, LikelihoodOutput, check_generator, check_number
 
 from hfgen.conditioning import Condition
 from hfgen.models.modeling_autoregressive import (
@@ -126,20 +126,15 @@ class AutoregressivePipeline(HFGenPipeline):
 
     # ----- the sampling loop ----------------------------------------------------------------------------------------
     def check_sampling(self, temperature, use_cache) -> bool:
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-            raise ValueError(f"temperature must be a number > 0, got {temperature!r}.")
+        check_number("temperature", temperature, 0, strict=True)
         if use_cache is not None and not isinstance(use_cache, bool):
             raise ValueError(f"use_cache must be True, False or None, got {use_cache!r}.")
         return True if use_cache is None else use_cache
 
     def draw_uniforms(self, num_images: int, num_tokens: int, generator) -> torch.Tensor:
         """(num_images, num_tokens) uniform numbers, one per token, from one generator or one per image."""
+        check_generator(generator, num_images)
         if isinstance(generator, list):
-            if len(generator) != num_images:
-                raise ValueError(
-                    f"You passed a list of {len(generator)} generators for {num_images} images: pass one generator, "
-                    "or one per image."
-                )
             return torch.stack([torch.rand(num_tokens, generator=g) for g in generator]).to(self.device)
         return torch.rand(num_images, num_tokens, generator=generator).to(self.device)
 
@@ -243,8 +238,15 @@ class AutoregressivePipeline(HFGenPipeline):
         images = self.model_images(image)
         b, c, h, w = images.shape
         mask = torch.as_tensor(mask, device=self.device)
-        if mask.ndim == 4:
+        if mask.ndim == 4 and mask.shape[1] == 1:
             mask = mask[:, 0]
+        if mask.ndim not in (2, 3) or mask.shape[-2:] != (h, w) or (mask.ndim == 3 and len(mask) not in (1, b)):
+            raise ValueError(
+                f"mask must be (h, w), (b, h, w) or (b, 1, h, w) with (h, w) = {(h, w)} and b 1 or {b} (one per "
+                f"image), got shape {tuple(mask.shape)}."
+            )
+        if not ((mask == 0) | (mask == 1)).all():
+            raise ValueError("mask must hold only 1 (pixels to keep) and 0 (pixels to draw).")
         mask = mask.expand(b, h, w).flatten(1).bool()  # (b, h * w)
         known = mask.sum(1)  # (b,) pixels kept
         prefix = torch.arange(h * w, device=self.device)[None] < known[:, None]

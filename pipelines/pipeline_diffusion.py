@@ -31,7 +31,7 @@ from diffusers import (
 )
 from diffusers.utils import BaseOutput, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
-from hfgen.pipelines.pipeline_utils import HFGenPipeline, LikelihoodOutput
+from hfgen.pipelines.pipeline_utils import HFGenPipeline, LikelihoodOutput, check_int, check_number
 
 from hfgen.conditioning import Condition
 
@@ -263,14 +263,9 @@ class DiffusionImagePipeline(UNetPipelineMixin, HFGenPipeline):
         Examples:
         """
         # 0. Check the inputs
-        if (
-            isinstance(num_inference_steps, bool)
-            or not isinstance(num_inference_steps, int)
-            or num_inference_steps < 1
-        ):
-            raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r}.")
-        if return_trajectory and trajectory_steps < 2:
-            raise ValueError(f"trajectory_steps must be at least 2, got {trajectory_steps}.")
+        if return_trajectory:
+            check_int("trajectory_steps", trajectory_steps, minimum=2)
+        self.check_steps_and_eta(num_inference_steps, eta)
         self.check_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
 
         # 1. How many images, and what they are conditioned on (and the negative condition for guidance)
@@ -308,6 +303,13 @@ class DiffusionImagePipeline(UNetPipelineMixin, HFGenPipeline):
             return (images, trajectory) if return_trajectory else (images,)
         return DiffusionPipelineOutput(images=images, trajectory=trajectory)
 
+    def check_steps_and_eta(self, num_inference_steps, eta) -> None:
+        """Sampling can take at most the steps the model was trained on; DDIM's eta in [0, 1] (0 deterministic, 1
+        DDPM's variance; above 1 its noise outgrows what x_{t-1} can hold and the samples turn NaN)."""
+        num_train_timesteps = self.scheduler.config.num_train_timesteps
+        check_int("num_inference_steps", num_inference_steps, 1, num_train_timesteps, why=" (the trained timesteps)")
+        check_number("eta", eta, 0, 1)
+
     # ----- what a diffusion model is good at ------------------------------------------------------------------------
     def _pixel_images(self, images, what: str) -> torch.Tensor:
         if self.vae is not None:
@@ -324,6 +326,12 @@ class DiffusionImagePipeline(UNetPipelineMixin, HFGenPipeline):
         if isinstance(mask_image, list) and isinstance(mask_image[0], PIL.Image.Image):
             mask_image = np.stack([np.asarray(m.convert("L"), dtype=np.float32) / 255.0 for m in mask_image])
         mask = torch.as_tensor(mask_image, dtype=torch.float32)
+        if not torch.isfinite(mask).all() or mask.min() < 0 or mask.max() > 1:
+            raise ValueError(
+                "mask_image values must be in [0, 1] (1, white: fill; 0, black: keep), got "
+                + ("NaN or inf." if not torch.isfinite(mask).all() else f"{mask.min():.3g} to {mask.max():.3g}.")
+                + (" For a 0..255 mask pass `mask / 255`." if mask.max() <= 255 else "")
+            )
         mask = mask.reshape(-1, 1, *mask.shape[-2:]) if mask.ndim < 4 else mask[:, :1]
         if mask.shape[-2:] != images.shape[-2:] or len(mask) not in (1, len(images)):
             raise ValueError(
@@ -365,6 +373,10 @@ class DiffusionImagePipeline(UNetPipelineMixin, HFGenPipeline):
         """
         images = self._pixel_images(image, "Inpainting")
         known = 1.0 - self._mask(mask_image, images)  # (b, 1, h, w): RePaint's mask is 1 where pixels are kept
+        self.check_steps_and_eta(num_inference_steps, eta)
+        check_int("jump_length", jump_length)
+        check_int("jump_n_sample", jump_n_sample, why=" (1: no resampling)")
+        guidance_scale = check_number("guidance_scale", guidance_scale, 1, why=" (1 turns guidance off)")
         num_images = len(images)
         if negative_prompt is not None and guidance_scale <= 1:
             raise ValueError("negative_prompt needs guidance_scale > 1.")
@@ -375,7 +387,12 @@ class DiffusionImagePipeline(UNetPipelineMixin, HFGenPipeline):
                 raise ValueError("guidance_scale > 1 needs a conditioned model: leave guidance_scale at 1.")
             negative = self.condition_for_images(num_images, negative_prompt if prompt is not None else None)
 
-        repaint = RePaintScheduler.from_config(self.scheduler.config, eta=eta)
+        # RePaint takes the noise schedule only (it is always given epsilon): passing the rest, e.g. prediction_type,
+        # would make diffusers warn on every call that it ignores them.
+        accepted = inspect.signature(RePaintScheduler.__init__).parameters
+        repaint = RePaintScheduler.from_config(
+            {key: value for key, value in self.scheduler.config.items() if key in accepted}, eta=eta
+        )
         repaint.set_timesteps(num_inference_steps, jump_length, jump_n_sample, device=self.device)
         latents = (
             self.prepare_latents(images.shape, images.dtype, self.device, generator) / self.scheduler.init_noise_sigma

@@ -6,7 +6,7 @@ import math
 import torch
 from diffusers import ImagePipelineOutput
 from diffusers.utils import replace_example_docstring
-from hfgen.pipelines.pipeline_utils import HFGenPipeline, LikelihoodOutput
+from hfgen.pipelines.pipeline_utils import HFGenPipeline, LikelihoodOutput, check_int, check_latents, check_number
 
 from hfgen.models.modeling_flow import FlowModel
 
@@ -81,8 +81,7 @@ class FlowPipeline(HFGenPipeline):
         Examples:
         """
         # 1. How many images, and what they are conditioned on
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
-            raise ValueError(f"temperature must be a number >= 0, got {temperature!r}.")
+        temperature = check_number("temperature", temperature, 0)
         self.check_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
         num_images, condition, _ = self.prepare_condition(prompt, class_labels, batch_size, num_images_per_prompt)
 
@@ -115,6 +114,7 @@ class FlowPipeline(HFGenPipeline):
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, prompt=None, class_labels=None, output_type: str = "pil"):
         """z (b, D) -> images."""
+        latents = check_latents(latents, self.latent_shape(len(latents)))
         condition = self.condition_for_images(len(latents), prompt, class_labels)
         images = self.flow.decode(latents.to(self.device, self.flow.dtype), condition).sample
         return self.postprocess(images, output_type)
@@ -124,8 +124,7 @@ class FlowPipeline(HFGenPipeline):
         """Decodes `num_steps` points on the straight line between two latents, the prior noise of two seeds, or the
         encodings of two images. `start`/`end`: a seed (`int`), a latent (D,) or (1, D), or an image the model takes
         (an 8x8 grey image has as many values as its latent: a tensor of shape (1, 1, 8, 8) is read as an image)."""
-        if num_steps < 2:
-            raise ValueError(f"num_steps must be at least 2, got {num_steps}.")
+        num_steps = check_int("num_steps", num_steps, minimum=2)
         ends = []
         for point in (start, end):
             if isinstance(point, int) and not isinstance(point, bool):
@@ -154,8 +153,7 @@ class FlowPipeline(HFGenPipeline):
         `num_samples=S > 1`: log (1/S) sum_s p(y_s) / (K^D q(u_s | x)), a lower bound on the discrete log P(x) that
         tightens with S (importance weighting with q as the proposal).
         """
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}.")
+        num_samples = check_int("num_samples", num_samples)
         images = self.model_images(images)
         condition = self.condition_for_images(len(images), prompt, class_labels)
         num_dims, bins = self.flow.num_dims, self.flow.config.num_bins

@@ -5,7 +5,7 @@ checkpoints."""
 import torch
 from diffusers import ImagePipelineOutput
 from diffusers.utils import replace_example_docstring
-from hfgen.pipelines.pipeline_utils import HFGenPipeline
+from hfgen.pipelines.pipeline_utils import HFGenPipeline, check_int, check_number
 
 from hfgen.conditioning import Condition
 from hfgen.models.modeling_gan import GANGenerator
@@ -95,10 +95,7 @@ class GANPipeline(HFGenPipeline):
         Examples:
         """
         # 1. How many images, and what they are conditioned on
-        if isinstance(truncation_psi, bool) or not isinstance(truncation_psi, (int, float)):
-            raise ValueError(f"truncation_psi must be a number in [0, 1], got {truncation_psi!r}.")
-        if not 0.0 <= truncation_psi <= 1.0:
-            raise ValueError(f"truncation_psi must be in [0, 1] (1 = no truncation), got {truncation_psi}.")
+        truncation_psi = check_number("truncation_psi", truncation_psi, 0, 1, why=" (1 = no truncation)")
         self.check_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
         num_images, condition, negative = self.prepare_condition(
             prompt, class_labels, batch_size, num_images_per_prompt, guidance_scale, negative_prompt
@@ -142,8 +139,7 @@ class GANPipeline(HFGenPipeline):
     ):
         """`num_steps` images along the great circle (slerp) between two noise vectors (noise_dim,), or between the
         noise of two seeds, all with the same prompt or class."""
-        if num_steps < 2:
-            raise ValueError(f"num_steps must be at least 2, got {num_steps}.")
+        num_steps = check_int("num_steps", num_steps, minimum=2)
         ends = [
             self.seed_latents(point) if isinstance(point, int) else point.reshape(-1).float().cpu()
             for point in (start, end)

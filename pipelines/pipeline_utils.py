@@ -9,6 +9,7 @@ import importlib.util
 import inspect
 import json
 import math
+import numbers
 import os
 from dataclasses import dataclass
 
@@ -19,16 +20,76 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_loading_utils import LOADABLE_CLASSES
-from diffusers.utils import BaseOutput, make_image_grid
+from diffusers.utils import BaseOutput, logging, make_image_grid
 from diffusers.utils.torch_utils import randn_tensor
 from hfgen.pipelines.loading_checks import check_loaded_weights, check_pipeline_folder
 from huggingface_hub import snapshot_download
 
-from hfgen.conditioning import Condition, ConditionEncoder
+from hfgen.conditioning import Condition, ConditionEncoder, class_label_tensor, prompt_max_length
+
+logger = logging.get_logger(__name__)
 
 PIPELINE_CLASSES: dict[str, type["HFGenPipeline"]] = {}
 # The most images one `__call__` makes: beyond it, memory runs out before an error could say why (`generate` batches).
 MAX_IMAGES_PER_CALL = 4096
+
+
+def check_int(name: str, value, minimum: int = 1, maximum: int | None = None, why: str = "") -> int:
+    """`value` as an int when it is an integer (not a bool) in [minimum, maximum]; else a ValueError that names the
+    argument, the range and (`why`) where the range comes from."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or value < minimum
+        or (maximum is not None and value > maximum)
+    ):
+        allowed = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"{name} must be an int {allowed}{why}, got {value!r}.")
+    return int(value)
+
+
+def check_number(
+    name: str, value, minimum: float, maximum: float | None = None, strict: bool = False, why: str = ""
+) -> float:
+    """`value` as a float when it is a finite real number (not a bool) >= `minimum` (> with `strict`) and <= `maximum`;
+    else a ValueError that names the argument and the range. NaN and inf are refused: they sample garbage silently."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or (value <= minimum if strict else value < minimum)
+        or (maximum is not None and value > maximum)
+    ):
+        allowed = f"{'>' if strict else '>='} {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"{name} must be a finite number {allowed}{why}, got {value!r}.")
+    return float(value)
+
+
+def check_generator(generator, num_images: int) -> None:
+    """A `torch.Generator`, a list of one per image, or None (diffusers' convention)."""
+    generators = generator if isinstance(generator, list) else [generator]
+    if generator is not None and not all(isinstance(g, torch.Generator) for g in generators):
+        raise ValueError(
+            f"generator must be a torch.Generator, a list of them (one per image) or None, got {generator!r}. For a "
+            "seed pass `torch.Generator().manual_seed(seed)`."
+        )
+    if isinstance(generator, list) and len(generator) != num_images:
+        raise ValueError(
+            f"You passed a list of {len(generator)} generators for {num_images} images: pass one generator, or one "
+            "per image."
+        )
+
+
+def check_latents(latents, shape: tuple[int, ...]) -> torch.Tensor:
+    """`latents` as a tensor when it has `shape` and holds finite floats; else a ValueError saying which."""
+    if not isinstance(latents, (torch.Tensor, np.ndarray)):
+        raise ValueError(f"latents must be a tensor of shape {tuple(shape)}, got {type(latents).__name__}.")
+    latents = torch.as_tensor(latents)
+    if tuple(latents.shape) != tuple(shape):
+        raise ValueError(f"latents must have shape {tuple(shape)}, got {tuple(latents.shape)}.")
+    if not latents.is_floating_point() or not torch.isfinite(latents).all():
+        raise ValueError("latents must be a finite floating-point tensor (no NaN or inf).")
+    return latents
 
 
 def image_grid(images: list[PIL.Image.Image], cols: int | None = None, min_side: int = 64) -> PIL.Image.Image:
@@ -227,13 +288,10 @@ class HFGenPipeline(DiffusionPipeline):
     ) -> tuple[list[str] | None, int]:
         """Returns (one prompt per image or None, number of images). Class labels, like prompts, give one image each
         (times `num_images_per_prompt`), so `batch_size` is then left out or equal to their number."""
-        for name, value in (("batch_size", batch_size), ("num_images_per_prompt", num_images_per_prompt)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{name} must be an int, got {value!r}.")
-        if num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt must be at least 1, got {num_images_per_prompt}.")
+        batch_size = check_int("batch_size", batch_size)
+        num_images_per_prompt = check_int("num_images_per_prompt", num_images_per_prompt)
         if class_labels is not None and prompt is None:
-            num_labels = torch.as_tensor(class_labels).numel()
+            num_labels = class_label_tensor(class_labels).numel()
             if batch_size not in (1, num_labels):
                 raise ValueError(
                     f"Got {num_labels} class_labels but batch_size={batch_size}: class labels give one image each, "
@@ -241,10 +299,10 @@ class HFGenPipeline(DiffusionPipeline):
                 )
             batch_size = num_labels
         if prompt is None:
-            if batch_size < 1:
-                raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
             prompts, num_images = None, batch_size * num_images_per_prompt
         else:
+            if not isinstance(prompt, (str, list, tuple)):
+                raise ValueError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}.")
             prompts = [prompt] if isinstance(prompt, str) else list(prompt)
             if not prompts:
                 raise ValueError(
@@ -275,6 +333,7 @@ class HFGenPipeline(DiffusionPipeline):
         if self.condition_type != "text":
             self.condition_encoder(prompts=[prompt] if isinstance(prompt, str) else prompt)  # says what is wrong
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        self.warn_if_truncated(prompts)
         device = device or self.device
         expanded = [p for p in prompts for _ in range(num_images_per_prompt)]
         condition = self.condition_encoder(prompts=expanded, device=device)
@@ -294,6 +353,18 @@ class HFGenPipeline(DiffusionPipeline):
         expanded = [p for p in negative_prompts for _ in range(num_images_per_prompt)]
         return condition, self.condition_encoder(prompts=expanded, device=device)
 
+    def warn_if_truncated(self, prompts: list[str]) -> None:
+        """diffusers' warning: the tokens past what the text encoder reads are cut off, so the image ignores them."""
+        max_length = prompt_max_length(self.tokenizer)
+        for prompt, ids in zip(prompts, self.tokenizer(prompts, truncation=False, verbose=False).input_ids):
+            if len(ids) > max_length:
+                ignored = self.tokenizer.decode(ids[max_length - 1 :], skip_special_tokens=True)
+                ignored = ignored if len(ignored) <= 80 else ignored[:77] + "..."
+                logger.warning(
+                    f"A prompt is {len(ids)} tokens long and the text encoder reads the first {max_length}: this part "
+                    f"is ignored: {ignored!r}"
+                )
+
     def prepare_condition(
         self,
         prompt=None,
@@ -308,8 +379,7 @@ class HFGenPipeline(DiffusionPipeline):
         No prompt means the empty prompt and no class labels the null class: the unconditional samples caption
         dropout trained. Class labels are one image each (times `num_images_per_prompt`)."""
         prompts, num_images = self.check_inputs(prompt, batch_size, num_images_per_prompt, class_labels)
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not guidance_scale >= 1:
-            raise ValueError(f"guidance_scale must be a number >= 1 (1 turns guidance off), got {guidance_scale!r}.")
+        guidance_scale = check_number("guidance_scale", guidance_scale, 1, why=" (1 turns guidance off)")
         do_guidance = guidance_scale > 1
         if do_guidance and "guidance" not in self.capabilities:
             raise ValueError(
@@ -371,20 +441,11 @@ class HFGenPipeline(DiffusionPipeline):
     ) -> torch.Tensor:
         """diffusers' `prepare_latents`: noise of `shape` from `generator` (one, or one per image), or the given
         `latents` checked and moved; scaled by the scheduler's `init_noise_sigma` when the pipeline has a scheduler."""
-        if isinstance(generator, list) and len(generator) != shape[0]:
-            raise ValueError(
-                f"You passed a list of {len(generator)} generators for {shape[0]} images: pass one generator, or one "
-                "per image."
-            )
+        check_generator(generator, shape[0])
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         else:
-            latents = torch.as_tensor(latents)
-            if tuple(latents.shape) != tuple(shape):
-                raise ValueError(f"latents must have shape {tuple(shape)}, got {tuple(latents.shape)}.")
-            if not latents.is_floating_point() or not torch.isfinite(latents).all():
-                raise ValueError("latents must be a finite floating-point tensor (no NaN or inf).")
-            latents = latents.to(device=device, dtype=dtype)
+            latents = check_latents(latents, shape).to(device=device, dtype=dtype)
         scheduler = getattr(self, "scheduler", None)
         if scheduler is not None:
             latents = latents * scheduler.init_noise_sigma
@@ -432,8 +493,7 @@ class HFGenPipeline(DiffusionPipeline):
         `default_sampling_kwargs` unless `call_kwargs` say otherwise. Returns a (n, c, h, w) tensor in [0, 1] for
         `output_type="pt"`, else a list of PIL images or a numpy array.
         """
-        if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
-            raise ValueError(f"num_images must be a positive int, got {num_images!r}.")
+        num_images = check_int("num_images", num_images)
         accepted = inspect.signature(self.__call__).parameters
         kwargs = {k: v for k, v in self.default_sampling_kwargs.items() if k in accepted}
         kwargs.update(call_kwargs)
@@ -444,7 +504,7 @@ class HFGenPipeline(DiffusionPipeline):
                 "prompt",
             )
         elif class_labels is not None:
-            labels = torch.as_tensor(class_labels).flatten().tolist()
+            labels = class_label_tensor(class_labels).tolist()
             items, key = [label for label in labels for _ in range(num_images)], "class_labels"
         else:
             items, key = [None] * num_images, None
@@ -489,6 +549,8 @@ class HFGenPipeline(DiffusionPipeline):
         in [0, 1] (or uint8 in 0..255); tensors (b, c, h, w) or (c, h, w) in [0, 1], as `output_type="pt"` returns
         them; or a list of any one of these. Anything else (values outside [0, 1], uint8 or integer tensors, NaN, the
         wrong size) is a ValueError that names the form expected."""
+        if images is None:
+            raise ValueError("Got no images (None): pass PIL images, a numpy array or a tensor in [0, 1].")
         if not isinstance(images, (torch.Tensor, np.ndarray, PIL.Image.Image)):
             images = list(images)  # a tuple, a list, or a `datasets` column of images
             if not images:
@@ -533,6 +595,8 @@ class HFGenPipeline(DiffusionPipeline):
                 f"This model takes {sample_size}x{sample_size} images with {channels} channel(s); got shape "
                 f"{tuple(images.shape)} (batch, channels, height, width). Resize the images first."
             )
+        if len(images) == 0:
+            raise ValueError("Got no images: pass at least one.")
         if not torch.isfinite(images).all():
             raise ValueError("The images contain NaN or infinite values.")
         low, high = images.min().item(), images.max().item()

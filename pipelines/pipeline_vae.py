@@ -6,7 +6,7 @@ import math
 import torch
 from diffusers import ImagePipelineOutput
 from diffusers.utils import replace_example_docstring
-from hfgen.pipelines.pipeline_utils import HFGenPipeline, LikelihoodOutput
+from hfgen.pipelines.pipeline_utils import HFGenPipeline, LikelihoodOutput, check_int, check_number
 
 from hfgen.conditioning import Condition
 from hfgen.models.modeling_vae import VAEModel
@@ -84,8 +84,7 @@ class VAEPipeline(HFGenPipeline):
         Examples:
         """
         # 1. How many images, and what they are conditioned on
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
-            raise ValueError(f"temperature must be a number >= 0, got {temperature!r}.")
+        temperature = check_number("temperature", temperature, 0)
         self.check_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
         num_images, condition, negative = self.prepare_condition(
             prompt, class_labels, batch_size, num_images_per_prompt, guidance_scale, negative_prompt
@@ -139,8 +138,7 @@ class VAEPipeline(HFGenPipeline):
         """Decodes `num_steps` points on the straight line between two latents, the prior noise of two seeds, or the
         encodings of two images. `start`/`end`: a seed (`int`), a latent (`vae.latent_shape`, with or without a batch
         dimension of 1), or an image the model takes."""
-        if num_steps < 2:
-            raise ValueError(f"num_steps must be at least 2, got {num_steps}.")
+        num_steps = check_int("num_steps", num_steps, minimum=2)
         latent_shape = tuple(self.vae.latent_shape)
         ends = []
         for point in (start, end):

@@ -364,6 +364,14 @@ def test_completion_keeps_the_given_pixels(architecture):
     holes[2, 2] = 0  # a hole before kept pixels: not a raster-order prefix
     with pytest.raises(ValueError, match="raster-order prefix"):
         pipe.complete(images, holes)
+    # Masks of another size or count, or with values other than 0 and 1, used to fail inside torch or be rounded.
+    for bad, message in (
+        (torch.ones(4, 4), r"mask must be \(h, w\).*\(8, 8\).*got shape \(4, 4\)"),
+        (mask[:2], r"b 1 or 3 \(one per image\), got shape \(2, 8, 8\)"),
+        (mask * 0.5, "only 1 .pixels to keep. and 0"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            pipe.complete(images, bad)
 
 
 def test_completion_takes_one_condition_for_every_image_or_one_each(tiny_text_components):

@@ -499,6 +499,59 @@ def test_inpainting_keeps_the_known_pixels(digit_images, prediction_type):
         pipeline.inpaint(images, torch.ones(4, 4))
 
 
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"mask_image": "255"}, r"mask_image values must be in \[0, 1\].*got 0 to 255. For a 0..255 mask pass"),
+        ({"mask_image": "nan"}, "mask_image values must be in .0, 1.*NaN"),
+        ({"jump_length": 0}, "jump_length must be an int >= 1"),
+        ({"jump_n_sample": 0}, r"jump_n_sample must be an int >= 1 \(1: no resampling\)"),
+        ({"num_inference_steps": 0}, "num_inference_steps must be an int in"),
+        ({"num_inference_steps": 21}, r"num_inference_steps must be an int in \[1, 20\] \(the trained timesteps\)"),
+        ({"eta": -0.1}, r"eta must be a finite number in \[0, 1\]"),
+        ({"guidance_scale": float("nan")}, "guidance_scale must be a finite number"),
+    ],
+    ids=[
+        "mask-0-255",
+        "mask-nan",
+        "jump-length",
+        "jump-n-sample",
+        "no-steps",
+        "too-many-steps",
+        "eta",
+        "nan-guidance",
+    ],
+)
+def test_bad_inpainting_arguments_are_refused(digit_images, kwargs, message):
+    """Each of these used to end in a ZeroDivisionError or a range() error inside diffusers' RePaintScheduler, or to
+    inpaint silently with a rounded mask or without guidance."""
+    pipeline = tiny_pipeline("class", num_train_timesteps=20)
+    mask = torch.zeros(8, 8)
+    mask[4:] = 1
+    mask = {"255": mask * 255, "nan": mask * float("nan")}.get(kwargs.pop("mask_image", None), mask)
+    call = {"num_inference_steps": 4, "jump_length": 2, "jump_n_sample": 2, "class_labels": 1, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        pipeline.inpaint(digit_images[:1], mask, **call)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num_inference_steps": 21}, r"num_inference_steps must be an int in \[1, 20\] \(the trained timesteps\)"),
+        ({"eta": 1.5}, r"eta must be a finite number in \[0, 1\]"),
+        ({"eta": float("nan")}, "eta must be a finite number"),
+        ({"return_trajectory": True, "trajectory_steps": 2.5}, "trajectory_steps must be an int >= 2, got 2.5"),
+    ],
+    ids=["too-many-steps", "eta-above-one", "eta-nan", "fractional-trajectory"],
+)
+def test_bad_sampling_steps_and_eta_are_refused(kwargs, message):
+    """More steps than trained used to raise from inside diffusers' scheduler; eta outside [0, 1] was passed on to
+    DDIM (whose noise above 1 outgrows x_{t-1}: NaN samples) or silently ignored by DDPM."""
+    pipeline = tiny_pipeline(num_train_timesteps=20)
+    with pytest.raises(ValueError, match=message):
+        pipeline(**{"num_inference_steps": 4, **kwargs})
+
+
 # ----- the likelihood bound ------------------------------------------------------------------------------------------
 def test_vlb_of_an_oracle_denoiser_is_prior_plus_decoder(digit_images):
     """A UNet that predicts x_0 exactly makes every KL term of L_vlb zero: the bound is then KL(q(x_T|x_0) || N(0,I))

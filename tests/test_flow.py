@@ -433,6 +433,12 @@ def test_encode_decode_and_interpolate(digit_images):
     torch.testing.assert_close(seeds[0], pipeline.decode(pipeline.seed_latents(0)[None], output_type="pt")[0])
     with pytest.raises(ValueError, match="num_steps"):
         pipeline.interpolate(0, 1, num_steps=1)
+    with pytest.raises(ValueError, match="num_steps must be an int >= 2, got 2.5"):
+        pipeline.interpolate(0, 1, num_steps=2.5)
+    with pytest.raises(ValueError, match="finite"):  # decoded NaN images without a word
+        pipeline.decode(torch.full((1, 64), float("nan")))
+    with pytest.raises(ValueError, match="latents must be a tensor of shape"):
+        pipeline.decode([[0.0] * 64])
 
 
 def test_temperature_scales_the_latents():

@@ -266,11 +266,53 @@ def test_bad_sampling_arguments_are_refused():
     for kwargs, message in [
         ({"batch_size": 2.0}, "batch_size must be an int"),
         ({"batch_size": True}, "batch_size must be an int"),
-        ({"num_images_per_prompt": 0}, "at least 1"),
+        ({"num_images_per_prompt": 0}, "num_images_per_prompt must be an int >= 1"),
         ({"batch_size": 5000}, "more than the 4096"),
         ({"temperature": float("nan")}, "temperature"),
         ({"guidance_scale": float("nan")}, "guidance_scale"),
         ({"latents": torch.full((1, 4), float("nan"))}, "NaN"),
+        ({"latents": [[0.0] * 4]}, "latents must be a tensor"),
+        ({"temperature": float("inf")}, "temperature must be a finite number"),
+        ({"generator": 0}, r"generator must be a torch.Generator.*manual_seed"),
+        ({"generator": [seeded(), 0]}, "generator must be a torch.Generator"),
+        ({"prompt": 3}, "prompt must be a string or a list of strings, got int"),
     ]:
         with pytest.raises(ValueError, match=message):
             pipeline(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"class_labels": ["a"]}, "class_labels must be an int, a list of ints or a 1-D integer tensor, got"),
+        ({"class_labels": torch.tensor([[1, 2]])}, r"1-D integer tensor.*shape \(1, 2\)"),
+        ({"class_labels": torch.tensor([1.0])}, r"dtype torch.float32"),
+        ({"class_labels": True}, r"dtype torch.bool"),
+        ({"class_labels": [3], "guidance_scale": float("inf")}, "guidance_scale must be a finite number >= 1"),
+    ],
+    ids=["strings", "2-d", "floats", "bool", "infinite-guidance"],
+)
+def test_bad_class_labels_and_guidance_are_refused_before_sampling(kwargs, message):
+    """A 2-D label tensor used to be flattened into one image per entry, and an infinite guidance scale sampled NaN
+    images without a word."""
+    with pytest.raises(ValueError, match=message):
+        gan_pipeline(condition_type="class", num_classes=10)(**kwargs)
+
+
+def test_a_prompt_longer_than_the_text_encoder_reads_is_named(tiny_text_components, caplog):
+    """diffusers warns when a prompt is cut off: the image then ignores the end of what was asked."""
+    pipeline = vae_pipeline(*tiny_text_components)
+    max_length = tiny_text_components[0].model_max_length
+    with caplog.at_level("WARNING"):
+        pipeline(prompt="a handwritten digit seven", generator=seeded())
+    assert "tokens long" not in caplog.text
+    with caplog.at_level("WARNING"):
+        pipeline(prompt="a handwritten digit " + "seven " * max_length, generator=seeded())
+    assert f"tokens long and the text encoder reads the first {max_length}" in caplog.text
+    assert "is ignored: 'seven seven" in caplog.text
+
+
+def test_an_empty_tensor_or_none_is_no_images():
+    for images in (torch.zeros(0, 1, 8, 8), None):
+        with pytest.raises(ValueError, match="Got no images"):
+            vae_pipeline().log_likelihood(images, num_samples=1)

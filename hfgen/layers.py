@@ -124,6 +124,14 @@ def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
 CONDITION_TYPES = (None, "class", "text")
 
 
+def check_positive_sizes(**sizes) -> None:
+    """ValueError naming every layer size that is not a positive int: a 0-wide or 0-deep model would otherwise be
+    built and fail deep inside torch at the first batch (or, 0 layers, train a different model without a word)."""
+    bad = [f"{name}={value!r}" for name, value in sizes.items() if isinstance(value, bool) or not value >= 1]
+    if bad:
+        raise ValueError(f"{', '.join(bad)}: layer sizes and counts must be positive ints.")
+
+
 def check_condition_config(condition_type: str | None, num_classes: int | None, text_embed_dim: int | None):
     """ValueError for a conditioning configuration a model cannot be built from."""
     if condition_type not in CONDITION_TYPES:

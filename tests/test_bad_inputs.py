@@ -1,6 +1,6 @@
 """The fault-and-bad-input probe (issue 10), kept as tests: each case is a clear error that names the problem, or the
-right behaviour; none silent, nothing lost. Training cases use the tiny VAE of test_trainer.py; most fail before any
-training step and take milliseconds."""
+right behaviour; none silent, nothing lost. Training cases use the tiny VAE of test_trainer.py (a family's own flags:
+that family); most fail before any training step and take milliseconds."""
 
 import errno
 import io
@@ -75,6 +75,68 @@ def test_out_of_range_flag_is_refused_with_its_range(tmp_path, flag, value, expe
 def test_gan_flags_are_checked_by_its_table(tmp_path):
     with pytest.raises(ValueError, match=r"--discriminator_learning_rate must be in \[0, 1\]"):
         parse_config(["--family", "gan", "--output_dir", str(tmp_path), "--discriminator_learning_rate", "-1"])
+
+
+@pytest.mark.parametrize(
+    "family, flags, expected",
+    [
+        # Each of these trained: a 0-wide or 0-deep model failed deep inside torch at the first batch (or, 0 layers,
+        # trained another model), a NaN Min-SNR gamma stopped at step 1 on a NaN loss, and the EMA warm-up settings
+        # made a decay that diffusers' EMAModel clamps to 0 (the "average" was the live weights).
+        ("diffusion", "--layers_per_block 0", "--layers_per_block must be in [1, 16]"),
+        ("diffusion", "--snr_gamma nan", "--snr_gamma must be positive"),
+        ("diffusion", "--use_ema --ema_power -1", "--ema_power must be in (0, inf)"),
+        ("diffusion", "--use_ema --ema_inv_gamma 0", "--ema_inv_gamma must be in (0, inf)"),
+        ("diffusion", "--eval_likelihood_images -1", "--eval_likelihood_images must be in [0, inf)"),
+        ("diffusion", "--timestep_bias_strategy later --timestep_bias_portion nan", "--timestep_bias_portion"),
+        ("score", "--attention_head_dim 0", "--attention_head_dim must be in [1, 4096]"),
+        ("flow", "--hidden_channels 0", "--hidden_channels must be in [1, 4096]"),
+        (
+            "flow",
+            "--conditioning class --label_column label --condition_dim 0",
+            "--condition_dim must be in [1, 4096]",
+        ),
+        ("flow", "--conditioning none --spatial_prior_condition", "--spatial_prior_condition shapes how a condition"),
+        ("autoregressive", "--hidden_channels 0", "--hidden_channels must be in [1, 4096]"),
+        ("autoregressive", "--embedding_dim 0", "--embedding_dim must be in [1, 4096]"),
+        ("autoregressive", "--num_layers 0", "--num_layers must be in [1, 256]"),
+    ],
+)
+def test_family_flags_that_used_to_train_or_fail_inside_torch_are_refused(tmp_path, family, flags, expected):
+    with pytest.raises(ValueError) as error:
+        parse_config(["--family", family, "--output_dir", str(tmp_path), *flags.split()])
+    assert expected in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "model, sizes, expected",
+    [
+        ("gated", {"hidden_channels": 0}, "hidden_channels=0: layer sizes and counts must be positive ints"),
+        ("row_lstm", {"num_layers": 0}, "num_layers=0"),
+        ("transformer", {"n_layer": 0}, "n_layer=0"),
+        ("flow", {"condition_type": "class", "num_classes": 10, "condition_dim": 0}, "condition_dim=0"),
+    ],
+)
+def test_models_refuse_layers_of_no_size(model, sizes, expected):
+    """The same check where a model is built from Python, not through the trainer's flags."""
+    from hfgen.models.modeling_autoregressive import build_transformer_prior
+
+    build = {
+        "gated": hfgen.GatedPixelCNNModel,
+        "row_lstm": hfgen.RowLSTMModel,
+        "transformer": build_transformer_prior,
+        "flow": hfgen.FlowModel,
+    }[model]
+    with pytest.raises(ValueError, match=expected):
+        build(**sizes)
+
+
+def test_a_missing_frozen_model_folder_is_named(tmp_path):
+    """A mistyped local --vae_name_or_path used to fail in huggingface_hub's repo-id validator."""
+    from hfgen.training.trainer import load_frozen_component
+
+    with pytest.raises(OSError, match="No model at '/no/such/vae': no such local folder, and not a Hub repo id"):
+        load_frozen_component("/no/such/vae")
 
 
 def test_fp16_on_a_cpu_names_bf16_and_fp32(tmp_path, monkeypatch):

@@ -645,7 +645,7 @@ def parse_tiny(output_dir, *flags):
 
 
 def test_label_loss_settings_are_checked(tmp_path):
-    with pytest.raises(ValueError, match="--label_loss_weight must be >= 0"):
+    with pytest.raises(ValueError, match=r"--label_loss_weight must be in \[0, inf\)"):
         parse_tiny(tmp_path, "--label_loss_weight", "-1")
     with pytest.raises(ValueError, match="--label_loss_weight needs the images' classes: pass --label_column"):
         parse_tiny(tmp_path, "--caption_column", "text", "--label_loss_weight", "0.01")

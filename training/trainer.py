@@ -282,7 +282,7 @@ def load_frozen_component(name_or_path: str, **kwargs) -> torch.nn.Module:
     `VAEPipeline`'s `vae`), an hfgen model folder, or a diffusers model such as `AutoencoderKL` or `VQModel`. Loaded
     from safetensors only."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, HFValidationError, RepositoryNotFoundError
 
     def config_file(name: str) -> str | None:
         if os.path.isdir(name_or_path):
@@ -294,6 +294,8 @@ def load_frozen_component(name_or_path: str, **kwargs) -> torch.nn.Module:
             return None
         except RepositoryNotFoundError as error:
             raise OSError(f"No model at {name_or_path!r}: not a local folder and not a Hub repo.") from error
+        except HFValidationError as error:  # e.g. a mistyped local path, which cannot be a Hub id either
+            raise OSError(f"No model at {name_or_path!r}: no such local folder, and not a Hub repo id.") from error
 
     if config_file("model_index.json"):
         return hfgen.load_pipeline(name_or_path, **kwargs).conditioned_model

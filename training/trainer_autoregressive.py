@@ -56,7 +56,19 @@ class AutoregressiveTrainingConfig(TrainingConfig):
     num_mixtures: int = field(default=5, metadata={"help": "Mixture components for logistic_mixture."})
     eval_max_images: int = field(default=256, metadata={"help": "Test images for the final exact bits/dim."})
 
-    ranges: ClassVar[dict[str, str]] = {"dropout": "[0, 1)"}
+    ranges: ClassVar[dict[str, str]] = {
+        "num_levels": "[2, 65536]",
+        "hidden_channels": "[1, 4096]",
+        "embedding_dim": "[1, 4096]",
+        "num_layers": "[1, 256]",
+        "kernel_size": "[1, 63]",
+        "first_kernel_size": "[1, 63]",
+        "n_embd": "[1, 8192]",
+        "n_head": "[1, 256]",
+        "dropout": "[0, 1)",
+        "num_mixtures": "[1, 256]",
+        "eval_max_images": "[0, inf)",
+    }
 
     def __post_init__(self):
         super().__post_init__()
@@ -64,8 +76,6 @@ class AutoregressiveTrainingConfig(TrainingConfig):
             raise ValueError(f"--architecture must be one of {', '.join(ARCHITECTURES)}, got {self.architecture!r}.")
         if self.num_levels is None:
             self.num_levels = grey_levels(self.dataset_name)
-        if self.num_levels < 2:
-            raise ValueError(f"--num_levels must be at least 2, got {self.num_levels}.")
         if self.output_distribution not in OUTPUT_DISTRIBUTIONS:
             raise ValueError(
                 f"--output_distribution must be one of {', '.join(OUTPUT_DISTRIBUTIONS)}, got "

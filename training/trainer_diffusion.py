@@ -15,7 +15,9 @@ guidance. With `--vae_name_or_path` the UNet denoises a frozen autoencoder's lat
 standard deviation by a `scaling_factor` measured on the training set and stored in the autoencoder's config.
 """
 
+import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +57,13 @@ class UNetTrainingConfig(TrainingConfig):
             "attention alone know where they are only from the zero padding at the borders."
         },
     )
+
+    ranges: ClassVar[dict[str, str]] = {
+        "block_out_channels": "[1, 4096]",
+        "layers_per_block": "[1, 16]",
+        "norm_num_groups": "[1, 1024]",
+        "attention_head_dim": "[1, 4096]",
+    }
 
     def __post_init__(self):
         super().__post_init__()
@@ -131,6 +140,14 @@ class DiffusionTrainingConfig(UNetTrainingConfig):
         default=0, metadata={"help": "Test images for the final L_vlb bound in bits/dim (T UNet calls; 0: none)."}
     )
 
+    ranges: ClassVar[dict[str, str]] = {
+        "timestep_bias_portion": "[0, 1]",  # NaN is refused here; which fractions bias any step, below
+        "ema_inv_gamma": "(0, inf)",  # 0 divides by zero; a negative power makes the decay negative, clamped to 0
+        "ema_power": "(0, inf)",
+        "scaling_factor_images": "[1, inf)",
+        "eval_likelihood_images": "[0, inf)",
+    }
+
     def __post_init__(self):
         super().__post_init__()
         if self.prediction_type not in ("epsilon", "sample", "v_prediction"):
@@ -141,7 +158,7 @@ class DiffusionTrainingConfig(UNetTrainingConfig):
             raise ValueError(f"--beta_schedule must be linear or squaredcos_cap_v2, got {self.beta_schedule!r}.")
         if self.num_train_timesteps < 2:
             raise ValueError(f"--num_train_timesteps must be at least 2, got {self.num_train_timesteps}.")
-        if self.snr_gamma is not None and self.snr_gamma <= 0:
+        if self.snr_gamma is not None and not 0 < self.snr_gamma < math.inf:
             raise ValueError(f"--snr_gamma must be positive (5.0 in the paper), got {self.snr_gamma}.")
         self.check_timestep_bias()
         if not 1 <= self.validation_inference_steps <= self.num_train_timesteps:
@@ -168,7 +185,7 @@ class DiffusionTrainingConfig(UNetTrainingConfig):
             raise ValueError(f"--timestep_bias_strategy must be none, later, earlier or range, got {strategy!r}.")
         if strategy == "none":
             return
-        if self.timestep_bias_multiplier <= 0:
+        if not 0 < self.timestep_bias_multiplier < math.inf:
             raise ValueError(
                 f"--timestep_bias_multiplier must be positive (above 1 favours the biased steps, below 1 avoids "
                 f"them), got {self.timestep_bias_multiplier}."

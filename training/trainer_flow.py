@@ -11,6 +11,7 @@ images (the same on every rank, before Accelerate copies the model), and saved w
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +66,18 @@ class FlowTrainingConfig(TrainingConfig):
     dequantizer_steps: int = field(default=4, metadata={"help": "Affine couplings of q(u | x) (variational)."})
     eval_max_images: int = field(default=256, metadata={"help": "Test images used for the final bits/dim."})
 
+    ranges: ClassVar[dict[str, str]] = {
+        "num_scales": "[1, 16]",
+        "steps_per_scale": "[1, 256]",
+        "hidden_channels": "[1, 4096]",
+        "logit_alpha": "(0, 0.5)",
+        "num_bins": "[2, 65536]",
+        "condition_dim": "[1, 4096]",
+        "label_loss_weight": "[0, inf)",
+        "dequantizer_steps": "[1, 256]",
+        "eval_max_images": "[0, inf)",
+    }
+
     def __post_init__(self):
         super().__post_init__()
         if self.architecture not in ARCHITECTURES:
@@ -75,10 +88,8 @@ class FlowTrainingConfig(TrainingConfig):
             raise ValueError(
                 f"--dequantization must be one of {', '.join(DEQUANTIZATIONS)}, got {self.dequantization!r}."
             )
-        if self.dequantizer_steps < 1:
-            raise ValueError(f"--dequantizer_steps must be at least 1, got {self.dequantizer_steps}.")
-        if self.label_loss_weight < 0:
-            raise ValueError(f"--label_loss_weight must be >= 0 (0: no label loss), got {self.label_loss_weight}.")
+        if self.spatial_prior_condition and self.conditioning == "none":
+            raise ValueError("--spatial_prior_condition shapes how a condition enters the prior: pass --conditioning.")
         if self.label_loss_weight > 0 and self.label_column is None:
             raise ValueError("--label_loss_weight needs the images' classes: pass --label_column.")
         if self.learned_prior is None:

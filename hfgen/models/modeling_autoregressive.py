@@ -40,7 +40,7 @@ from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from hfgen.conditioning import Condition
-from hfgen.layers import check_condition_config, condition_embedding, embed_condition
+from hfgen.layers import check_condition_config, check_positive_sizes, condition_embedding, embed_condition
 
 ARCHITECTURES = ("pixelcnn", "gated_pixelcnn", "row_lstm", "diagonal_bilstm", "transformer")
 OUTPUT_DISTRIBUTIONS = ("categorical", "logistic_mixture")
@@ -201,6 +201,9 @@ class AutoregressiveImageModel(ModelMixin, ConfigMixin):
         text_embed_dim, output_distribution, num_mixtures,
     ):  # fmt: skip
         check_condition_config(condition_type, num_classes, text_embed_dim)
+        check_positive_sizes(
+            embedding_dim=embedding_dim, hidden_channels=hidden_channels, num_layers=self.config.num_layers
+        )
         if output_distribution not in OUTPUT_DISTRIBUTIONS:
             raise ValueError(
                 f"output_distribution must be one of {', '.join(OUTPUT_DISTRIBUTIONS)}, got {output_distribution!r}."
@@ -867,6 +870,7 @@ def build_transformer_prior(
     conditioning) is stored in the config, so `config.json` says everything. `dropout` is GPT-2's own (on the
     embeddings, the attention weights and each residual branch), active in training mode only."""
     check_condition_config(condition_type, num_classes, text_embed_dim)
+    check_positive_sizes(n_embd=n_embd, n_layer=n_layer, n_head=n_head)
     if condition_type == "text" and n_embd != text_embed_dim:
         raise ValueError(
             f"GPT-2's cross-attention reads text states of its own width: n_embd={n_embd} must equal the text "

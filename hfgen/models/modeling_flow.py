@@ -42,7 +42,13 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from hfgen.conditioning import Condition
-from hfgen.layers import check_condition_config, condition_embedding, embed_condition, standard_normal_log_prob
+from hfgen.layers import (
+    check_condition_config,
+    check_positive_sizes,
+    condition_embedding,
+    embed_condition,
+    standard_normal_log_prob,
+)
 
 ARCHITECTURES = ("realnvp", "glow")
 COUPLINGS = ("affine", "additive")
@@ -404,6 +410,9 @@ class FlowModel(ModelMixin, ConfigMixin):
         if dequantizer_steps < 1:
             raise ValueError(f"dequantizer_steps must be >= 1, got {dequantizer_steps}.")
         check_condition_config(condition_type, num_classes, text_embed_dim)
+        check_positive_sizes(
+            hidden_channels=hidden_channels, **({"condition_dim": condition_dim} if condition_type else {})
+        )
         if num_label_classes is not None and num_label_classes < 2:
             raise ValueError(
                 f"num_label_classes must be at least 2 (or None: no label head), got {num_label_classes}."

@@ -19,6 +19,7 @@ def cmd_generate(args, rest: list[str]):
     if args.num_images < 1:
         raise SystemExit("-n/--num_images must be at least 1.")
     check_image_output(args.output)
+    check_pipeline_path(args.path)
     pipeline = load_pipeline(args.path)
     sampling = {"guidance_scale": args.guidance_scale, "num_inference_steps": args.num_inference_steps}
     sampling = {name: value for name, value in sampling.items() if value is not None}

@@ -495,6 +495,12 @@ class HFGenPipeline(DiffusionPipeline):
         """
         num_images = check_int("num_images", num_images)
         accepted = inspect.signature(self.__call__).parameters
+        unknown = sorted(set(call_kwargs) - set(accepted))
+        if unknown:  # e.g. num_inference_steps for a model that samples in one pass or pixel by pixel
+            shared = {"prompt", "class_labels", "batch_size", "num_images_per_prompt", "generator", "latents"}
+            shared |= {"output_type", "return_dict", "callback_on_step_end", "callback_on_step_end_tensor_inputs"}
+            knobs = [name for name in accepted if name not in shared]
+            raise ValueError(f"{type(self).__name__} takes no {', '.join(unknown)}; its sampling arguments: {knobs}.")
         kwargs = {k: v for k, v in self.default_sampling_kwargs.items() if k in accepted}
         kwargs.update(call_kwargs)
         generator = torch.Generator().manual_seed(seed)

@@ -679,10 +679,19 @@ def test_generate_checks_the_output_before_sampling(saved_pipeline, tmp_path, ou
     assert not (tmp_path / output).exists()
 
 
+def test_generate_names_a_sampling_argument_the_family_does_not_take(saved_pipeline, tmp_path):
+    """A VAE samples in one pass: --num_inference_steps used to end in a TypeError traceback from its __call__."""
+    folder, _ = saved_pipeline
+    with pytest.raises(SystemExit, match=r"VAEPipeline takes no num_inference_steps; its sampling arguments: \[.*'"):
+        hfgen_main(["generate", str(folder), "--num_inference_steps", "5", "-o", str(tmp_path / "grid.png")])
+    assert not (tmp_path / "grid.png").exists()
+
+
 def test_info_on_a_folder_that_is_not_a_pipeline(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(SystemExit, match="no model_index.json"):
-        hfgen_main(["info", str(tmp_path)])
+    for command in ("info", "generate"):
+        with pytest.raises(SystemExit, match="no model_index.json"):
+            hfgen_main([command, str(tmp_path)])
     with pytest.raises(SystemExit, match="not a saved pipeline folder"):
         hfgen_main(["info", str(tmp_path / "nowhere")])
 

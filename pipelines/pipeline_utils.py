@@ -495,7 +495,8 @@ class HFGenPipeline(DiffusionPipeline):
         """
         num_images = check_int("num_images", num_images)
         accepted = inspect.signature(self.__call__).parameters
-        unknown = sorted(set(call_kwargs) - set(accepted))
+        takes_any = any(parameter.kind is parameter.VAR_KEYWORD for parameter in accepted.values())  # a wrapper
+        unknown = [] if takes_any else sorted(set(call_kwargs) - set(accepted))
         if unknown:  # e.g. num_inference_steps for a model that samples in one pass or pixel by pixel
             shared = {"prompt", "class_labels", "batch_size", "num_images_per_prompt", "generator", "latents"}
             shared |= {"output_type", "return_dict", "callback_on_step_end", "callback_on_step_end_tensor_inputs"}

@@ -76,6 +76,17 @@ def test_ensembles_are_exact_and_no_worse_than_their_members(tmp_path):
     for key in ("mixture_bits_per_dim", "conditional_average_bits_per_dim"):
         assert together[key] < together["members_mean"] - 0.05
     assert together["mixture_bits_per_dim"] <= min(members) + 1 / 64 + 1e-4
+    assert 0 < together["standard_error"] < 1
+
+    # --compare_to: the same images scored by both recipes, the difference paired image by image.
+    same = bench.main([*paths, "--compare_to", ",".join(paths)])["paired_difference"]
+    assert same == {"compare_to_bits_per_dim": together["conditional_average_bits_per_dim"], "bits_per_dim": 0.0,
+                    "standard_error": 0.0}  # fmt: skip
+    against_one = bench.main([*paths, "--compare_to", paths[0]])["paired_difference"]
+    assert against_one["compare_to_bits_per_dim"] == alone_0["bits_per_dim"]
+    expected = together["conditional_average_bits_per_dim"] - alone_0["bits_per_dim"]
+    assert against_one["bits_per_dim"] == pytest.approx(expected, abs=2e-4)
+    assert against_one["standard_error"] > 0
 
 
 def test_a_class_conditional_member_counts_with_its_class_summed_out(tmp_path, tiny_text_components):

@@ -35,13 +35,18 @@ def cmd_generate(args, rest: list[str]):
     print(f"Wrote {len(images)} images as a grid to {args.output}")
 
 
+def check_output_folder(option: str, path: str):
+    """Before any work: the folder an output file goes into exists, so that a typo costs no sampling or scoring."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise SystemExit(f"{option} {path}: the folder {folder} does not exist; create it first.")
+
+
 def check_image_output(path: str):
     """Before any work: the grid's folder exists and its extension is an image format PIL writes."""
     from PIL import Image
 
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise SystemExit(f"-o {path}: the folder {folder} does not exist; create it first.")
+    check_output_folder("-o", path)
     extension = os.path.splitext(path)[1].lower()
     formats = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
     if extension not in formats:
@@ -79,6 +84,10 @@ def cmd_evaluate(args, rest: list[str]):
             f"--num_samples must be at least 10 (the Inception Score's 10 splits), got {args.num_samples}."
         )
     check_pipeline_path(args.path)
+    if args.output:
+        check_output_folder("-o", args.output)
+    if args.write_model_card and not os.path.isdir(args.path):
+        raise SystemExit("--write_model_card needs a local pipeline folder; download the repo first.")
     pipeline = load_pipeline(args.path)
     if "nll" in metrics and not hasattr(pipeline, "log_likelihood"):
         print(
@@ -110,8 +119,6 @@ def cmd_evaluate(args, rest: list[str]):
             json.dump(results, f, indent=2)
         print(f"Wrote {output}")
     if args.write_model_card:
-        if not os.path.isdir(args.path):
-            raise SystemExit("--write_model_card needs a local pipeline folder; download the repo first.")
         hub.add_eval_results(args.path, results, args.dataset)
         print(f"Added the results to the model-index of {args.path}/README.md")
 

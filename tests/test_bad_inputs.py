@@ -696,6 +696,19 @@ def test_info_on_a_folder_that_is_not_a_pipeline(tmp_path):
         hfgen_main(["info", str(tmp_path / "nowhere")])
 
 
+def test_evaluate_checks_its_output_before_scoring(saved_pipeline, tmp_path, monkeypatch):
+    """The JSON's folder is checked first: a typo used to fail after the whole evaluation, its results lost."""
+    import hfgen.metrics.evaluate
+
+    def not_reached(*args, **kwargs):
+        raise AssertionError("evaluated before the output was checked")
+
+    monkeypatch.setattr(hfgen.metrics.evaluate, "evaluate_pipeline", not_reached)
+    output = tmp_path / "missing" / "results.json"
+    with pytest.raises(SystemExit, match="missing does not exist; create it first"):
+        hfgen_main(["evaluate", str(saved_pipeline[0]), "--metrics", "nll", "-o", str(output)])
+
+
 def test_evaluate_num_samples_zero(saved_pipeline):
     with pytest.raises(SystemExit, match=r"--num_samples must be at least 10 .*, got 0"):
         hfgen_main(["evaluate", str(saved_pipeline[0]), "--num_samples", "0"])

@@ -249,7 +249,7 @@ class DiffusionImagePipeline(UNetPipelineMixin, HFGenPipeline):
             guidance_scale (`float`, *optional*, defaults to 1.0): Classifier-free guidance, eps = null + scale *
                 (conditional - null); 1 turns it off.
             negative_prompt (`str` or `list[str]`, *optional*): What to guide away from (default: the empty prompt).
-            eta (`float`, *optional*, defaults to 0.0): DDIM's eta, passed to schedulers that take it.
+            eta (`float`, *optional*, defaults to 0.0): DDIM's eta in [0, 1], passed to schedulers that take it.
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): Makes sampling deterministic.
             latents (`torch.Tensor`, *optional*): The initial noise x_T, of shape `latent_shape(num_images)`.
             output_type (`str`, *optional*, defaults to "pil"): "pil", "np" or "pt".
@@ -366,7 +366,7 @@ class DiffusionImagePipeline(UNetPipelineMixin, HFGenPipeline):
                 pipelines; one mask for all images or one each.
             num_inference_steps, jump_length, jump_n_sample: RePaint's schedule (`jump_n_sample` 1: no resampling).
             prompt, class_labels, guidance_scale, negative_prompt: The condition, as in `__call__`.
-            eta (`float`, *optional*, defaults to 0.0): DDIM's eta for the generated part.
+            eta (`float`, *optional*, defaults to 0.0): RePaint's eta in [0, 1] for the generated part.
 
         Returns:
             The completed images, as `output_type` asks.

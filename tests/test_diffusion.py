@@ -342,6 +342,12 @@ class TestDiffusionTrainer(TrainerTesterMixin):
         vae.save_pretrained(tmp_path / "vae")
         with pytest.raises(ValueError, match="vector latent.*--latent_channels"):
             self.build_trainer(tmp_path / "run", "--max_train_steps", "1", "--vae_name_or_path", str(tmp_path / "vae"))
+        # A model that is no autoencoder at all is named as such (it was said to have "a vector latent").
+        hfgen.RowLSTMModel(sample_size=8, hidden_channels=8, num_layers=1).save_pretrained(tmp_path / "prior")
+        with pytest.raises(ValueError, match=r"is a RowLSTMModel \(not an autoencoder\)"):
+            self.build_trainer(
+                tmp_path / "run", "--max_train_steps", "1", "--vae_name_or_path", str(tmp_path / "prior")
+            )
 
     def test_bad_settings_raise(self, tmp_path):
         bad = [("--prediction_type", "x0"), ("--beta_schedule", "cosine"), ("--snr_gamma", "0")]

@@ -274,9 +274,10 @@ class DiffusionTrainer(Trainer):
         vae = load_frozen_component(self.config.vae_name_or_path)
         spatial_vae = isinstance(vae, VAEModel) and vae.config.latent_channels is not None
         if not (isinstance(vae, (AutoencoderKL, VQModel)) or spatial_vae):
+            what = "with a vector latent (no height or width)" if isinstance(vae, VAEModel) else "(not an autoencoder)"
             raise ValueError(
-                f"--vae_name_or_path {self.config.vae_name_or_path!r} is a {type(vae).__name__} with a vector latent "
-                "(no height or width). Latent diffusion needs a spatial latent that a UNet can denoise: an hfgen VAE "
+                f"--vae_name_or_path {self.config.vae_name_or_path!r} is a {type(vae).__name__} {what}. Latent "
+                "diffusion needs a spatial latent that a UNet can denoise: an hfgen VAE "
                 "trained with --latent_channels (e.g. --family vae --conditioning none --latent_channels 4 --beta "
                 "0.1), or a diffusers AutoencoderKL or VQModel. A vector is refused rather than reshaped into a grid "
                 "without spatial meaning."

@@ -268,3 +268,5 @@ def test_completion_accuracy_refuses_unlabelled_data_and_bad_masks():
         completion_accuracy(lambda batch, keep: batch, "digits", keep=torch.ones(4, 4))
     with pytest.raises(ValueError, match="in \\[0, 1\\]"):
         completion_accuracy(lambda batch, keep: batch * 2 - 1, "digits", num_images=4)
+    with pytest.raises(ValueError, match="batch_size must be at least 1, got 0"):  # failed inside torch's split
+        completion_accuracy(lambda batch, keep: batch, "digits", num_images=4, batch_size=0)

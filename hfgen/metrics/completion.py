@@ -70,6 +70,8 @@ def completion_accuracy(
         {"num_images", "original", "masked", "completed", "known_pixels_changed"}: the three accuracies, and the
         largest change the completion made to a known pixel (0 for a completion that keeps them).
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     images, labels = labelled_test_images(dataset, num_images)
     keep = keep_top_rows(*images.shape[-2:]) if keep is None else torch.as_tensor(keep, dtype=torch.float32)
     if keep.shape != images.shape[-2:]:

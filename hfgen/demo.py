@@ -220,14 +220,17 @@ def sampling_inputs(pipeline) -> dict[str, tuple[gr.components.Component, Callab
             )
             inputs["negative_prompt"] = (negative, check_prompt_length)
     if "steps" in capabilities:
+        # At most the steps the model was trained with (its scheduler's num_train_timesteps): the pipeline refuses more
+        scheduler_config = getattr(getattr(pipeline, "scheduler", None), "config", {})
+        most = min(MAX_INFERENCE_STEPS, scheduler_config.get("num_train_timesteps", MAX_INFERENCE_STEPS))
         default = (
             defaults.get("num_inference_steps")
             or inspect.signature(pipeline.__call__).parameters["num_inference_steps"].default
         )
-        steps = gr.Slider(1, MAX_INFERENCE_STEPS, value=default, step=1, label="Sampling steps")
+        steps = gr.Slider(1, most, value=min(default, most), step=1, label="Sampling steps")
         inputs["num_inference_steps"] = (
             steps,
-            functools.partial(check_int, name="Sampling steps", low=1, high=MAX_INFERENCE_STEPS),
+            functools.partial(check_int, name="Sampling steps", low=1, high=most),
         )
     for argument, (low, high, default, label) in pipeline.sampling_controls.items():
         if argument in inputs:  # e.g. num_inference_steps, which the "steps" capability already shows

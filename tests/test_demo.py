@@ -141,6 +141,8 @@ def test_diffusion_tab_swaps_samplers_per_request_and_shows_the_trajectory():
     endpoints, widgets, blocks = tab(pipeline)
     labels = [c["props"]["label"] for c in blocks.config["components"] if c.get("props", {}).get("label")]
     assert labels.count("Sampling steps") == 1  # one slider, the one that reaches the pipeline
+    # At most the 20 timesteps the tiny model was trained with (the pipeline refuses more), its default 50 cut to 20.
+    assert (widgets["Sampling steps"]["props"]["maximum"], widgets["Sampling steps"]["props"]["value"]) == (20, 20)
     assert widgets["Sampler"]["props"]["value"] == "DDPM"  # the saved scheduler's
     assert [choice[0] for choice in widgets["Sampler"]["props"]["choices"]] == ["DDPM", "DDIM", "DPM-Solver++"]
     assert "sampler" in endpoints["/generate"] and "sampler" in endpoints["/trajectory"]

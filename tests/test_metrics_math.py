@@ -366,6 +366,8 @@ def test_anomaly_auroc_batches_and_scores():
     assert pipeline.batch_sizes == [4, 4, 2, 4, 1]
     assert result["auroc"] == 1.0 and result["kind"] == "exact"
     assert 1 < result["in_bits_per_dim"] < 1.1 < result["out_bits_per_dim"]
+    with pytest.raises(ValueError, match="batch_size must be at least 1, got 0"):
+        anomaly_auroc(pipeline, torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4), batch_size=0)
 
 
 def test_input_complexity_ranks_flat_below_half_noise_below_noise():

@@ -51,6 +51,8 @@ def _as_scores(scores, name: str) -> np.ndarray:
 
 def bits_per_dim_in_batches(pipeline, images, batch_size: int, likelihood_kwargs: dict):
     """(n,) bits/dim of `images` (a tensor or a list of images), `batch_size` at a time; and the last output."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     if len(images) == 0:
         raise ValueError("Got no images to score.")
     scores, output = [], None
@@ -136,8 +138,6 @@ def anomaly_auroc(
         >>> anomaly_auroc(pipeline, digits, noise_images, num_samples=10)["auroc"]
         ```
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     in_bits, output = bits_per_dim_in_batches(pipeline, in_distribution_images, batch_size, likelihood_kwargs)
     out_bits, _ = bits_per_dim_in_batches(pipeline, out_of_distribution_images, batch_size, likelihood_kwargs)
     result = {

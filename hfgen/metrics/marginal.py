@@ -114,8 +114,6 @@ def marginal_log_likelihood(
         )
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or len(images) == 0:
         raise ValueError("images must be a non-empty (n, c, h, w) tensor in [0, 1], as pipelines return them.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
 
     columns = []
     for condition in conditions:

@@ -77,14 +77,11 @@ def conditional_average(log_probs: list[torch.Tensor]) -> torch.Tensor:
 def score(log_probs: list[torch.Tensor]) -> dict:
     """The members' and the ensembles' test bits/dim from each member's per-token log-probabilities."""
     dims = log_probs[0][0].numel()
-    singles = [bits_per_dim(lp.flatten(1).sum(1), dims) for lp in log_probs]
+    log_px = [lp.flatten(1).sum(1) for lp in log_probs]  # each member's log p(x) per image
+    singles = [bits_per_dim(member, dims) for member in log_px]
     rows = [
-        {
-            "models": f"model {k + 1} alone",
-            "bits_per_dim": value,
-            "standard_error": standard_error(lp.flatten(1).sum(1), dims),
-        }
-        for k, (value, lp) in enumerate(zip(singles, log_probs))
+        {"models": f"model {k + 1} alone", "bits_per_dim": singles[k], "standard_error": standard_error(member, dims)}
+        for k, member in enumerate(log_px)
     ]
     for k in range(2, len(log_probs) + 1):
         members = torch.stack(log_probs[:k])  # (k, n, c, h, w)
@@ -134,10 +131,10 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"members: {results['members']}")
     if args.compare_to:
         baseline = [token_log_probs(hfgen.load_pipeline(path), images) for path in args.compare_to.split(",")]
-        dims = log_probs[0][0].numel()
-        difference = conditional_average(baseline) - conditional_average(log_probs)  # bits/dim of ours minus theirs
+        dims, baseline_log_px = log_probs[0][0].numel(), conditional_average(baseline)
+        difference = baseline_log_px - conditional_average(log_probs)  # bits/dim of ours minus theirs
         results["paired_difference"] = {
-            "compare_to_bits_per_dim": bits_per_dim(conditional_average(baseline), dims),
+            "compare_to_bits_per_dim": bits_per_dim(baseline_log_px, dims),
             "bits_per_dim": -bits_per_dim(difference, dims),
             "standard_error": standard_error(difference, dims),
         }

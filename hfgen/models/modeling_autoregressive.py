@@ -202,7 +202,11 @@ class AutoregressiveImageModel(ModelMixin, ConfigMixin):
     ):  # fmt: skip
         check_condition_config(condition_type, num_classes, text_embed_dim)
         check_positive_sizes(
-            embedding_dim=embedding_dim, hidden_channels=hidden_channels, num_layers=self.config.num_layers
+            sample_size=sample_size,
+            in_channels=in_channels,
+            embedding_dim=embedding_dim,
+            hidden_channels=hidden_channels,
+            num_layers=self.config.num_layers,
         )
         if output_distribution not in OUTPUT_DISTRIBUTIONS:
             raise ValueError(
@@ -212,8 +216,6 @@ class AutoregressiveImageModel(ModelMixin, ConfigMixin):
             raise ValueError(f"num_mixtures must be at least 1, got {num_mixtures}.")
         if num_levels < 2:
             raise ValueError(f"num_levels must be at least 2 (2 for binary data, 256 for 8-bit), got {num_levels}.")
-        if sample_size < 1 or in_channels < 1:
-            raise ValueError(f"sample_size and in_channels must be positive, got {sample_size}, {in_channels}.")
         # One table for all channels: token t of channel k is row k * num_levels + t.
         self.token_embedding = nn.Embedding(in_channels * num_levels, embedding_dim)
         self.condition_embedding = condition_embedding(condition_type, num_classes, text_embed_dim, hidden_channels)

@@ -392,8 +392,13 @@ class FlowModel(ModelMixin, ConfigMixin):
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}.")
         if coupling not in COUPLINGS:
             raise ValueError(f"coupling must be one of {COUPLINGS}, got {coupling!r}.")
-        if num_scales < 1 or steps_per_scale < 1:
-            raise ValueError(f"num_scales and steps_per_scale must be >= 1, got {num_scales}, {steps_per_scale}.")
+        check_positive_sizes(
+            num_scales=num_scales,
+            steps_per_scale=steps_per_scale,
+            hidden_channels=hidden_channels,
+            dequantizer_steps=dequantizer_steps,
+            **({"condition_dim": condition_dim} if condition_type else {}),
+        )
         # Glow squeezes at every scale, RealNVP at every scale but the last.
         squeezes = num_scales if architecture == "glow" else num_scales - 1
         if sample_size % 2**squeezes != 0:
@@ -407,12 +412,7 @@ class FlowModel(ModelMixin, ConfigMixin):
             raise ValueError(f"num_bins must be at least 2 (the number of levels of the data), got {num_bins}.")
         if dequantization not in DEQUANTIZATIONS:
             raise ValueError(f"dequantization must be one of {DEQUANTIZATIONS}, got {dequantization!r}.")
-        if dequantizer_steps < 1:
-            raise ValueError(f"dequantizer_steps must be >= 1, got {dequantizer_steps}.")
         check_condition_config(condition_type, num_classes, text_embed_dim)
-        check_positive_sizes(
-            hidden_channels=hidden_channels, **({"condition_dim": condition_dim} if condition_type else {})
-        )
         if num_label_classes is not None and num_label_classes < 2:
             raise ValueError(
                 f"num_label_classes must be at least 2 (or None: no label head), got {num_label_classes}."

@@ -79,8 +79,8 @@ class ScorePipeline(UNetPipelineMixin, HFGenPipeline):
 
     model_cpu_offload_seq = "text_encoder->unet"
     model_component = "unet"
-    # No "steps": the Spaces' steps slider runs to 1000, but `num_inference_steps` here counts noise levels (at most
-    # the scheduler's L); the Langevin steps per level are the knob a Space shows (T = 100 is what gave digits).
+    # No "steps": a Space's "Sampling steps" slider reads as steps, but `num_inference_steps` here counts noise levels
+    # (at most the scheduler's L); the Langevin steps per level are the knob a Space shows (T = 100 gave digits).
     family_capabilities = frozenset({"guidance"})
     sampling_controls = {"steps_per_level": (1, 200, 100, "Langevin steps per noise level")}
 

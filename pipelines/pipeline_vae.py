@@ -158,8 +158,7 @@ class VAEPipeline(HFGenPipeline):
         self, images, num_samples: int = 50, prompt=None, class_labels=None, generator: torch.Generator | None = None
     ) -> LikelihoodOutput:
         """The importance-weighted lower bound on log p(x) with K = `num_samples` (IWAE; K = 1 is the ELBO)."""
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be at least 1, got {num_samples}.")
+        num_samples = check_int("num_samples", num_samples)
         images = self.model_images(images)
         condition = self.condition_for_images(len(images), prompt, class_labels)
         log_px = self.vae.importance_weighted_log_likelihood(images, num_samples, condition, generator).float()

@@ -4,6 +4,7 @@
     python benchmarks/flows.py --toys --figure benchmarks/flows_toys.png   # two moons, eight Gaussians (~1 min)
     python benchmarks/flows.py --flow out/flow-glow-digits --flow out/flow-realnvp-digits  # trained recipes
     python benchmarks/flows.py --flow out/flow-glow-digits --temperatures 0.5 0.7 1.0     # and samples per T
+    python benchmarks/flows.py --dataset mnist --flow out/glow-class --temperatures 0.7 --guidance_scales 1 3  # guided
     python benchmarks/flows.py --dataset mnist --flow out/flow-glow-mnist --flow out/vae-mnist  # beside a VAE
 
 - Reconstruction error: |y - f^-1(f(y))| for 64 dequantised test digits through Glow stacks of growing depth with
@@ -22,7 +23,9 @@
 - Temperature: for each T, `--num_images` samples z ~ N(0, T^2 I) (the empty prompt for a text-conditioned flow):
   FID against the training digits in the shipped digit classifier's features, the entropy of its predicted classes,
   the wall time per image (the fastest of three runs); for a text-conditioned flow also prompt adherence,
-  `--num_images` images from the training captions and as many from paraphrases, judged by the same classifier.
+  `--num_images` images from the training captions and as many from paraphrases, judged by the same classifier (a
+  class-conditional flow: each class asked for in turn), and those images' FID, at each `--guidance_scales` (the
+  pipeline's guidance by resampling among `--num_candidates` samples per image).
 """
 
 import argparse
@@ -250,12 +253,18 @@ def class_marginal(pipeline, test: torch.Tensor, dataset: str) -> dict:
 
 @torch.no_grad()
 def temperature_sweep(
-    paths: list[str], temperatures: list[float], num_samples: int, seed: int = 0, dataset: str = "digits"
+    paths: list[str],
+    temperatures: list[float],
+    num_samples: int,
+    seed: int = 0,
+    dataset: str = "digits",
+    guidance_scales: tuple[float, ...] = (1.0,),
+    num_candidates: int = 8,
 ) -> list[dict]:
     """One row per flow and temperature: FID (training digits vs `num_samples` samples), class entropy, ms per image,
-    and the fraction of samples showing the asked-for digit: for a text-conditioned flow per prompt group (seen
-    captions, paraphrases), for a class-conditioned one with the classes asked for in turn; first a reference row, the
-    held-out test images."""
+    and for a conditional flow, at each guidance scale, the fraction of samples showing the asked-for digit and their
+    FID: for a text-conditioned flow per prompt group (seen captions, paraphrases), for a class-conditioned one with
+    the classes asked for in turn; first a reference row, the held-out test images."""
     extractor = load_feature_extractor(dataset)
     real_features, _ = features_and_probabilities(extractor, real_images(dataset, "train"))
     prompt_sets = default_prompts(dataset)  # {"seen": ..., "paraphrase": ...}
@@ -278,16 +287,20 @@ def temperature_sweep(
             row["FID"] = fid(real_features, features)
             row["class entropy"] = class_histogram_entropy(probabilities)
             row["ms per image"] = 1000 * min(seconds)
-            if pipeline.tokenizer is not None:
-                prompted = pipeline.generate(1, prompt=prompts, seed=seed, temperature=temperature)
-                scores = adherence(prompted, prompts, dataset, extractor)
-                row["adherence seen"] = scores["seen"]["all"]
-                row["adherence paraphrase"] = scores["paraphrase"]["all"]
-            if pipeline.condition_type == "class":  # each class asked for in turn, judged alike
-                labels = [i % pipeline.num_classes for i in range(num_samples)]
-                asked = pipeline.generate(1, class_labels=labels, seed=seed, temperature=temperature)
-                captions = [prompt_sets["seen"][label] for label in labels]  # the seen captions are in class order
-                row["adherence class"] = adherence(asked, captions, dataset, extractor)["seen"]["all"]
+            for scale in guidance_scales if pipeline.condition_type else ():
+                guided = {} if scale == 1 else {"guidance_scale": scale, "num_candidates": num_candidates}
+                suffix = "" if scale == 1 else f", guidance {scale:g}"
+                if pipeline.tokenizer is not None:
+                    asked = pipeline.generate(1, prompt=prompts, seed=seed, temperature=temperature, **guided)
+                    scores = adherence(asked, prompts, dataset, extractor)
+                    row[f"adherence seen{suffix}"] = scores["seen"]["all"]
+                    row[f"adherence paraphrase{suffix}"] = scores["paraphrase"]["all"]
+                else:  # each class asked for in turn, judged alike
+                    labels = [i % pipeline.num_classes for i in range(num_samples)]
+                    asked = pipeline.generate(1, class_labels=labels, seed=seed, temperature=temperature, **guided)
+                    captions = [prompt_sets["seen"][label] for label in labels]  # the seen captions: class order
+                    row[f"adherence class{suffix}"] = adherence(asked, captions, dataset, extractor)["seen"]["all"]
+                row[f"FID asked{suffix}"] = fid(real_features, features_and_probabilities(extractor, asked * 2 - 1)[0])
             rows.append(row)
     return rows
 
@@ -320,6 +333,14 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--num_images", type=int, default=1000, help="Samples per temperature (and per prompt group).")
     parser.add_argument(
+        "--guidance_scales",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        help="A conditional flow's adherence at each of these guidance scales (1: none).",
+    )
+    parser.add_argument("--num_candidates", type=int, default=8, help="Candidates per image that guidance resamples.")
+    parser.add_argument(
         "--max_images", type=int, default=None, help="Score the first test images only (and as many outliers)."
     )
     parser.add_argument("--json", default=None, help="Also write the results here.")
@@ -340,7 +361,12 @@ def main(argv: list[str] | None = None) -> dict:
         if not args.flow:
             parser.error("--temperatures samples the flows given with --flow: pass at least one.")
         results["temperatures"] = temperature_sweep(
-            args.flow, args.temperatures, args.num_images, dataset=args.dataset
+            args.flow,
+            args.temperatures,
+            args.num_images,
+            dataset=args.dataset,
+            guidance_scales=args.guidance_scales,
+            num_candidates=args.num_candidates,
         )
         show(results["temperatures"])
     if args.json:

@@ -1,5 +1,5 @@
-"""Pipeline for the normalizing flows (RealNVP, Glow): sample with a temperature, encode x -> z, decode z -> x,
-interpolate in z, and the exact log-likelihood of images."""
+"""Pipeline for the normalizing flows (RealNVP, Glow): sample with a temperature (and guidance by resampling), encode
+x -> z, decode z -> x, interpolate in z, and the exact log-likelihood of images."""
 
 import math
 
@@ -8,6 +8,7 @@ from diffusers import ImagePipelineOutput
 from diffusers.utils import replace_example_docstring
 from hfgen.pipelines.pipeline_utils import HFGenPipeline, LikelihoodOutput, check_int, check_latents, check_number
 
+from hfgen.conditioning import Condition
 from hfgen.models.modeling_flow import FlowModel
 
 EXAMPLE_DOC_STRING = """
@@ -17,6 +18,8 @@ EXAMPLE_DOC_STRING = """
 
         >>> pipe = hfgen.FlowPipeline.from_pretrained("out/flow-glow-digits")
         >>> images = pipe(batch_size=16, temperature=0.7, generator=torch.manual_seed(0)).images
+        >>> pipe = hfgen.FlowPipeline.from_pretrained("out/flow-glow-class-mnist")  # a class-conditional flow
+        >>> sevens = pipe(class_labels=[7] * 4, guidance_scale=3.0, num_candidates=16).images  # guided by resampling
         >>> pipe.log_likelihood(images).bits_per_dim  # exact density of the dequantised images, bits/dim
         ```
 """
@@ -33,8 +36,8 @@ class FlowPipeline(HFGenPipeline):
 
     model_cpu_offload_seq = "text_encoder->flow"
     model_component = "flow"
-    # No "guidance": a flow's sample is one deterministic map of z, with no prediction to extrapolate.
-    family_capabilities = frozenset({"interpolation", "likelihood", "encode"})
+    # "guidance" by resampling (see `__call__`): a flow has no prediction to extrapolate, but it has exact densities.
+    family_capabilities = frozenset({"guidance", "interpolation", "likelihood", "encode"})
     default_sampling_kwargs = {"temperature": 0.7}
     sampling_controls = {"temperature": (0.0, 1.0, 0.7, "Temperature (prior standard deviation)")}
 
@@ -56,6 +59,9 @@ class FlowPipeline(HFGenPipeline):
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         temperature: float = 1.0,
+        guidance_scale: float = 1.0,
+        negative_prompt: str | list[str] | None = None,
+        num_candidates: int = 8,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end=None,
@@ -69,33 +75,54 @@ class FlowPipeline(HFGenPipeline):
             num_images_per_prompt (`int`, *optional*, defaults to 1): Images per prompt (or per class label).
             class_labels (`int` or `list[int]`, *optional*): Classes for a class-conditioned model.
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): Makes sampling deterministic.
-            latents (`torch.Tensor`, *optional*): z of shape (num_images, D), used as given (no temperature).
+            latents (`torch.Tensor`, *optional*): z of shape (num_images, D), used as given (no temperature); with
+                guidance (num_images, num_candidates, D).
             temperature (`float`, *optional*, defaults to 1.0): The standard deviation T of z ~ N(0, T^2 I); Glow
                 (section 5) samples at T = 0.7: smoother, less varied images.
+            guidance_scale (`float`, *optional*, defaults to 1.0): Classifier-free guidance for a flow, by
+                resampling: each image is chosen among `num_candidates` conditional samples x_k with probability
+                proportional to (p(x_k | c) / p(x_k | negative))^(guidance_scale - 1), the flow's own implicit
+                classifier p(c | x) / p(c) to that power. At T = 1 this draws, as the candidates grow, from
+                p(x | c)^w p(x | negative)^(1 - w), the distribution classifier-free guidance aims at (Ho & Salimans
+                2022, https://arxiv.org/abs/2207.12598, section 3.2); 1 turns it off (one sample, no candidates).
+            negative_prompt (`str` or `list[str]`, *optional*): With guidance, what to guide away from (default: the
+                empty prompt, or the null class).
+            num_candidates (`int`, *optional*, defaults to 8): Conditional samples per image that guidance chooses
+                from (the cost of guidance: each is decoded once and scored under both conditions).
             output_type (`str`, *optional*, defaults to "pil"): "pil", "np" or "pt".
             return_dict (`bool`, *optional*, defaults to True): Return an [`ImagePipelineOutput`] or a tuple.
             callback_on_step_end (`Callable`, *optional*): Called once before the inverse (a flow samples in one
-                pass) as `callback_on_step_end(pipeline, 0, None, {"latents": z})`; it may replace z.
+                pass) as `callback_on_step_end(pipeline, 0, None, {"latents": z})`; it may replace z (with guidance
+                of shape (num_images, num_candidates, D)).
             callback_on_step_end_tensor_inputs (`list[str]`, *optional*): The tensors passed to the callback.
 
         Examples:
         """
         # 1. How many images, and what they are conditioned on
         temperature = check_number("temperature", temperature, 0)
+        num_candidates = check_int("num_candidates", num_candidates)
         self.check_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
-        num_images, condition, _ = self.prepare_condition(prompt, class_labels, batch_size, num_images_per_prompt)
+        num_images, condition, negative = self.prepare_condition(
+            prompt, class_labels, batch_size, num_images_per_prompt, guidance_scale, negative_prompt
+        )
 
-        # 2. z ~ N(0, temperature^2 I), or the given latents
+        # 2. z ~ N(0, temperature^2 I), or the given latents: with guidance, num_candidates for each image
+        shape = self.latent_shape(num_images)
+        if negative is not None:
+            shape = (num_images, num_candidates, *shape[1:])
         sampled = latents is None
-        latents = self.prepare_latents(self.latent_shape(num_images), self.flow.dtype, self.device, generator, latents)
+        latents = self.prepare_latents(shape, self.flow.dtype, self.device, generator, latents)
         if sampled:
             latents = latents * temperature
         latents = self.step_callback(
             callback_on_step_end, callback_on_step_end_tensor_inputs, 0, None, {"latents": latents}
         )["latents"]
 
-        # 3. The inverse flow: z -> y in [0, 1] -> the data's levels
-        images = self.flow.decode(latents, condition).sample
+        # 3. The inverse flow: z -> y in [0, 1] -> the data's levels; with guidance, one candidate chosen per image
+        if negative is None:
+            images = self.flow.decode(latents, condition).sample
+        else:
+            images = self.choose_candidates(latents, condition, negative, guidance_scale, generator)
 
         # 4. Converted
         images = self.postprocess(images, output_type)
@@ -103,6 +130,32 @@ class FlowPipeline(HFGenPipeline):
         if not return_dict:
             return (images,)
         return ImagePipelineOutput(images=images)
+
+    def choose_candidates(
+        self,
+        latents: torch.Tensor,
+        condition: Condition,
+        negative: Condition,
+        guidance_scale: float,
+        generator: torch.Generator | list[torch.Generator] | None,
+    ) -> torch.Tensor:
+        """Guidance by sampling-importance-resampling: latents (b, k, D) -> b images (b, c, s, s) on the levels, each
+        one of its k candidates drawn with weight (p(x | c) / p(x | negative))^(guidance_scale - 1)."""
+        num_images, num_candidates = latents.shape[:2]
+        condition, negative = condition.repeat_interleave(num_candidates), negative.repeat_interleave(num_candidates)
+        candidates = self.flow.decode(latents.flatten(0, 1), condition).sample  # (b * k, c, s, s)
+        # The implicit classifier of each candidate image: log p(x | c) - log p(x | negative), both densities at the
+        # centre of x's bins (the image drawn, not the continuous point it came from), in one batch.
+        both = self.flow.encode(torch.cat([candidates, candidates]), Condition.cat([negative, condition]))
+        log_negative, log_conditional = both.log_likelihood.float().view(2, num_images, num_candidates)
+        log_weights = (guidance_scale - 1) * (log_conditional - log_negative)  # (b, k)
+        probabilities = torch.softmax(log_weights, dim=1)
+        generators = generator if isinstance(generator, list) else [generator] * num_images
+        chosen = [
+            torch.multinomial(row.to(g.device if g is not None else row.device), 1, generator=g).item()
+            for row, g in zip(probabilities, generators)
+        ]
+        return candidates.view(num_images, num_candidates, *candidates.shape[1:])[torch.arange(num_images), chosen]
 
     # ----- what a flow is good at ------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -490,7 +490,53 @@ def test_empty_prompt_is_the_unconditional_model(tiny_text_components):
                                           output_type="pt").images)  # fmt: skip
     assert not torch.equal(sample(), pipeline(prompt=["a handwritten digit seven"] * 2, output_type="pt",
                                               generator=torch.Generator().manual_seed(0)).images)  # fmt: skip
-    assert "guidance" not in pipeline.capabilities and "prompt" in pipeline.capabilities
+    assert {"guidance", "prompt"} <= pipeline.capabilities
+
+
+def test_guidance_resamples_by_the_flows_own_classifier():
+    """Guidance for a flow chooses each image among `num_candidates` conditional samples with weights
+    (p(x | c) / p(x | null))^(w - 1), the flow's own Bayes classifier (both densities at the bins' centres): scale 1
+    is the plain conditional sample, a huge scale picks the candidate that classifier finds most like the class, and
+    the same seed gives the same images."""
+    flow = perturb(tiny_flow(condition_type="class", num_classes=10))
+    pipeline = hfgen.FlowPipeline(flow=flow)
+    drawn = {}
+
+    def record(pipe, step, timestep, tensors):
+        drawn["latents"] = tensors["latents"]
+
+    def sample(**kwargs):
+        generator = torch.Generator().manual_seed(0)
+        return pipeline(class_labels=[3, 7], generator=generator, output_type="pt", **kwargs).images
+
+    assert torch.equal(sample(), sample(guidance_scale=1.0, num_candidates=5))  # 1: no candidates
+    greedy = sample(guidance_scale=1e6, num_candidates=5, callback_on_step_end=record)
+    assert drawn["latents"].shape == (2, 5, 64)
+    assert torch.equal(greedy, sample(guidance_scale=1e6, num_candidates=5))
+
+    conditional = Condition(class_labels=torch.tensor([3, 7]).repeat_interleave(5))
+    with torch.no_grad():
+        candidates = flow.decode(drawn["latents"].flatten(0, 1), conditional).sample
+        log_ratio = flow.encode(candidates, conditional).log_likelihood - flow.encode(candidates).log_likelihood
+    best = log_ratio.view(2, 5).argmax(1)
+    assert best.tolist() != [0, 0]  # the test can tell a choice from the first candidate
+    torch.testing.assert_close(greedy, (candidates.view(2, 5, 1, 8, 8)[torch.arange(2), best] + 1) / 2)
+    # Moderate guidance, many images: the chosen images are the class's by the flow's classifier more than plain ones.
+    labels, seeded = [3] * 64, torch.Generator().manual_seed(1)
+    plain = pipeline(class_labels=labels, generator=seeded, output_type="pt").images
+    guided = pipeline(class_labels=labels, guidance_scale=3.0, generator=seeded, output_type="pt").images
+
+    def mean_log_ratio(images):
+        x = images * 2 - 1
+        with torch.no_grad():
+            return (flow.encode(x, Condition(class_labels=torch.tensor(labels))).log_likelihood
+                    - flow.encode(x).log_likelihood).mean()  # fmt: skip
+
+    assert mean_log_ratio(guided) > mean_log_ratio(plain)
+    with pytest.raises(ValueError, match="num_candidates must be"):
+        pipeline(class_labels=[3], guidance_scale=2.0, num_candidates=0)
+    with pytest.raises(ValueError, match="guidance_scale"):
+        hfgen.FlowPipeline(flow=tiny_flow())(guidance_scale=2.0)  # unconditional: nothing to guide by
 
 
 @pytest.mark.parametrize("condition_couplings", [True, False])
@@ -746,12 +792,15 @@ def test_temperature_sweep_asks_a_class_flow_for_each_class(tmp_path):
     flow.initialize_actnorm(torch.rand(8, 1, 8, 8) * 2 - 1, Condition(class_labels=torch.full((8,), 10)))
     hfgen.FlowPipeline(flow=flow).save_pretrained(tmp_path)
 
-    _, row = bench.temperature_sweep([str(tmp_path)], [0.7], num_samples=30)
+    _, row = bench.temperature_sweep([str(tmp_path)], [0.7], num_samples=30, guidance_scales=(1.0, 4.0))
 
     labels = [i % 10 for i in range(30)]
-    images = hfgen.load_pipeline(str(tmp_path)).generate(1, class_labels=labels, seed=0, temperature=0.7)
-    right = predicted_classes(images, load_feature_extractor("digits")) == torch.tensor(labels)
-    assert row["adherence class"] == pytest.approx(right.double().mean().item())
+    pipeline = hfgen.load_pipeline(str(tmp_path))
+    for guidance, suffix in (({}, ""), ({"guidance_scale": 4.0, "num_candidates": 8}, ", guidance 4")):
+        images = pipeline.generate(1, class_labels=labels, seed=0, temperature=0.7, **guidance)
+        right = predicted_classes(images, load_feature_extractor("digits")) == torch.tensor(labels)
+        assert row[f"adherence class{suffix}"] == pytest.approx(right.double().mean().item())
+        assert np.isfinite(row[f"FID asked{suffix}"])
 
 
 def load_flows_benchmark():

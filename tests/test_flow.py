@@ -562,6 +562,22 @@ def test_guidance_resamples_by_the_flows_own_classifier():
         hfgen.FlowPipeline(flow=tiny_flow())(guidance_scale=2.0)  # unconditional: nothing to guide by
 
 
+def test_guidance_guides_away_from_a_negative_prompt(tiny_text_components):
+    """A text flow's guidance weighs candidates by p(x | prompt) / p(x | negative_prompt): another negative prompt
+    than the empty one chooses other candidates from the same draws."""
+    tokenizer, text_encoder = tiny_text_components
+    flow = perturb(tiny_flow(condition_type="text", text_embed_dim=32))
+    pipeline = hfgen.FlowPipeline(flow=flow, tokenizer=tokenizer, text_encoder=text_encoder)
+
+    def sample(**kwargs):
+        return pipeline(prompt="a handwritten digit seven", num_images_per_prompt=8, guidance_scale=1e6,
+                        generator=torch.Generator().manual_seed(0), output_type="pt", **kwargs).images  # fmt: skip
+
+    empty, negative = sample(), sample(negative_prompt="a handwritten digit one")
+    assert torch.equal(negative, sample(negative_prompt="a handwritten digit one"))
+    assert not torch.equal(empty, negative)
+
+
 @pytest.mark.parametrize("condition_couplings", [True, False])
 def test_condition_couplings_false_keeps_the_condition_out_of_the_couplings(condition_couplings, digit_images):
     """With the condition in the priors only, the top scale's output (what the label head reads) is a function of the

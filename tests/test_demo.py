@@ -200,3 +200,14 @@ def test_autoregressive_completion_keeps_the_top_rows_and_draws_the_rest():
         image=white, kept_rows=1, class_label=2, seed=0, num_images=2, guidance_scale=2.0, temperature=1.0
     )
     assert len(images) == 2
+
+
+def test_class_flow_gets_guidance_and_it_runs():
+    """A conditional flow declares guidance (by resampling), so its tab gets the slider and the handler guides."""
+    flow = hfgen.FlowModel(sample_size=8, num_bins=17, hidden_channels=8, steps_per_scale=2, condition_type="class",
+                           num_classes=10)  # fmt: skip
+    endpoints, widgets, blocks = tab(hfgen.FlowPipeline(flow=flow.eval()), family="flow")
+    assert endpoints["/generate_flow"] == ["class_label", "seed", "num_images", "guidance_scale", "temperature"]
+    handlers = {fn.api_name: fn.fn for fn in blocks.fns.values()}
+    images, _ = handlers["generate_flow"](class_label=3, seed=0, num_images=2, guidance_scale=3.0, temperature=0.7)
+    assert len(images) == 2

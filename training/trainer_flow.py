@@ -44,8 +44,8 @@ class FlowTrainingConfig(TrainingConfig):
     normalize_text_condition: bool = field(
         default=False,
         metadata={
-            "help": "Batch-normalise the text condition's embedding, so only what tells the prompts apart reaches "
-            "the flow (a text encoder trained by the likelihood alone collapses the captions together; text only)."
+            "help": "Centre the text condition's embedding and scale its features to unit variance (set on the first "
+            "training batch's captions), so captions start as different conditions, as class rows do (text only)."
         },
     )
     condition_couplings: bool = field(
@@ -97,8 +97,6 @@ class FlowTrainingConfig(TrainingConfig):
             )
         if self.normalize_text_condition and self.conditioning != "text":
             raise ValueError("--normalize_text_condition normalises a prompt's condition: use --conditioning text.")
-        if self.normalize_text_condition and self.train_batch_size < 2:
-            raise ValueError("--normalize_text_condition normalises over the batch: use --train_batch_size 2 or more.")
         if self.spatial_prior_condition and self.conditioning == "none":
             raise ValueError("--spatial_prior_condition shapes how a condition enters the prior: pass --conditioning.")
         if self.label_loss_weight > 0 and self.label_column is None:
@@ -142,8 +140,9 @@ class FlowTrainer(Trainer):
         return model
 
     def initialize_actnorm(self, model: FlowModel):
-        """Glow's data-dependent initialisation on the first `train_batch_size` training images, under the null
-        condition (the couplings start as the identity, so the condition does not change what ActNorm sees)."""
+        """Glow's data-dependent initialisation on the first `train_batch_size` training images, under their own
+        captions or labels (the couplings and the priors' condition start as the identity, so the condition does not
+        change what ActNorm sees; `--normalize_text_condition` is set from those captions)."""
         if not any(name.endswith("initialized") for name, _ in model.named_buffers()):
             return
         train = self.splits["train"]
@@ -151,12 +150,18 @@ class FlowTrainer(Trainer):
         examples = (
             list(train.take(count)) if self.config.streaming else [train[i] for i in range(min(count, len(train)))]
         )
-        images = collate_fn(examples)["pixel_values"]
+        batch = collate_fn(examples)
         conditioning = None if self.config.conditioning == "none" else self.config.conditioning
         encoder = ConditionEncoder(conditioning, self.tokenizer, self.text_encoder, self.num_classes)
         with torch.no_grad():
-            condition = encoder.null(len(images))
-        model.initialize_actnorm(images, condition, generator=torch.Generator().manual_seed(self.config.seed))
+            condition = encoder(
+                prompts=batch["captions"] if conditioning == "text" else None,
+                class_labels=batch["labels"] if conditioning == "class" else None,
+                batch_size=len(examples),
+            )
+        model.initialize_actnorm(
+            batch["pixel_values"], condition, generator=torch.Generator().manual_seed(self.config.seed)
+        )
 
     def compute_loss(self, batch: dict, condition: Condition | None) -> dict[str, torch.Tensor]:
         output = self.model(batch["pixel_values"], condition)

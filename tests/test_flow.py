@@ -22,7 +22,7 @@ from testing_utils import (
 )
 
 import hfgen
-from hfgen.conditioning import Condition, ConditionEncoder
+from hfgen.conditioning import Condition
 from hfgen.data import make_digits_dataset
 from hfgen.metrics.anomaly import anomaly_auroc, out_of_distribution_images
 from hfgen.metrics.completion import labelled_test_images
@@ -45,9 +45,6 @@ MODEL_VARIANTS = {
     ),
     "glow-additive-class": dict(
         architecture="glow", coupling="additive", condition_type="class", num_classes=10, **TINY
-    ),
-    "glow-text-normalized": dict(
-        architecture="glow", condition_type="text", text_embed_dim=32, normalize_text_condition=True, **TINY
     ),
     "glow-variational": dict(architecture="glow", dequantization="variational", dequantizer_steps=2, **TINY),
     # Glow's class-conditional model: the condition in the priors only, and the label head on the top latent.
@@ -120,7 +117,6 @@ class TestFlowModel(ModelTesterMixin):
             {**base, "dequantization": "learned"},
             {**base, "dequantization": "variational", "dequantizer_steps": 0},
             {**base, "num_label_classes": 1},
-            {**base, "condition_type": "class", "num_classes": 10, "normalize_text_condition": True},
         ]
 
 
@@ -391,25 +387,6 @@ def test_actnorm_initialises_to_zero_mean_unit_variance():
     bias = layer.bias.detach().clone()
     layer(h * 7 + 1)  # a second batch does not initialise again
     assert torch.equal(layer.bias.detach(), bias)
-
-
-def test_condition_norm_makes_the_first_batchs_captions_as_different_as_class_rows():
-    """`normalize_text_condition`: nearly parallel text embeddings (as a data set's captions give) become conditions
-    with zero mean and unit variance per feature on the first training batch, set once; a batch of one prompt cannot
-    set it, and says so."""
-    flow = tiny_flow(condition_type="text", text_embed_dim=32, normalize_text_condition=True).train()
-    generator = torch.Generator().manual_seed(0)
-    embeds = torch.randn(1, 32, generator=generator) + 0.1 * torch.randn(16, 32, generator=generator)  # cosine ~0.99
-    c = flow.embed_condition(Condition(text_embeds=embeds), 16)
-    torch.testing.assert_close(c.mean(0), torch.zeros(16), atol=1e-5, rtol=0)
-    torch.testing.assert_close(c.std(0, unbiased=False), torch.ones(16), atol=1e-4, rtol=0)
-    cosine = torch.nn.functional.cosine_similarity(c[:, None], c[None], dim=-1)
-    assert cosine[~torch.eye(16, dtype=torch.bool)].abs().mean() < 0.5
-    assert flow.condition_norm.initialized.item() == 1
-    assert flow.embed_condition(Condition(text_embeds=embeds * 3), 16).mean(0).abs().max() > 1  # not set again
-    fresh = tiny_flow(condition_type="text", text_embed_dim=32, normalize_text_condition=True).train()
-    with pytest.raises(ValueError, match="initialise the model on a batch of different training captions"):
-        fresh.embed_condition(Condition(text_embeds=embeds[:1].repeat(8, 1)), 8)
 
 
 def test_model_actnorm_initialisation_on_the_first_batch_survives_save_load(digit_images, tmp_path):
@@ -799,26 +776,6 @@ def test_bad_training_settings_raise(tmp_path):
                         ("--dequantizer_steps", "0")):  # fmt: skip
         with pytest.raises(ValueError, match=flag):
             parse_tiny(tmp_path, flag, value)
-    with pytest.raises(ValueError, match="--normalize_text_condition normalises a prompt's condition"):
-        parse_tiny(tmp_path, "--conditioning", "class", "--normalize_text_condition")
-
-
-def test_trainer_sets_the_condition_norm_from_the_first_batchs_captions(tmp_path):
-    """With `--normalize_text_condition` the trainer initialises the model on its first batch's own captions (the
-    null prompt alone would leave nothing to normalise): their conditions have zero mean and unit variance."""
-    from hfgen.data import collate_fn
-
-    config = parse_tiny(tmp_path, "--conditioning", "text", "--normalize_text_condition", "--max_train_steps", "1")
-    trainer = FlowTrainer(config)
-    flow = trainer.accelerator.unwrap_model(trainer.model)
-    assert flow.config.normalize_text_condition and flow.condition_norm.initialized.item() == 1
-    train = trainer.splits["train"]
-    captions = collate_fn([train[i] for i in range(config.train_batch_size)])["captions"]
-    with torch.no_grad():
-        condition = ConditionEncoder("text", trainer.tokenizer, trainer.text_encoder)(prompts=captions)
-        c = flow.embed_condition(condition, len(captions))
-    torch.testing.assert_close(c.mean(0), torch.zeros(c.shape[1]), atol=1e-4, rtol=0)
-    torch.testing.assert_close(c.std(0, unbiased=False), torch.ones(c.shape[1]), atol=1e-3, rtol=0)
 
 
 # ----- benchmarks/flows.py ------------------------------------------------------------------------------------------

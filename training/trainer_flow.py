@@ -41,13 +41,6 @@ class FlowTrainingConfig(TrainingConfig):
         },
     )
     condition_dim: int = field(default=16, metadata={"help": "Size the condition is projected to."})
-    normalize_text_condition: bool = field(
-        default=False,
-        metadata={
-            "help": "Centre the text condition's embedding and scale its features to unit variance (set on the first "
-            "training batch's captions), so captions start as different conditions, as class rows do (text only)."
-        },
-    )
     condition_couplings: bool = field(
         default=True,
         metadata={
@@ -95,8 +88,6 @@ class FlowTrainingConfig(TrainingConfig):
             raise ValueError(
                 f"--dequantization must be one of {', '.join(DEQUANTIZATIONS)}, got {self.dequantization!r}."
             )
-        if self.normalize_text_condition and self.conditioning != "text":
-            raise ValueError("--normalize_text_condition normalises a prompt's condition: use --conditioning text.")
         if self.spatial_prior_condition and self.conditioning == "none":
             raise ValueError("--spatial_prior_condition shapes how a condition enters the prior: pass --conditioning.")
         if self.label_loss_weight > 0 and self.label_column is None:
@@ -128,7 +119,6 @@ class FlowTrainer(Trainer):
             learned_prior=config.learned_prior,
             logit_alpha=config.logit_alpha,
             condition_dim=config.condition_dim,
-            normalize_text_condition=config.normalize_text_condition,
             condition_couplings=config.condition_couplings,
             spatial_prior_condition=config.spatial_prior_condition,
             num_label_classes=self.count_classes() if config.label_loss_weight > 0 else None,
@@ -140,9 +130,8 @@ class FlowTrainer(Trainer):
         return model
 
     def initialize_actnorm(self, model: FlowModel):
-        """Glow's data-dependent initialisation on the first `train_batch_size` training images, under their own
-        captions or labels (the couplings and the priors' condition start as the identity, so the condition does not
-        change what ActNorm sees; `--normalize_text_condition` is set from those captions)."""
+        """Glow's data-dependent initialisation on the first `train_batch_size` training images, under the null
+        condition (the couplings start as the identity, so the condition does not change what ActNorm sees)."""
         if not any(name.endswith("initialized") for name, _ in model.named_buffers()):
             return
         train = self.splits["train"]
@@ -150,18 +139,12 @@ class FlowTrainer(Trainer):
         examples = (
             list(train.take(count)) if self.config.streaming else [train[i] for i in range(min(count, len(train)))]
         )
-        batch = collate_fn(examples)
+        images = collate_fn(examples)["pixel_values"]
         conditioning = None if self.config.conditioning == "none" else self.config.conditioning
         encoder = ConditionEncoder(conditioning, self.tokenizer, self.text_encoder, self.num_classes)
         with torch.no_grad():
-            condition = encoder(
-                prompts=batch["captions"] if conditioning == "text" else None,
-                class_labels=batch["labels"] if conditioning == "class" else None,
-                batch_size=len(examples),
-            )
-        model.initialize_actnorm(
-            batch["pixel_values"], condition, generator=torch.Generator().manual_seed(self.config.seed)
-        )
+            condition = encoder.null(len(images))
+        model.initialize_actnorm(images, condition, generator=torch.Generator().manual_seed(self.config.seed))
 
     def compute_loss(self, batch: dict, condition: Condition | None) -> dict[str, torch.Tensor]:
         output = self.model(batch["pixel_values"], condition)

@@ -152,37 +152,6 @@ class ActNorm(nn.Module):
         return (h - self.bias) * torch.exp(-self.logs)
 
 
-class ConditionNorm(nn.Module):
-    r"""Centres a text condition's embedding and scales each feature to unit variance, c * exp(logs) + bias, set from
-    the first batch seen in training mode (as ActNorm; `initialized` is saved). The captions of one data set share
-    most of their pooled embedding (the ten mnist captions: mean cosine 0.94 from a fresh text encoder), so through
-    the projection every caption starts as almost the same condition (cosine 0.96, spread 0.2, where a class table's
-    rows start independent, spread 3.9); normalised, they start as different as a class table's rows."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.bias = nn.Parameter(torch.zeros(dim))
-        self.logs = nn.Parameter(torch.zeros(dim))
-        self.register_buffer("initialized", torch.tensor(0, dtype=torch.uint8))
-
-    @torch.no_grad()
-    def initialize(self, c: torch.Tensor):
-        mean, std = c.mean(0), c.std(0, unbiased=False)
-        if std.min() < 1e-4:
-            raise ValueError(
-                "normalize_text_condition is initialised on the first batch's prompts, and they are all the same: "
-                "initialise the model on a batch of different training captions (the trainer does)."
-            )
-        self.bias.copy_(-mean / std)
-        self.logs.copy_(-torch.log(std))
-        self.initialized.fill_(1)
-
-    def forward(self, c: torch.Tensor) -> torch.Tensor:
-        if self.training and not self.initialized:
-            self.initialize(c)
-        return c * torch.exp(self.logs) + self.bias
-
-
 class InvertibleConv1x1(nn.Module):
     r"""A 1x1 convolution with W = P L (U + diag(sign * exp(log_s))) (Glow section 3.2, LU form): log|det W| is
     sum(log_s), O(c) instead of O(c^3). P is fixed; W starts as a random rotation."""
@@ -382,9 +351,6 @@ class FlowModel(ModelMixin, ConfigMixin):
         condition_type (`str`, *optional*): None, "class" or "text".
         num_classes (`int`, *optional*): Number of classes when `condition_type="class"`.
         text_embed_dim (`int`, *optional*): Size of the pooled text embedding when `condition_type="text"`.
-        normalize_text_condition (`bool`, *optional*, defaults to False): Centre the text condition's embedding and
-            scale its features to unit variance ([`ConditionNorm`], set from the first training batch's captions), so
-            that captions start as different conditions, as a class table's rows do; text only.
         condition_dim (`int`, *optional*, defaults to 16): Size the condition is projected to.
         condition_couplings (`bool`, *optional*, defaults to True): Feed the condition to the coupling networks;
             False: to the priors only, so z depends on the image alone (Glow's class-conditional model).
@@ -414,7 +380,6 @@ class FlowModel(ModelMixin, ConfigMixin):
         condition_type: str | None = None,
         num_classes: int | None = None,
         text_embed_dim: int | None = None,
-        normalize_text_condition: bool = False,
         condition_dim: int = 16,
         condition_couplings: bool = True,
         spatial_prior_condition: bool = False,
@@ -453,9 +418,6 @@ class FlowModel(ModelMixin, ConfigMixin):
                 f"num_label_classes must be at least 2 (or None: no label head), got {num_label_classes}."
             )
 
-        if normalize_text_condition and condition_type != "text":
-            raise ValueError("normalize_text_condition applies to a text condition: pass condition_type='text'.")
-        self.condition_norm = ConditionNorm(condition_dim) if normalize_text_condition else None
         self.condition_embedding = condition_embedding(condition_type, num_classes, text_embed_dim, condition_dim)
         self.dequantizer = (
             VariationalDequantizer(in_channels, hidden_channels, dequantizer_steps)
@@ -508,8 +470,7 @@ class FlowModel(ModelMixin, ConfigMixin):
 
     def embed_condition(self, condition: Condition | None, batch_size: int) -> torch.Tensor | None:
         """A [`Condition`] (class labels or pooled text embeddings) -> (b, condition_dim); None if unconditional."""
-        c = embed_condition(self, condition, batch_size)
-        return c if self.condition_norm is None else self.condition_norm(c)
+        return embed_condition(self, condition, batch_size)
 
     def check_sample(self, sample: torch.Tensor):
         size, channels = self.config.sample_size, self.config.in_channels

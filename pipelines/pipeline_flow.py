@@ -83,8 +83,9 @@ class FlowPipeline(HFGenPipeline):
                 resampling: each image is chosen among `num_candidates` conditional samples x_k with probability
                 proportional to (p(x_k | c) / p(x_k | negative))^(guidance_scale - 1), the flow's own implicit
                 classifier p(c | x) / p(c) to that power. At T = 1 this draws, as the candidates grow, from
-                p(x | c)^w p(x | negative)^(1 - w), the distribution classifier-free guidance aims at (Ho & Salimans
-                2022, https://arxiv.org/abs/2207.12598, section 3.2); 1 turns it off (one sample, no candidates).
+                p(x | c)^w p(x | negative)^(1 - w) (w = guidance_scale), the distribution classifier-free guidance
+                aims at (Ho & Salimans 2022, https://arxiv.org/abs/2207.12598, section 3.2); 1 turns it off (one
+                sample, no candidates).
             negative_prompt (`str` or `list[str]`, *optional*): With guidance, what to guide away from (default: the
                 empty prompt, or the null class).
             num_candidates (`int`, *optional*, defaults to 8): Conditional samples per image that guidance chooses

@@ -24,8 +24,9 @@
   FID against the training digits in the shipped digit classifier's features, the entropy of its predicted classes,
   the wall time per image (the fastest of three runs); for a text-conditioned flow also prompt adherence,
   `--num_images` images from the training captions and as many from paraphrases, judged by the same classifier (a
-  class-conditional flow: each class asked for in turn), and those images' FID, at each `--guidance_scales` (the
-  pipeline's guidance by resampling among `--num_candidates` samples per image).
+  class-conditional flow: each class asked for in turn), those images' FID and wall time per image (sampling and
+  scoring, one run), at each `--guidance_scales` (the pipeline's guidance by resampling among `--num_candidates`
+  samples per image).
 """
 
 import argparse
@@ -290,16 +291,21 @@ def temperature_sweep(
             for scale in guidance_scales if pipeline.condition_type else ():
                 guided = {} if scale == 1 else {"guidance_scale": scale, "num_candidates": num_candidates}
                 suffix = "" if scale == 1 else f", guidance {scale:g}"
+                start = time.perf_counter()
                 if pipeline.tokenizer is not None:
+                    asked_for = prompts
                     asked = pipeline.generate(1, prompt=prompts, seed=seed, temperature=temperature, **guided)
-                    scores = adherence(asked, prompts, dataset, extractor)
+                else:  # each class asked for in turn, judged alike (the seen captions are in class order)
+                    labels = [i % pipeline.num_classes for i in range(num_samples)]
+                    asked_for = [prompt_sets["seen"][label] for label in labels]
+                    asked = pipeline.generate(1, class_labels=labels, seed=seed, temperature=temperature, **guided)
+                row[f"ms per asked image{suffix}"] = 1000 * (time.perf_counter() - start) / len(asked)  # one run
+                scores = adherence(asked, asked_for, dataset, extractor)
+                if pipeline.tokenizer is not None:
                     row[f"adherence seen{suffix}"] = scores["seen"]["all"]
                     row[f"adherence paraphrase{suffix}"] = scores["paraphrase"]["all"]
-                else:  # each class asked for in turn, judged alike
-                    labels = [i % pipeline.num_classes for i in range(num_samples)]
-                    asked = pipeline.generate(1, class_labels=labels, seed=seed, temperature=temperature, **guided)
-                    captions = [prompt_sets["seen"][label] for label in labels]  # the seen captions: class order
-                    row[f"adherence class{suffix}"] = adherence(asked, captions, dataset, extractor)["seen"]["all"]
+                else:
+                    row[f"adherence class{suffix}"] = scores["seen"]["all"]
                 row[f"FID asked{suffix}"] = fid(real_features, features_and_probabilities(extractor, asked * 2 - 1)[0])
             rows.append(row)
     return rows

@@ -260,7 +260,7 @@ def temperature_sweep(
     seed: int = 0,
     dataset: str = "digits",
     guidance_scales: tuple[float, ...] = (1.0,),
-    num_candidates: int = 8,
+    num_candidates: int = 16,
 ) -> list[dict]:
     """One row per flow and temperature: FID (training digits vs `num_samples` samples), class entropy, ms per image,
     and for a conditional flow, at each guidance scale, the fraction of samples showing the asked-for digit and their
@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> dict:
         default=[1.0],
         help="A conditional flow's adherence at each of these guidance scales (1: none).",
     )
-    parser.add_argument("--num_candidates", type=int, default=8, help="Candidates per image that guidance resamples.")
+    parser.add_argument("--num_candidates", type=int, default=16, help="Candidates per image that guidance resamples.")
     parser.add_argument(
         "--max_images", type=int, default=None, help="Score the first test images only (and as many outliers)."
     )

@@ -61,7 +61,7 @@ class FlowPipeline(HFGenPipeline):
         temperature: float = 1.0,
         guidance_scale: float = 1.0,
         negative_prompt: str | list[str] | None = None,
-        num_candidates: int = 8,
+        num_candidates: int = 16,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end=None,
@@ -88,7 +88,7 @@ class FlowPipeline(HFGenPipeline):
                 sample, no candidates).
             negative_prompt (`str` or `list[str]`, *optional*): With guidance, what to guide away from (default: the
                 empty prompt, or the null class).
-            num_candidates (`int`, *optional*, defaults to 8): Conditional samples per image that guidance chooses
+            num_candidates (`int`, *optional*, defaults to 16): Conditional samples per image that guidance chooses
                 from (the cost of guidance: each is decoded once and scored under both conditions).
             output_type (`str`, *optional*, defaults to "pil"): "pil", "np" or "pt".
             return_dict (`bool`, *optional*, defaults to True): Return an [`ImagePipelineOutput`] or a tuple.

@@ -812,7 +812,7 @@ def test_temperature_sweep_asks_a_class_flow_for_each_class(tmp_path):
 
     labels = [i % 10 for i in range(30)]
     pipeline = hfgen.load_pipeline(str(tmp_path))
-    for guidance, suffix in (({}, ""), ({"guidance_scale": 4.0, "num_candidates": 8}, ", guidance 4")):
+    for guidance, suffix in (({}, ""), ({"guidance_scale": 4.0, "num_candidates": 16}, ", guidance 4")):
         images = pipeline.generate(1, class_labels=labels, seed=0, temperature=0.7, **guidance)
         right = predicted_classes(images, load_feature_extractor("digits")) == torch.tensor(labels)
         assert row[f"adherence class{suffix}"] == pytest.approx(right.double().mean().item())

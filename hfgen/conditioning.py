@@ -58,6 +58,19 @@ class Condition(BaseOutput):
         """A part of the batch: `condition.select(slice(0, 2))`, `condition.select(mask)`."""
         return self._map(lambda t: t[index])
 
+    def same_pairs(self) -> torch.Tensor:
+        """(b, b) bool, True where images i and j have the same condition (the same class, the same prompt, the null
+        one): the right answers when a model tells which of a batch's conditions belongs to each image."""
+        same = None
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            ids = torch.unique(value.reshape(len(value), -1), dim=0, return_inverse=True)[1]
+            pairs = ids[:, None] == ids[None]
+            same = pairs if same is None else same & pairs
+        return same
+
     @staticmethod
     def cat(conditions: list["Condition | None"]) -> "Condition | None":
         """Concatenates conditions along the batch (e.g. [negative, positive] for classifier-free guidance). Text

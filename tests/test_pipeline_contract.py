@@ -52,6 +52,20 @@ def test_condition_cat_pads_text_states_and_masks():
     assert Condition.cat([None, None]) is None
 
 
+def test_same_pairs_are_the_images_that_share_a_prompt(tiny_text_components, digit_captions):
+    """A repeated prompt, and the empty prompt of caption dropout, are the same condition wherever they stand in the
+    batch; prompts that differ are not (the targets of a flow's contrastive condition loss)."""
+    encoder = ConditionEncoder("text", *tiny_text_components)
+    prompts = [digit_captions[k] for k in (3, 7, 3)] + [""] + [digit_captions[8], ""]
+    with torch.no_grad():
+        same = encoder(prompts=prompts).same_pairs()
+
+    expected = torch.tensor([[a == b for b in prompts] for a in prompts])
+    assert torch.equal(same, expected)
+    labels = Condition(class_labels=torch.tensor([1, 10, 1, 2]))
+    assert labels.same_pairs().sum(1).tolist() == [2, 1, 2, 1]
+
+
 @pytest.mark.parametrize(
     "model_class, size",
     [(hfgen.VAEModel, TINY_VAE), (hfgen.GANGenerator, TINY_GAN), (hfgen.RowLSTMModel, {}), (hfgen.FlowModel, {})],

@@ -4,6 +4,9 @@ accelerate launch training/train.py --family flow --architecture glow --dataset_
 
 The loss is the negative log-likelihood of dequantised images in bits/dim on the discrete scale: exact for uniform
 dequantisation, and with `--dequantization variational` (Flow++) the variational bound, q(u | x) trained jointly.
+Two optional terms help a conditional flow use its condition: Glow's label loss (a classifier of the class on the top
+latent) and a contrastive condition loss (the top prior's classifier of which of the batch's conditions is each
+image's), both in bits and weighted.
 Glow's ActNorm layers are initialised from data once, in `build_model`, on the first `train_batch_size` training
 images (the same on every rank, before Accelerate copies the model), and saved with the weights as their
 `initialized` buffers: a resumed or loaded model is never initialised again.
@@ -59,6 +62,14 @@ class FlowTrainingConfig(TrainingConfig):
             "0: none. Use it with --condition_couplings false, or the head can read the caption instead of the image."
         },
     )
+    condition_contrast_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "A contrastive loss on the condition: the top prior's own classifier of which of the batch's "
+            "conditions belongs to each image, softmax over j of log p(top_i | c_j), its cross-entropy in bits times "
+            "this weight added to the bits/dim; needs no labels. With --condition_couplings false. 0: none."
+        },
+    )
     dequantization: str = field(
         default="uniform",
         metadata={"help": "uniform (u ~ U[0, 1)) or variational (u ~ q(u | x), a flow trained jointly; Flow++)."},
@@ -74,6 +85,7 @@ class FlowTrainingConfig(TrainingConfig):
         "num_bins": "[2, 65536]",
         "condition_dim": "[1, 4096]",
         "label_loss_weight": "[0, inf)",
+        "condition_contrast_weight": "[0, inf)",
         "dequantizer_steps": "[1, 256]",
         "eval_max_images": "[0, inf)",
     }
@@ -94,6 +106,13 @@ class FlowTrainingConfig(TrainingConfig):
             raise ValueError("--label_loss_weight needs the images' classes: pass --label_column.")
         if self.learned_prior is None:
             self.learned_prior = self.architecture == "glow"
+        if self.condition_contrast_weight > 0 and (
+            self.conditioning == "none" or self.condition_couplings or not self.learned_prior
+        ):
+            raise ValueError(
+                "--condition_contrast_weight trains the top prior to tell the batch's conditions apart: it needs "
+                "--conditioning class or text, --condition_couplings false and a learned prior (--learned_prior true)."
+            )
         if self.num_bins is None:
             self.num_bins = grey_levels(self.dataset_name)
 
@@ -147,8 +166,16 @@ class FlowTrainer(Trainer):
         model.initialize_actnorm(images, condition, generator=torch.Generator().manual_seed(self.config.seed))
 
     def compute_loss(self, batch: dict, condition: Condition | None) -> dict[str, torch.Tensor]:
-        output = self.model(batch["pixel_values"], condition)
+        contrast = self.config.condition_contrast_weight > 0
+        output = self.model(batch["pixel_values"], condition, condition_logits=contrast)
         losses = {"loss": output.loss, "bits_per_dim": output.bits_per_dim.detach().mean()}
+        if contrast:
+            # A caption repeated in the batch (the null one of caption dropout too) is as right as the image's own.
+            same = condition.same_pairs().float()
+            log_probs = output.condition_logits.float().log_softmax(dim=1)
+            condition_bits = -(same / same.sum(1, keepdim=True) * log_probs).sum(1).mean() / math.log(2)
+            losses["loss"] = losses["loss"] + self.config.condition_contrast_weight * condition_bits
+            losses["condition_bits"] = condition_bits.detach()
         if self.config.label_loss_weight > 0:
             label_bits = F.cross_entropy(output.label_logits.float(), batch["labels"]) / math.log(2)
             losses["loss"] = losses["loss"] + self.config.label_loss_weight * label_bits

@@ -59,12 +59,14 @@ DEQUANTIZATIONS = ("uniform", "variational")
 class FlowEncoderOutput(BaseOutput):
     """x -> z: `latents` (b, D) standard normal under the model; `log_det` (b,) the log|det| of the whole map from
     the dequantised image y in [0, 1]^D (the logit included); `log_likelihood` (b,) log p(y), nats; `label_logits`
-    (b, num_label_classes) the label head's logits (None without one)."""
+    (b, num_label_classes) the label head's logits (None without one); `condition_logits` (b, b) log p(top_i | c_j),
+    the top prior's density of image i's top latent under image j's condition (nats; only when asked for)."""
 
     latents: torch.Tensor
     log_det: torch.Tensor = None
     log_likelihood: torch.Tensor = None
     label_logits: torch.Tensor = None
+    condition_logits: torch.Tensor = None
 
 
 @dataclass
@@ -79,12 +81,14 @@ class FlowDecoderOutput(BaseOutput):
 class FlowOutput(BaseOutput):
     """One training forward pass: `loss` the mean bits/dim of the dequantised images on the discrete scale;
     `log_likelihood` (b,) log p(y) - log q(u | x) in nats (log q = 0 for uniform dequantisation); `bits_per_dim`
-    (b,); `label_logits` (b, num_label_classes) the label head's logits (None without one)."""
+    (b,); `label_logits` (b, num_label_classes) the label head's logits (None without one); `condition_logits` (b, b)
+    as in [`FlowEncoderOutput`] (only when asked for)."""
 
     loss: torch.Tensor
     log_likelihood: torch.Tensor = None
     bits_per_dim: torch.Tensor = None
     label_logits: torch.Tensor = None
+    condition_logits: torch.Tensor = None
 
 
 def at_least_float32(t: torch.Tensor) -> torch.Tensor:
@@ -295,6 +299,13 @@ class GaussianPrior(nn.Module):
             return eps
         mean, logs = self.mean_and_logs(eps, context, c)
         return eps * torch.exp(logs) + mean
+
+    def pairwise_log_prob(self, z, c):
+        """The top prior only: log N(z_i; mean(c_j), exp(logs(c_j))^2) summed per image, for every image i of `z`
+        (b_z, ch, s, s) and every condition j of `c` (b_c, d): (b_z, b_c) nats."""
+        mean, logs = self.mean_and_logs(c, None, c)  # (b_c, ch, s, s) each
+        eps = (at_least_float32(z)[:, None] - mean[None]) * torch.exp(-logs[None])
+        return (-0.5 * math.log(2 * math.pi) - 0.5 * eps**2).flatten(2).sum(2) - logs.flatten(1).sum(1)[None]
 
 
 class VariationalDequantizer(nn.Module):
@@ -559,17 +570,35 @@ class FlowModel(ModelMixin, ConfigMixin):
         return self.sigmoid(h)
 
     # ----- what the pipeline and the trainer call -------------------------------------------------------------------
-    def encode(self, sample, condition=None, noise=None, return_dict: bool = True):
+    def encode(self, sample, condition=None, noise=None, condition_logits: bool = False, return_dict: bool = True):
         """Images (b, c, s, s) in [-1, 1] -> z (b, D), with log p(y) of the dequantised images y = (k + u) / K
-        (`noise` u; None: the bin centres, a deterministic encoding)."""
+        (`noise` u; None: the bin centres, a deterministic encoding). `condition_logits=True` adds log p(top_i | c_j)
+        for every pair of the batch (see [`check_condition_logits`])."""
         self.check_sample(sample)
         y = self.dequantize(sample, noise)
         latents, log_det, top = self.transform_with_top(y, condition)
         log_likelihood = standard_normal_log_prob(at_least_float32(latents)) + log_det
         label_logits = self.label_head(top.flatten(1)) if self.label_head is not None else None
-        output = FlowEncoderOutput(latents, log_det, log_likelihood, label_logits)
+        pair_logits = None
+        if condition_logits:
+            self.check_condition_logits(condition)
+            pair_logits = self.priors[-1].pairwise_log_prob(top, self.embed_condition(condition, len(sample)))
+        output = FlowEncoderOutput(latents, log_det, log_likelihood, label_logits, pair_logits)
         # The tuple holds the fields that are set, as diffusers' and transformers' outputs do: no head, no logits.
         return output if return_dict else output.to_tuple()
+
+    def check_condition_logits(self, condition: Condition | None):
+        """log p(top_i | c_j) for all pairs is the top prior's classifier of which of the batch's conditions belongs to
+        each image: it needs a condition, a learned top prior that reads it, and a top latent that does not (the
+        condition in the priors only), else the pairs would not be densities of the same latent."""
+        if condition is None or self.config.condition_type is None:
+            raise ValueError("condition_logits compares the batch's conditions: pass a conditional flow a condition.")
+        if not self.config.learned_prior or self.config.condition_couplings:
+            raise ValueError(
+                "condition_logits needs the condition in the priors only (learned_prior=True, "
+                "condition_couplings=False; training: --condition_couplings false), so that the top latent does not "
+                "depend on it."
+            )
 
     def decode(self, latents, condition=None, return_dict: bool = True):
         """z (b, D) -> the image on the data's levels in [-1, 1] (and the continuous y)."""
@@ -591,14 +620,18 @@ class FlowModel(ModelMixin, ConfigMixin):
         self.encode(sample, condition, self.dequantization_noise(sample, generator)[0])
         self.train(was_training)
 
-    def forward(self, sample, condition=None, generator=None, return_dict: bool = True):
+    def forward(
+        self, sample, condition=None, generator=None, condition_logits: bool = False, return_dict: bool = True
+    ):
         """The negative log-likelihood of dequantised images, log p(y) - log q(u | x) (q = 1 when uniform), in
         bits/dim on the discrete scale: for both dequantisations an upper bound on -log2 P(x) / D in expectation."""
         noise, log_q = self.dequantization_noise(sample, generator)
-        encoded = self.encode(sample, condition, noise)
+        encoded = self.encode(sample, condition, noise, condition_logits=condition_logits)
         log_likelihood = encoded.log_likelihood - log_q
         bits_per_dim = self.bits_per_dim(log_likelihood)
-        output = FlowOutput(bits_per_dim.mean(), log_likelihood, bits_per_dim, encoded.label_logits)
+        output = FlowOutput(
+            bits_per_dim.mean(), log_likelihood, bits_per_dim, encoded.label_logits, encoded.condition_logits
+        )
         return output if return_dict else output.to_tuple()
 
 

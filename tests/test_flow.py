@@ -807,7 +807,10 @@ def test_two_cpu_ranks_train_together(tmp_path, repo_root):
     train_on_two_cpu_ranks(repo_root, tmp_path, args)
 
 
-@pytest.mark.parametrize("recipe", ["flow_realnvp_digits", "flow_glow_digits", "flow_glow_mnist", "flow_text_shapes"])
+@pytest.mark.parametrize(
+    "recipe",
+    ["flow_realnvp_digits", "flow_glow_digits", "flow_glow_mnist", "flow_glow_text_mnist", "flow_text_shapes"],
+)
 def test_recipe_parses(recipe, repo_root):
     from hfgen.training.train import parse_config
 

@@ -779,6 +779,14 @@ def test_label_loss_settings_are_checked(tmp_path):
             parse_tiny(tmp_path, *flags, "--condition_contrast_weight", "1")
 
 
+class TestContrastFlowTrainer(TestFlowTrainer):
+    """The same checks with the contrastive condition loss (the condition in the priors only)."""
+
+    def get_args(self, output_dir) -> list[str]:
+        contrast = ["--condition_couplings", "false", "--condition_contrast_weight", "0.1"]
+        return [*TINY_ARGS, "--output_dir", str(output_dir), *contrast]
+
+
 class TestVariationalFlowTrainer(TestFlowTrainer):
     """The same checks (every parameter, q's included, gets a gradient and moves; exact resume; the condition
     reaches the loss) with the variational dequantiser trained jointly."""
@@ -802,9 +810,12 @@ class TestVariationalFlowTrainer(TestFlowTrainer):
 
 
 def test_two_cpu_ranks_train_together(tmp_path, repo_root):
-    # Equal weights on both ranks also show that ActNorm was initialised the same on each.
+    # Equal weights on both ranks also show that ActNorm was initialised the same on each. With the contrastive
+    # condition loss, which each rank computes over its own half of the batch (as CLIP without gathering).
     args = [*TINY_ARGS, "--output_dir", str(tmp_path), "--max_train_steps", "4", "--architecture", "glow"]
-    train_on_two_cpu_ranks(repo_root, tmp_path, args)
+    contrast = ["--condition_couplings", "false", "--condition_contrast_weight", "0.1"]
+    summary = train_on_two_cpu_ranks(repo_root, tmp_path, [*args, *contrast])
+    assert np.isfinite(summary["metrics"]["train_condition_bits"])
 
 
 @pytest.mark.parametrize(

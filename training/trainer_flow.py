@@ -67,7 +67,8 @@ class FlowTrainingConfig(TrainingConfig):
         metadata={
             "help": "A contrastive loss on the condition: the top prior's own classifier of which of the batch's "
             "conditions belongs to each image, softmax over j of log p(top_i | c_j), its cross-entropy in bits times "
-            "this weight added to the bits/dim; needs no labels. With --condition_couplings false. 0: none."
+            "this weight added to the bits/dim (each process over its own batch); needs no labels. With "
+            "--condition_couplings false. 0: none."
         },
     )
     dequantization: str = field(

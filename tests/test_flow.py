@@ -777,6 +777,9 @@ def test_label_loss_settings_are_checked(tmp_path):
     ):
         with pytest.raises(ValueError, match="--condition_contrast_weight .* --condition_couplings false"):
             parse_tiny(tmp_path, *flags, "--condition_contrast_weight", "1")
+    with pytest.raises(ValueError, match="compares the captions within a batch: use --train_batch_size 2 or more"):
+        parse_tiny(tmp_path, "--condition_couplings", "false", "--condition_contrast_weight", "1",
+                   "--train_batch_size", "1")  # fmt: skip
 
 
 class TestContrastFlowTrainer(TestFlowTrainer):

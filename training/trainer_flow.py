@@ -114,6 +114,11 @@ class FlowTrainingConfig(TrainingConfig):
                 "--condition_contrast_weight trains the top prior to tell the batch's conditions apart: it needs "
                 "--conditioning class or text, --condition_couplings false and a learned prior (--learned_prior true)."
             )
+        if self.condition_contrast_weight > 0 and self.train_batch_size < 2:
+            # One image per batch has one caption to choose from: the loss would be 0 and train nothing.
+            raise ValueError(
+                "--condition_contrast_weight compares the captions within a batch: use --train_batch_size 2 or more."
+            )
         if self.num_bins is None:
             self.num_bins = grey_levels(self.dataset_name)
 
